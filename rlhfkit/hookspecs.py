@@ -1,0 +1,108 @@
+"""The hooks a rlhfkit plugin can implement.
+
+Registration hooks receive a ``register`` callback (the style of simonw/llm), so one plugin module can
+register several things.  They are called once per process, the first time the registry is needed, in
+plugin registration order: built-ins first, then third-party entry points (group ``rlhfkit``).
+
+Lifecycle hooks are broadcasts: every implementation is called and return values are ignored.  They run in
+the process that does the work (``cell_started``/``cell_finished`` in the runner, ``log_metrics`` inside
+the cell's training process), so a tracker such as TensorBoard hangs on ``log_metrics``.
+
+Nothing here imports torch: loading plugins must stay cheap (``rlhfkit --help`` is fast).
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "rlhfkit"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def register_model_adapters(register):
+    """Register model families.
+
+    Called once when the registry is first built.  ``register(adapter)`` takes a
+    :class:`rlhfkit.registry.ModelAdapter`; its ``name`` (e.g. ``"llama"``) is what recipes write before
+    the colon in ``"llama:tiny"``.
+    """
+
+
+@hookspec
+def register_algorithms(register):
+    """Register RL algorithms.
+
+    Called once when the registry is first built.  ``register(spec)`` takes a
+    :class:`rlhfkit.registry.AlgorithmSpec`: a name, a config dataclass (validated from the recipe's
+    ``[algorithms.<name>]`` table) and the trainer, given as an object or a lazy ``"module:attr"`` string
+    so that torch is imported only when a cell trains.
+    """
+
+
+@hookspec
+def register_memory_strategies(register):
+    """Register memory strategies.
+
+    Called once when the registry is first built.  ``register(strategy)`` takes a
+    :class:`rlhfkit.registry.MemoryStrategy`.  Recipes compose strategies with ``+`` (``"zero3+lora"``):
+    each part edits a shared :class:`rlhfkit.memory.MemoryPlan` in turn, then every part checks the
+    finished plan, so an impossible combination is refused at validation.
+    """
+
+
+@hookspec
+def register_datasets(register):
+    """Register preference/prompt sources.
+
+    Called once when the registry is first built.  ``register(spec)`` takes a
+    :class:`rlhfkit.registry.DatasetSpec`: a name, an options dataclass (validated from ``[data]``) and a
+    ``build`` callable (object or ``"module:attr"``) that returns a :class:`rlhfkit.data.PreferenceTask`.
+    """
+
+
+@hookspec
+def register_reporters(register):
+    """Register report writers.
+
+    Called once when the registry is first built.  ``register(reporter)`` takes a
+    :class:`rlhfkit.registry.Reporter`: a name and ``write(context)``, called after a run (and by
+    ``rlhfkit report``) with a :class:`rlhfkit.report.ReportContext`.
+    """
+
+
+@hookspec(firstresult=True)
+def detect_model_family(model_config):
+    """Claim a checkpoint for a model family.
+
+    Called when a recipe names a checkpoint directory (or hub id) instead of ``family:preset``, with the
+    checkpoint's ``config.json`` as a dict.  Return a registered family name to claim it, or ``None``.
+    The first non-``None`` answer wins; third-party plugins are asked before the built-ins.
+    """
+
+
+@hookspec
+def cell_started(cell, cell_dir):
+    """A grid cell is about to run.
+
+    Called in the runner process with the :class:`rlhfkit.recipe.Cell` and the directory its files go to.
+    """
+
+
+@hookspec
+def log_metrics(cell, step, metrics):
+    """One training step of a cell finished.
+
+    Called in the cell's (main) training process with the cell, the step number (0-based) and a flat dict
+    of namespaced metrics (``objective/kl``, ``loss/policy``...).
+    """
+
+
+@hookspec
+def cell_finished(cell, cell_dir, result):
+    """A grid cell ended (``ok`` or not).
+
+    Called in the runner process with the cell, its directory and the ``result.json`` contents as a dict.
+    """
