@@ -87,8 +87,9 @@ def _build_registry(pm: pluggy.PluginManager) -> Registry:
     for hook_name, kind in REGISTRATION_HOOKS.items():
         hook = getattr(pm.hook, hook_name)
         # Call each implementation on its own so the registry knows which plugin registered what, and a
-        # duplicate name can name both plugins.  pluggy calls LIFO; reversed() keeps load order.
-        for impl in reversed(hook.get_hookimpls()):
+        # duplicate name can name both plugins.  get_hookimpls() lists them in load order (pluggy's own
+        # calls go LIFO, from the end of this list), so built-ins register first, then third parties.
+        for impl in hook.get_hookimpls():
             plugin_name = impl.plugin_name
             distribution = distribution_of(impl.plugin)
 

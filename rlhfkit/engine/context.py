@@ -1,0 +1,205 @@
+"""What a trainer gets: models already built and wrapped, data, config, logging, evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.engine.core import AdaptiveKLController, FixedKLController, masked_mean
+from rlhfkit.engine.rollout import make_rollout
+
+
+class DivergedError(RuntimeError):
+    """A loss or metric became NaN/inf: the cell's status is ``diverged``."""
+
+
+class PromptSampler:
+    """Epochs over the RL prompts in a seeded random order; each prompt repeated k times, consecutively."""
+
+    def __init__(self, prompts: list[str], seed: int):
+        self.prompts = list(prompts)
+        self.rng = random.Random(seed)
+        self.order: list[str] = []
+
+    def next(self, n: int, repeats: int = 1) -> list[str]:
+        batch = []
+        while len(batch) < n:
+            if not self.order:
+                self.order = self.prompts[:]
+                self.rng.shuffle(self.order)
+            batch.append(self.order.pop())
+        return [p for p in batch for _ in range(repeats)]
+
+
+class MetricsLogger:
+    """Appends one JSON line per step to metrics.jsonl and broadcasts ``log_metrics`` to plugins."""
+
+    def __init__(self, path: Path | None, cell, hook, is_main: bool = True):
+        self.path = path
+        self.cell = cell
+        self.hook = hook
+        self.is_main = is_main
+        self._file = open(path, "a", buffering=1) if (path is not None and is_main) else None
+        self.history: list[dict] = []
+
+    def log(self, step: int, metrics: dict) -> None:
+        clean = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}
+        record = {"step": step, **clean}
+        self.history.append(record)
+        if not self.is_main:
+            return
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+        if self.hook is not None:
+            self.hook.log_metrics(cell=self.cell, step=step, metrics=dict(clean))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+@dataclass
+class TrainContext:
+    """Everything one cell's trainer needs.  Algorithms read it; they do not build models themselves."""
+
+    config: Any
+    """The algorithm's config dataclass (an :class:`rlhfkit.engine.config.RLConfig`)."""
+    accelerator: Any
+    policy: Any
+    """Trainable policy (possibly a peft model, prepared by accelerate/DeepSpeed)."""
+    policy_optimizer: Any
+    policy_scheduler: Any
+    reference: Any
+    """Frozen reference policy, or ``None`` when it is the LoRA base with adapters disabled."""
+    reward_model: Any
+    tokenizer: Any
+    task: Any
+    memory: Any
+    """:class:`rlhfkit.engine.memory_tracker.PhaseMemory`."""
+    logger: MetricsLogger
+    generator: torch.Generator
+    prompt_sampler: PromptSampler
+    value_model: Any = None
+    value_optimizer: Any = None
+    value_scheduler: Any = None
+    plan: Any = None
+    eval_seed: int = 12345
+    kl_controller: Any = None
+    is_main: bool = True
+    evaluations: list = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    train_seconds: float = 0.0
+    episodes: int = 0
+    tokens: int = 0
+
+    def __post_init__(self):
+        if self.kl_controller is None:
+            cfg = self.config
+            if cfg.adaptive_kl_target is not None:
+                self.kl_controller = AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.adaptive_kl_horizon)
+            else:
+                self.kl_controller = FixedKLController(cfg.kl_coef)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def generation_model(self):
+        return self.accelerator.unwrap_model(self.policy)
+
+    def generation_context(self):
+        """Where ZeRO-3 shards the policy, gather it for generation; elsewhere nothing to do."""
+        plan = self.plan
+        if plan is not None and plan.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(self.policy.parameters()), modifier_rank=None)
+        return nullcontext()
+
+    def rollout(self, prompts: list[str]):
+        return make_rollout(self, prompts)
+
+    def gold(self, prompts: list[str], completions: list[str]) -> torch.Tensor | None:
+        if self.task.gold_reward is None:
+            return None
+        return torch.tensor(self.task.gold_reward(prompts, completions), dtype=torch.float32)
+
+    def check_finite(self, step: int, **values) -> None:
+        for name, value in values.items():
+            value = float(value)
+            if not math.isfinite(value):
+                raise DivergedError(f"{name} is {value} at step {step}")
+
+    def optimizer_step(self, loss, optimizer, scheduler, model) -> float:
+        """Backward, clip, step; returns the gradient norm before clipping."""
+        self.accelerator.backward(loss)
+        grad_norm = self.accelerator.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        return float(grad_norm) if grad_norm is not None else float("nan")
+
+    def evaluate(self, step: int) -> dict:
+        """Held-out prompts, sampled with a fixed generator: the same draws for every cell and checkpoint."""
+        from rlhfkit.engine.evaluate import evaluate_policy
+
+        result = evaluate_policy(self, step)
+        samples = result.pop("eval/samples")
+        self.evaluations.append({**result, "samples": samples})
+        return result
+
+    def rollout_metrics(self, step: int, rollout, kl: torch.Tensor, step_seconds: float, extra: dict) -> dict:
+        """Metric keys shared by every algorithm (``objective/*``, ``perf/*``, ``memory/*``)."""
+        mask = rollout.mask
+        seq_kl = (kl * mask).sum(1)
+        gold = self.gold(rollout.prompts, rollout.completions)
+        n_tokens = int(mask.sum())
+        self.episodes += rollout.responses.size(0)
+        self.tokens += n_tokens
+        metrics = {
+            "episode": self.episodes,
+            "objective/scores": rollout.scores.mean().item(),
+            "objective/raw_scores": rollout.raw_scores.mean().item(),
+            "objective/kl": seq_kl.mean().item(),
+            "objective/non_score_reward": (-self.kl_controller.value * seq_kl).mean().item(),
+            "objective/rlhf_reward": (rollout.scores - self.kl_controller.value * seq_kl).mean().item(),
+            "objective/entropy": (-rollout.logprobs * mask).sum(1).mean().item(),
+            "objective/eos_rate": rollout.contains_eos.float().mean().item(),
+            "objective/length": mask.sum(1).mean().item(),
+            "objective/kl_coef": self.kl_controller.value,
+            "perf/step_seconds": step_seconds,
+            "perf/episodes_per_s": rollout.responses.size(0) / step_seconds,
+            "perf/tokens_per_s": n_tokens / step_seconds,
+            "lr": self.policy_scheduler.get_last_lr()[0] if self.policy_scheduler is not None else self.config.learning_rate,
+        }
+        if gold is not None:
+            metrics["objective/gold"] = gold.mean().item()
+        metrics.update(extra)
+        metrics.update(self.memory.summary())
+        return metrics
+
+    def end_step(self, step: int, metrics: dict, seq_kl_mean: float, batch: int) -> None:
+        """Advance the KL controller and learning-rate schedules, evaluate when due, log the step."""
+        self.kl_controller.update(seq_kl_mean, batch)
+        for scheduler in (self.policy_scheduler, self.value_scheduler):
+            if scheduler is not None:
+                scheduler.step()
+        if (step + 1) % self.config.eval_every == 0 or step + 1 == self.config.steps:
+            metrics.update(self.evaluate(step + 1))
+        self.logger.log(step, metrics)
+
+
+def sequence_kl(kl: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (kl * mask).sum(1)
+
+
+__all__ = ["TrainContext", "PromptSampler", "MetricsLogger", "DivergedError", "sequence_kl", "masked_mean"]

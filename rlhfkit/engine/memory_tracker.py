@@ -1,0 +1,80 @@
+"""Measured memory per phase (generation, scoring, training).
+
+On CUDA: the caching allocator's peak statistics, reset at each phase start.  On the CPU: the process's
+resident set, sampled by a background thread, minus the baseline taken before any model was built.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import psutil
+import torch
+
+PHASES = ("generation", "scoring", "training")
+
+
+class PhaseMemory:
+    def __init__(self, device: torch.device, poll_interval_s: float = 0.005):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.peaks: dict[str, int] = {}
+        self._process = psutil.Process()
+        self._current: str | None = None
+        self._poll = poll_interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.baseline = self._now()
+        if not self.cuda:
+            self._thread = threading.Thread(target=self._sample, name="rlhfkit-rss", daemon=True)
+            self._thread.start()
+
+    def _now(self) -> int:
+        if self.cuda:
+            return torch.cuda.memory_allocated(self.device)
+        return self._process.memory_info().rss
+
+    def _record(self, phase: str, absolute: int) -> None:
+        above = max(0, absolute - self.baseline)
+        if above > self.peaks.get(phase, 0):
+            self.peaks[phase] = above
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._poll):
+            phase = self._current
+            if phase is not None:
+                self._record(phase, self._now())
+
+    @contextmanager
+    def phase(self, name: str):
+        previous = self._current
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._record(name, self._now())
+        self._current = name
+        try:
+            yield
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize(self.device)
+                self._record(name, torch.cuda.max_memory_allocated(self.device))
+            else:
+                self._record(name, self._now())
+            self._current = previous
+
+    @property
+    def peak(self) -> int:
+        return max(self.peaks.values(), default=0)
+
+    def summary(self) -> dict[str, int]:
+        out = {f"memory/{phase}_peak_bytes": self.peaks.get(phase, 0) for phase in PHASES}
+        out["memory/peak_bytes"] = self.peak
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1)

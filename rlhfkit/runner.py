@@ -1,0 +1,382 @@
+"""Run a recipe's grid: stages once per model row, then every cell in its own process.
+
+A crash, OOM, NaN or timeout in one cell becomes that cell's status and the grid goes on.  Rerunning the
+same recipe into the same output directory resumes: finished cells are kept, unfinished ones rerun.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from rlhfkit.artifacts import artifact_dirs, is_complete
+from rlhfkit.recipe import Cell, Recipe, fingerprint
+from rlhfkit.results import TERMINAL_STATUSES, cell_dir, read_json, read_result
+
+RECIPE_COPY = "recipe.toml"
+RUN_INFO = "run.json"
+STAGES_FILE = "stages.json"
+LOCK_FILE = ".rlhfkit.lock"
+# [run] keys that change how fast a grid runs, not what it computes.
+NON_RESULT_RUN_KEYS = ("output", "parallel_cells", "cell_timeout_s")
+TRACKED_PACKAGES = ("torch", "transformers", "trl", "accelerate", "peft", "deepspeed", "bitsandbytes", "pandas", "rlhfkit")
+
+
+class RunError(Exception):
+    """The run cannot start (bad output directory, another run holds it): one line, exit 2."""
+
+
+def results_fingerprint(raw: dict) -> str:
+    """Hash of everything a cell's numbers depend on; the grid lists may grow without changing it."""
+    relevant = {k: v for k, v in raw.items() if k not in ("name", "description", "grid", "report")}
+    relevant["run"] = {k: v for k, v in (raw.get("run") or {}).items() if k not in NON_RESULT_RUN_KEYS}
+    return fingerprint(relevant)
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def hardware() -> dict:
+    import psutil
+
+    info = {
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "platform": platform.platform(),
+    }
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10,
+        )
+        if out.returncode == 0:
+            info["gpus"] = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        pass
+    return info
+
+
+def _die_with_parent() -> None:
+    """Child setup: own process group (so a timeout kills the whole tree), SIGKILL if the runner dies."""
+    os.setpgrp()
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+@dataclass
+class Running:
+    cell: Cell
+    proc: subprocess.Popen
+    started: float
+    log: object
+    steps_done: int = 0
+    metrics_offset: int = 0
+
+
+@dataclass
+class RunOutcome:
+    output_dir: Path
+    ran: list[Cell] = field(default_factory=list)
+    kept: list[Cell] = field(default_factory=list)
+    statuses: dict[str, str] = field(default_factory=dict)
+
+
+class OutputLock:
+    """An exclusive lock on the output directory; released by the kernel even on SIGKILL."""
+
+    def __init__(self, output_dir: Path):
+        self.path = output_dir / LOCK_FILE
+        self.handle = None
+
+    def __enter__(self):
+        self.handle = open(self.path, "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise RunError(f"another rlhfkit run is writing to {self.path.parent}; wait for it or choose another --output")
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def prepare_output(recipe: Recipe, output_dir: Path) -> None:
+    """Refuse an output directory that holds another recipe's results; record this run's recipe."""
+    info_path = output_dir / RUN_INFO
+    fp = results_fingerprint(recipe.raw)
+    previous = read_json(info_path)
+    if previous is not None and previous.get("results_fingerprint") != fp:
+        raise RunError(
+            f"{output_dir} holds results of a different recipe (settings that change results differ); "
+            "choose another --output or remove that directory"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _record_run(recipe: Recipe, output_dir: Path) -> None:
+    info_path = output_dir / RUN_INFO
+    previous = read_json(info_path) or {}
+    recipe_copy = output_dir / RECIPE_COPY
+    tmp = recipe_copy.with_name(recipe_copy.name + ".tmp")
+    tmp.write_text(recipe.path.read_text())
+    os.replace(tmp, recipe_copy)
+    _write_json_atomic(
+        info_path,
+        {
+            "recipe": recipe.name,
+            "recipe_source": str(recipe.path),
+            "results_fingerprint": results_fingerprint(recipe.raw),
+            "first_started": previous.get("first_started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "last_started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": package_versions(),
+            "hardware": hardware(),
+            "command": sys.argv,
+        },
+    )
+
+
+class Runner:
+    def __init__(self, recipe: Recipe, output_dir: Path, progress=None, retry_failed: bool = False):
+        from rlhfkit.plugins import get_plugin_manager
+
+        self.recipe = recipe
+        self.output_dir = output_dir
+        self.progress = progress
+        self.retry_failed = retry_failed
+        self.hook = get_plugin_manager().hook
+        self.artifacts_root = output_dir / "artifacts"
+        cpus = os.cpu_count() or 1
+        self.threads = recipe.run.threads_per_cell or max(1, cpus // recipe.run.parallel_cells)
+
+    # -- stages ---------------------------------------------------------------------------------------
+    def run_stages(self) -> dict[str, dict]:
+        """Build tokenizer, SFT policy and reward model for every model row the grid uses."""
+        stages = read_json(self.output_dir / STAGES_FILE) or {}
+        model_names = sorted({c.model for c in self.recipe.cells()})
+        self.artifacts_root.mkdir(parents=True, exist_ok=True)
+        for name in model_names:
+            dirs = artifact_dirs(self.recipe, self.recipe.models[name], self.artifacts_root)
+            if all(is_complete(p) for p in (dirs.tokenizer, dirs.sft, dirs.reward_model)) and name in stages:
+                continue
+            if self.progress:
+                self.progress.stage_started(name)
+            spec_path = self.artifacts_root / f"stages-{name}.spec.json"
+            result_path = self.artifacts_root / f"stages-{name}.result.json"
+            log_path = self.artifacts_root / f"stages-{name}.log"
+            _write_json_atomic(
+                spec_path,
+                {
+                    "recipe": str(self.output_dir / RECIPE_COPY),
+                    "model": name,
+                    "artifacts_root": str(self.artifacts_root),
+                    "threads": self.recipe.run.threads_per_cell or (os.cpu_count() or 1),
+                    "result": str(result_path),
+                },
+            )
+            started = time.perf_counter()
+            with open(log_path, "w") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "rlhfkit.stages.pipeline", str(spec_path)],
+                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, env=self._env(),
+                )
+                rc = proc.wait()
+            if rc == 0 and (metrics := read_json(result_path)) is not None:
+                stages[name] = {"status": "ok", **metrics}
+            else:
+                tail = log_path.read_text()[-2000:].strip().splitlines()
+                stages[name] = {"status": "failed", "error": tail[-1] if tail else f"exit code {rc}"}
+            stages[name]["wall_s"] = time.perf_counter() - started
+            _write_json_atomic(self.output_dir / STAGES_FILE, stages)
+            if self.progress:
+                self.progress.stage_finished(name, stages[name])
+        return stages
+
+    # -- cells ----------------------------------------------------------------------------------------
+    def _env(self) -> dict:
+        env = dict(os.environ)
+        if not self._online_models():
+            env.setdefault("HF_HUB_OFFLINE", "1")  # fail fast instead of hanging on a network call
+        env["TOKENIZERS_PARALLELISM"] = "false"
+        env["OMP_NUM_THREADS"] = str(self.threads)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _online_models(self) -> bool:
+        from rlhfkit.models import looks_like_hub_id
+
+        refs = [m.policy for m in self.recipe.models.values()] + [m.reward for m in self.recipe.models.values()]
+        return any(looks_like_hub_id(r) and not Path(r).exists() for r in refs)
+
+    def cell_command(self, spec_path: Path) -> list[str]:
+        n = self.recipe.run.num_processes
+        if n == 1:
+            return [sys.executable, "-m", "rlhfkit.cell", str(spec_path)]
+        return [
+            sys.executable, "-m", "torch.distributed.run",
+            "--nproc_per_node", str(n), "--standalone",
+            "-m", "rlhfkit.cell", str(spec_path),
+        ]
+
+    def _launch(self, cell: Cell) -> Running:
+        directory = cell_dir(self.output_dir, cell)
+        if directory.exists():  # leftovers of an interrupted attempt
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        spec_path = directory / "spec.json"
+        _write_json_atomic(
+            spec_path,
+            {
+                "recipe": str(self.output_dir / RECIPE_COPY),
+                "cell": cell.as_dict(),
+                "cell_dir": str(directory),
+                "artifacts_root": str(self.artifacts_root),
+                "threads": self.threads,
+            },
+        )
+        self.hook.cell_started(cell=cell, cell_dir=directory)
+        log = open(directory / "log.txt", "w")
+        proc = subprocess.Popen(
+            self.cell_command(spec_path), stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent, env=self._env(), cwd=os.getcwd(),
+        )
+        return Running(cell=cell, proc=proc, started=time.monotonic(), log=log)
+
+    def _finish(self, run: Running, timed_out: bool = False) -> dict:
+        run.log.close()
+        directory = cell_dir(self.output_dir, run.cell)
+        result = read_result(self.output_dir, run.cell)
+        if timed_out:
+            result = {"cell": run.cell.as_dict(), "status": "timeout",
+                      "error": f"still running after {self.recipe.run.cell_timeout_s:g} s"}
+            _write_json_atomic(directory / "result.json", result)
+        elif result is None:
+            rc = run.proc.returncode
+            if rc is not None and rc < 0:
+                sig = signal.Signals(-rc).name
+                status = "oom" if -rc == signal.SIGKILL else "failed"
+                error = f"killed by {sig}" + (" (likely the kernel's out-of-memory killer)" if status == "oom" else "")
+            else:
+                lines = (directory / "log.txt").read_text()[-2000:].strip().splitlines()
+                status, error = "failed", (lines[-1] if lines else f"exit code {rc}")
+            result = {"cell": run.cell.as_dict(), "status": status, "error": error}
+            _write_json_atomic(directory / "result.json", result)
+        self.hook.cell_finished(cell=run.cell, cell_dir=directory, result=result)
+        return result
+
+    def _poll_progress(self, run: Running) -> None:
+        path = cell_dir(self.output_dir, run.cell) / "metrics.jsonl"
+        try:
+            with open(path) as f:
+                f.seek(run.metrics_offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        complete = chunk[: chunk.rfind("\n") + 1]
+        run.metrics_offset += len(complete.encode())
+        lines = complete.count("\n")
+        if lines:
+            run.steps_done += lines
+            if self.progress:
+                last = json.loads(complete.strip().splitlines()[-1])
+                self.progress.cell_step(run.cell, run.steps_done, last)
+
+    def run_cells(self, stages: dict[str, dict]) -> RunOutcome:
+        outcome = RunOutcome(self.output_dir)
+        todo: deque[Cell] = deque()
+        for cell in self.recipe.cells():
+            result = read_result(self.output_dir, cell)
+            keep = result is not None and (result["status"] == "ok" or not self.retry_failed)
+            if keep:
+                outcome.kept.append(cell)
+                outcome.statuses[cell.id] = result["status"]
+            elif (stages.get(cell.model) or {}).get("status") != "ok":
+                directory = cell_dir(self.output_dir, cell)
+                directory.mkdir(parents=True, exist_ok=True)
+                error = (stages.get(cell.model) or {}).get("error", "stages did not run")
+                result = {"cell": cell.as_dict(), "status": "failed", "error": f"SFT/reward-model stage failed: {error}"}
+                _write_json_atomic(directory / "result.json", result)
+                outcome.statuses[cell.id] = "failed"
+                outcome.ran.append(cell)
+            else:
+                todo.append(cell)
+        if self.progress:
+            self.progress.cells_planned(list(self.recipe.cells()), outcome.kept, self.recipe)
+        running: dict[str, Running] = {}
+        try:
+            while todo or running:
+                while todo and len(running) < self.recipe.run.parallel_cells:
+                    cell = todo.popleft()
+                    running[cell.id] = self._launch(cell)
+                    if self.progress:
+                        self.progress.cell_started(cell)
+                time.sleep(0.2)
+                for cell_id, run in list(running.items()):
+                    self._poll_progress(run)
+                    timed_out = run.proc.poll() is None and time.monotonic() - run.started > self.recipe.run.cell_timeout_s
+                    if timed_out:
+                        _kill_tree(run.proc)
+                    if run.proc.poll() is None:
+                        continue
+                    del running[cell_id]
+                    result = self._finish(run, timed_out=timed_out)
+                    outcome.ran.append(run.cell)
+                    outcome.statuses[cell_id] = result["status"]
+                    if self.progress:
+                        self.progress.cell_finished(run.cell, result, time.monotonic() - run.started)
+        finally:
+            for run in running.values():  # interrupted: stop children, leave their cells unfinished
+                _kill_tree(run.proc)
+                run.log.close()
+        return outcome
+
+
+def run_recipe(recipe: Recipe, output_dir: Path, progress=None, retry_failed: bool = False) -> RunOutcome:
+    prepare_output(recipe, output_dir)
+    with OutputLock(output_dir):
+        _record_run(recipe, output_dir)
+        runner = Runner(recipe, output_dir, progress=progress, retry_failed=retry_failed)
+        stages = runner.run_stages()
+        return runner.run_cells(stages)
+
+
+__all__ = ["run_recipe", "RunError", "TERMINAL_STATUSES", "results_fingerprint"]

@@ -1,0 +1,123 @@
+"""The stage process: tokenizer, SFT policy and reward model for one ``[[models]]`` row.
+
+Run as ``python -m rlhfkit.stages.pipeline SPEC.json`` by the runner, so that torch and TRL live in a
+child process and a crash here is reported, not fatal to the grid.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from rlhfkit.artifacts import DONE_MARKER, artifact_dirs, is_complete, publish, staging_dir
+from rlhfkit.recipe import load_recipe
+
+
+def build_task(recipe):
+    from rlhfkit.plugins import get_registry
+    from rlhfkit.registry import resolve
+
+    spec = get_registry().get("dataset", recipe.data_name)
+    return resolve(spec.build)(recipe.data_options, recipe.run.data_seed)
+
+
+def load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def ensure_tokenizer(entry, task, out: Path):
+    from rlhfkit.models import parse_model_spec
+    from rlhfkit.tokenizer import train_tokenizer
+
+    if is_complete(out):
+        return load_tokenizer(out)
+    spec = parse_model_spec(entry.policy, entry.trust_remote_code)
+    tmp = staging_dir(out)
+    if spec.is_preset:
+        tokenizer = train_tokenizer(task.tokenizer_corpus(), task.tokenizer_kind, task.tokenizer_vocab_size)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(spec.checkpoint, trust_remote_code=spec.trust_remote_code)
+        if tokenizer.pad_token is None:
+            # Models that ship no pad token get a new one (never EOS: the reward model reads the last
+            # non-pad token, and EOS must stay readable).
+            tokenizer.add_special_tokens({"pad_token": "<|rlhfkit_pad|>"})
+        tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / DONE_MARKER).write_text(json.dumps({"kind": "tokenizer", "source": entry.policy}))
+    publish(tmp, out)
+    return load_tokenizer(out)
+
+
+def ensure_sft(recipe, entry, task, tokenizer, out: Path) -> dict:
+    from rlhfkit.models import build_causal_lm, parse_model_spec
+    from rlhfkit.stages.sft import train_sft
+
+    if is_complete(out):
+        return json.loads((out / DONE_MARKER).read_text())["metrics"]
+    spec = parse_model_spec(entry.policy, entry.trust_remote_code)
+    model = build_causal_lm(spec, tokenizer)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    tmp = staging_dir(out)
+    metrics = train_sft(model, tokenizer, task, recipe.sft, tmp)
+    (tmp / DONE_MARKER).write_text(json.dumps({"kind": "sft", "source": entry.policy, "metrics": metrics}))
+    publish(tmp, out)
+    return metrics
+
+
+def ensure_reward_model(recipe, entry, task, tokenizer, out: Path) -> dict:
+    from rlhfkit.models import build_sequence_classifier, parse_model_spec
+    from rlhfkit.stages.reward import train_reward_model
+
+    if is_complete(out):
+        return json.loads((out / DONE_MARKER).read_text())["metrics"]
+    spec = parse_model_spec(entry.reward, entry.trust_remote_code)
+    model = build_sequence_classifier(spec, tokenizer)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tmp = staging_dir(out)
+    metrics = train_reward_model(model, tokenizer, task, recipe.reward_model, tmp)
+    (tmp / DONE_MARKER).write_text(json.dumps({"kind": "reward_model", "source": entry.reward, "metrics": metrics}))
+    publish(tmp, out)
+    return metrics
+
+
+def run_stages(spec: dict) -> dict:
+    """Build every missing artifact of one model row; return the stage metrics."""
+    import torch
+
+    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+    recipe = load_recipe(spec["recipe"])
+    entry = recipe.models[spec["model"]]
+    dirs = artifact_dirs(recipe, entry, Path(spec["artifacts_root"]))
+    task = build_task(recipe)
+    started = time.perf_counter()
+    tokenizer = ensure_tokenizer(entry, task, dirs.tokenizer)
+    metrics = {}
+    metrics.update(ensure_sft(recipe, entry, task, tokenizer, dirs.sft))
+    metrics.update(ensure_reward_model(recipe, entry, task, tokenizer, dirs.reward_model))
+    metrics["stages/seconds"] = time.perf_counter() - started
+    metrics["data/stats"] = task.stats
+    return metrics
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text())
+    metrics = run_stages(spec)
+    out = Path(spec["result"])
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2))
+    tmp.replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
