@@ -1,4 +1,17 @@
-"""Model specs (``family:preset`` or a checkpoint) and building models from them."""
+"""Model specs (``family:preset``, ``family:known-checkpoint`` or a checkpoint) and building models from them.
+
+The forms a recipe's ``policy``/``reward`` may take:
+
+- ``"qwen2:tiny"``: a tiny preset of a family, random init (then SFT); trains on a CPU;
+- ``"./ckpt"`` or ``"/abs/ckpt"``: a local checkpoint directory (relative paths resolve against the current
+  directory); its family is detected from ``config.json`` by the ``detect_model_family`` hook;
+- ``"deepseek:./ckpt"``: a checkpoint whose family is named explicitly (when detection would pick another
+  family, e.g. a Llama-architecture Deepseek checkpoint without the usual hints);
+- ``"org/name"``: a hub id, only when online (with ``HF_HUB_OFFLINE=1`` a one-line error);
+- ``"deepseek:deepseek-coder-6.7b"``: an architecture-only reference to a well-known checkpoint, whose
+  config numbers the family knows (``adapter.known_checkpoints``): ``rlhfkit plan`` sizes it offline, but it
+  has no weights and cannot be trained offline (online, it loads from the known hub id).
+"""
 
 from __future__ import annotations
 
@@ -12,35 +25,33 @@ from rlhfkit.plugins import get_plugin_manager, get_registry
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Where a model comes from: a tiny preset of a family, or a checkpoint (local path or hub id)."""
+    """Where a model comes from: a tiny preset of a family, a checkpoint, or a known-checkpoint reference."""
 
     family: str
     preset: str | None = None
     checkpoint: str | None = None
     trust_remote_code: bool = False
+    reference: str | None = None
+    """Name of a well-known checkpoint of the family (``adapter.known_checkpoints``): architecture only."""
 
     @property
     def is_preset(self) -> bool:
         return self.preset is not None
 
+    @property
+    def is_reference(self) -> bool:
+        return self.reference is not None
+
     def label(self) -> str:
-        return f"{self.family}:{self.preset}" if self.preset else str(self.checkpoint)
+        if self.preset:
+            return f"{self.family}:{self.preset}"
+        if self.reference:
+            return f"{self.family}:{self.reference}"
+        return str(self.checkpoint)
 
 
-def _read_checkpoint_config(checkpoint: str) -> dict:
-    path = Path(checkpoint).expanduser()
-    config_file = path / "config.json"
-    if path.is_dir():
-        if not config_file.is_file():
-            raise ValueError(f"checkpoint directory {checkpoint!r} has no config.json")
-        return json.loads(config_file.read_text())
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or not looks_like_hub_id(checkpoint):
-        raise ValueError(
-            f"model {checkpoint!r} is neither 'family:preset' nor an existing checkpoint directory"
-        )
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(checkpoint).to_dict()
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def looks_like_hub_id(text: str) -> bool:
@@ -48,34 +59,91 @@ def looks_like_hub_id(text: str) -> bool:
     return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
 
 
+def read_checkpoint_config(checkpoint: str) -> dict:
+    """The ``config.json`` of a local checkpoint directory (or of a hub id, when online) as a dict."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise ValueError(f"checkpoint directory {checkpoint!r} has no config.json")
+        try:
+            return json.loads(config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"checkpoint {checkpoint!r}: config.json is not valid JSON ({exc})") from None
+    if path.exists():
+        raise ValueError(f"model {checkpoint!r} is a file, not a checkpoint directory")
+    if not looks_like_hub_id(checkpoint):
+        raise ValueError(
+            f"model {checkpoint!r} is neither 'family:preset' nor an existing checkpoint directory "
+            f"(relative paths resolve against {os.getcwd()})"
+        )
+    if hub_offline():
+        raise ValueError(
+            f"model {checkpoint!r} is not a local directory and looks like a hub id, but HF_HUB_OFFLINE=1: "
+            f"hub ids load only when online; give a local checkpoint directory"
+        )
+    from transformers import PretrainedConfig
+
+    try:
+        config, _ = PretrainedConfig.get_config_dict(checkpoint)
+    except Exception as exc:  # network errors, missing repos, gated repos: one line, no traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"model {checkpoint!r}: could not read its config from the hub: {first}") from None
+    return config
+
+
+# Kept for callers of the old private name.
+_read_checkpoint_config = read_checkpoint_config
+
+
+def _families(registry) -> str:
+    return ", ".join(registry.names("model_adapter"))
+
+
 def parse_model_spec(text: str, trust_remote_code: bool = False) -> ModelSpec:
-    """``"llama:tiny"`` -> preset; anything else is a checkpoint whose family is detected by plugins."""
+    """Parse a recipe's model reference (see the module docstring for the forms)."""
     registry = get_registry()
-    family, sep, preset = text.partition(":")
+    family, sep, rest = text.partition(":")
     if sep and family in registry.entries["model_adapter"]:
         adapter = registry.get("model_adapter", family)
-        if preset not in adapter.presets:
-            raise ValueError(
-                f"model {text!r}: family {family!r} has no preset {preset!r}; "
-                f"allowed: {', '.join(sorted(adapter.presets))}"
-            )
-        return ModelSpec(family=family, preset=preset)
-    if sep and not Path(text).exists() and "/" not in text:
+        if rest in adapter.presets:
+            return ModelSpec(family=family, preset=rest)
+        if rest in adapter.known_checkpoints:
+            return ModelSpec(family=family, reference=rest, trust_remote_code=trust_remote_code)
+        if rest and (Path(rest).expanduser().exists() or looks_like_hub_id(rest)):
+            config = read_checkpoint_config(rest)
+            adapter.check_loadable(config, trust_remote_code, text)
+            return ModelSpec(family=family, checkpoint=rest, trust_remote_code=trust_remote_code)
+        known = ", ".join(sorted(adapter.known_checkpoints)) or "(none)"
         raise ValueError(
-            f"model {text!r}: unknown model family {family!r}; allowed: {', '.join(registry.names('model_adapter'))}"
+            f"model {text!r}: family {family!r} has no preset {rest!r}; allowed presets: "
+            f"{', '.join(sorted(adapter.presets))}; known checkpoints (architecture only): {known}; "
+            f"or '{family}:PATH' to a checkpoint directory"
         )
-    config = _read_checkpoint_config(text)
+    if sep and not Path(text).expanduser().exists() and "/" not in text:
+        raise ValueError(f"model {text!r}: unknown model family {family!r}; allowed: {_families(registry)}")
+    config = read_checkpoint_config(text)
     detected = get_plugin_manager().hook.detect_model_family(model_config=config)
     if detected is None:
         raise ValueError(
             f"model {text!r}: model_type {config.get('model_type')!r} is not claimed by any model family; "
-            f"known families: {', '.join(registry.names('model_adapter'))}"
+            f"known families: {_families(registry)}"
         )
+    adapter = registry.get("model_adapter", detected)
+    adapter.check_loadable(config, trust_remote_code, text)
     return ModelSpec(family=detected, checkpoint=text, trust_remote_code=trust_remote_code)
 
 
 def adapter_for(spec: ModelSpec):
     return get_registry().get("model_adapter", spec.family)
+
+
+def model_architecture(text: str, trust_remote_code: bool = False) -> dict:
+    """Architecture numbers (``adapter.architecture``) of any model reference a recipe may write."""
+    spec = parse_model_spec(text, trust_remote_code)
+    arch = adapter_for(spec).architecture(spec)
+    arch["family"] = spec.family
+    return arch
 
 
 def _token_ids(tokenizer) -> dict:
@@ -87,16 +155,27 @@ def _token_ids(tokenizer) -> dict:
     )
 
 
+def _checkpoint_source(spec: ModelSpec, adapter) -> tuple[str, dict | None]:
+    """Where the weights of a checkpoint or reference spec come from, and its config dict."""
+    if spec.is_reference:
+        hub_id = adapter.checkpoint_hub_ids.get(spec.reference)
+        if hub_offline() or not hub_id:
+            raise ValueError(
+                f"model {spec.label()!r} is an architecture-only reference (for planning): it has no weights "
+                f"offline; give a local checkpoint directory to train it"
+                + (f" (online it loads {hub_id!r})" if hub_id else "")
+            )
+        return hub_id, adapter.reference_config(spec.reference)
+    return spec.checkpoint, read_checkpoint_config(spec.checkpoint)
+
+
 def build_causal_lm(spec: ModelSpec, tokenizer, **load_kwargs):
     """A causal LM: a randomly initialised tiny preset, or a checkpoint."""
     adapter = adapter_for(spec)
     if spec.is_preset:
         return adapter.causal_lm_from_config(adapter.preset_config(spec.preset, **_token_ids(tokenizer)))
-    from rlhfkit.registry import resolve
-
-    model = resolve(adapter.causal_lm_class).from_pretrained(
-        spec.checkpoint, trust_remote_code=spec.trust_remote_code, **load_kwargs
-    )
+    source, config = _checkpoint_source(spec, adapter)
+    model = adapter.load_causal_lm(source, config, trust_remote_code=spec.trust_remote_code, **load_kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -108,11 +187,8 @@ def build_sequence_classifier(spec: ModelSpec, tokenizer, **load_kwargs):
     if spec.is_preset:
         config = adapter.preset_config(spec.preset, **_token_ids(tokenizer))
         return adapter.sequence_classifier_from_config(config)
-    from rlhfkit.registry import resolve
-
-    model = resolve(adapter.sequence_classification_class).from_pretrained(
-        spec.checkpoint, num_labels=1, trust_remote_code=spec.trust_remote_code, **load_kwargs
-    )
+    source, config = _checkpoint_source(spec, adapter)
+    model = adapter.load_sequence_classifier(source, config, trust_remote_code=spec.trust_remote_code, **load_kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model

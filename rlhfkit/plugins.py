@@ -17,6 +17,10 @@ DISABLE_ENV = "RLHFKIT_DISABLE_PLUGINS"
 
 BUILTIN_PLUGINS = (
     "rlhfkit_plugins.models.llama",
+    "rlhfkit_plugins.models.qwen2",
+    "rlhfkit_plugins.models.phi3",
+    "rlhfkit_plugins.models.minicpm",
+    "rlhfkit_plugins.models.deepseek",
     "rlhfkit_plugins.algorithms",
     "rlhfkit_plugins.memory",
     "rlhfkit_plugins.datasets",

@@ -95,7 +95,18 @@ class MemoryStrategy(abc.ABC):
 class ModelAdapter:
     """A model family: how to build, load and describe its models.
 
-    Subclasses are declared with class attributes; the methods import transformers when called.
+    Subclasses are declared with class attributes; the methods import transformers only when called (a plugin
+    module is imported on every ``rlhfkit`` start).  A family may span several architectures (Deepseek: the
+    Llama-architecture deepseek-llm/coder and the MoE DeepseekV2/V3): ``model_classes`` maps a ``model_type``
+    to its classes, and a preset picks one with a ``model_type`` key.
+
+    Three kinds of model reference reach an adapter (see :class:`rlhfkit.models.ModelSpec`):
+
+    - a tiny *preset* (``"qwen2:tiny"``): random init from ``config_class``, trains on a CPU in seconds;
+    - a *checkpoint* (a local directory, or a hub id when online): loaded with ``from_pretrained``;
+    - an architecture-only *reference* to a well-known real checkpoint (``"deepseek:deepseek-coder-6.7b"``):
+      its config numbers come from :attr:`known_checkpoints`, so ``rlhfkit plan`` can size it offline; it
+      cannot be trained offline.
     """
 
     name: str = ""
@@ -107,11 +118,78 @@ class ModelAdapter:
     """Lazy reference to the transformers config class, e.g. ``"transformers:LlamaConfig"``."""
     causal_lm_class: str = ""
     sequence_classification_class: str = ""
+    model_classes: dict[str, tuple[str, str, str]] = {}
+    """``model_type`` -> (config, causal-LM, sequence-classification) lazy references, for the architectures
+    of the family other than the default one above."""
     presets: dict[str, dict] = {}
-    """Tiny architectures built from ``config_class`` (random init), by name."""
+    """Tiny architectures built from ``config_class`` (random init), by name.  A ``model_type`` key picks an
+    architecture from :attr:`model_classes`."""
     lora_target_modules: tuple[str, ...] = ()
+    """Linear layers LoRA adapts by default (the union over the family's architectures: peft needs at least
+    one of them to exist, not all)."""
     trust_remote_code_types: tuple[str, ...] = ()
-    """Model types whose checkpoints need ``trust_remote_code``."""
+    """Model types whose checkpoints need ``trust_remote_code`` (loaded through the Auto classes)."""
+    qkv_bias: bool = False
+    """The q/k/v projections carry a bias whatever ``attention_bias`` says (Qwen2)."""
+    known_checkpoints: dict[str, dict] = {}
+    """Well-known real checkpoints of the family: name -> config kwargs (with ``model_type``), copied from
+    their published ``config.json`` so the memory planner knows them without downloading."""
+    checkpoint_hub_ids: dict[str, str] = {}
+    """Known checkpoint name -> its hub id (used only when online)."""
+
+    # --- claiming checkpoints ------------------------------------------------------------------------------
+
+    def claims(self, model_config: dict) -> bool:
+        """Whether a checkpoint's ``config.json`` (as a dict) belongs to this family.
+
+        An explicit ``"rlhfkit_family"`` key in the config decides; otherwise the ``model_type``.
+        """
+        explicit = model_config.get("rlhfkit_family")
+        if explicit:
+            return explicit == self.name
+        model_type = model_config.get("model_type")
+        return model_type in self.model_types or model_type in self.trust_remote_code_types
+
+    def detect(self, model_config: dict) -> str | None:
+        """The ``detect_model_family`` answer of this family's plugin: its name when it claims the config."""
+        return self.name if self.claims(model_config) else None
+
+    def check_loadable(self, model_config: dict, trust_remote_code: bool, label: str) -> None:
+        """Raise a one-line ``ValueError`` when the checkpoint needs remote code that was not allowed."""
+        model_type = model_config.get("model_type")
+        if model_type in self.trust_remote_code_types and not trust_remote_code:
+            raise ValueError(
+                f"model {label!r}: model_type {model_type!r} ({self.name}) ships its own modelling code; set "
+                f"trust_remote_code = true in its [[models]] row to allow running it"
+            )
+        loadable = self.model_types + self.trust_remote_code_types + tuple(self.model_classes)
+        if model_type not in loadable:
+            raise ValueError(
+                f"model {label!r}: model_type {model_type!r} cannot be loaded by family {self.name!r} "
+                f"(it loads model types: {', '.join(dict.fromkeys(loadable))})"
+            )
+
+    # --- classes -------------------------------------------------------------------------------------------
+
+    def classes(self, model_type: str | None = None) -> tuple[str, str, str]:
+        """(config, causal-LM, sequence-classification) lazy references for ``model_type``."""
+        if model_type and model_type in self.model_classes:
+            return self.model_classes[model_type]
+        return (self.config_class, self.causal_lm_class, self.sequence_classification_class)
+
+    @staticmethod
+    def _native_config_class(model_type: str | None):
+        """transformers' own config class for ``model_type``, or ``None`` (remote-code or unknown types)."""
+        if not model_type:
+            return None
+        from transformers import CONFIG_MAPPING
+
+        try:
+            return CONFIG_MAPPING[model_type]
+        except KeyError:
+            return None
+
+    # --- configs -------------------------------------------------------------------------------------------
 
     def preset_config(self, preset: str, **overrides):
         """The transformers config of a tiny preset, with token ids/vocab overridden."""
@@ -119,17 +197,197 @@ class ModelAdapter:
             raise ValueError(
                 f"model family {self.name!r} has no preset {preset!r}; allowed: {', '.join(sorted(self.presets))}"
             )
-        config_cls = resolve(self.config_class)
         kwargs = dict(self.presets[preset])
+        model_type = kwargs.pop("model_type", None)
+        config_cls = resolve(self.classes(model_type)[0])
         kwargs.update(overrides)
         return config_cls(**kwargs)
 
+    def reference_config(self, name: str) -> dict:
+        """Config of a well-known checkpoint as a full dict (defaults of the config class filled in)."""
+        if name not in self.known_checkpoints:
+            raise ValueError(
+                f"model family {self.name!r} knows no checkpoint {name!r}; known: "
+                f"{', '.join(sorted(self.known_checkpoints)) or '(none)'}"
+            )
+        return self.normalise_config(dict(self.known_checkpoints[name]))
+
+    def normalise_config(self, config: dict) -> dict:
+        """A ``config.json``-like dict with the defaults of its (native) config class filled in."""
+        config = dict(config)
+        config_cls = self._native_config_class(config.get("model_type"))
+        if config_cls is None:
+            return config
+        known = {k: v for k, v in config.items() if k not in ("transformers_version", "auto_map")}
+        try:
+            return config_cls(**known).to_dict()
+        except Exception:  # an odd config still has the numbers we need
+            return config
+
+    def config_dict(self, spec_or_config) -> dict:
+        """A config dict from a :class:`ModelSpec`, a transformers config, a dict, a preset or known name."""
+        if isinstance(spec_or_config, dict):
+            return self.normalise_config(spec_or_config)
+        if hasattr(spec_or_config, "to_dict") and hasattr(spec_or_config, "model_type"):
+            return spec_or_config.to_dict()
+        if isinstance(spec_or_config, str):
+            if spec_or_config in self.presets:
+                return self.preset_config(spec_or_config).to_dict()
+            if spec_or_config in self.known_checkpoints:
+                return self.reference_config(spec_or_config)
+            from rlhfkit.models import read_checkpoint_config
+
+            return self.normalise_config(read_checkpoint_config(spec_or_config))
+        # a ModelSpec (duck-typed: registry.py must not import rlhfkit.models at import time)
+        if getattr(spec_or_config, "preset", None):
+            return self.preset_config(spec_or_config.preset).to_dict()
+        if getattr(spec_or_config, "reference", None):
+            return self.reference_config(spec_or_config.reference)
+        if getattr(spec_or_config, "checkpoint", None):
+            from rlhfkit.models import read_checkpoint_config
+
+            return self.normalise_config(read_checkpoint_config(spec_or_config.checkpoint))
+        raise TypeError(f"cannot read a model config from {spec_or_config!r}")
+
+    # --- building and loading ------------------------------------------------------------------------------
+
     def causal_lm_from_config(self, config):
-        return resolve(self.causal_lm_class)(config)
+        return resolve(self.classes(getattr(config, "model_type", None))[1])(config)
 
     def sequence_classifier_from_config(self, config):
         config.num_labels = 1
-        return resolve(self.sequence_classification_class)(config)
+        return resolve(self.classes(getattr(config, "model_type", None))[2])(config)
+
+    def _load(self, which: int, checkpoint: str, model_config: dict | None, trust_remote_code: bool, **kwargs):
+        model_type = (model_config or {}).get("model_type")
+        if model_type in self.trust_remote_code_types or model_type not in (self.model_types + tuple(self.model_classes)):
+            from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+            cls = AutoModelForCausalLM if which == 1 else AutoModelForSequenceClassification
+        else:
+            cls = resolve(self.classes(model_type)[which])
+        return cls.from_pretrained(checkpoint, trust_remote_code=trust_remote_code, **kwargs)
+
+    def load_causal_lm(self, checkpoint: str, model_config: dict | None = None, trust_remote_code: bool = False, **kwargs):
+        """A causal LM from a local checkpoint directory (or a hub id when online)."""
+        return self._load(1, checkpoint, model_config, trust_remote_code, **kwargs)
+
+    def load_sequence_classifier(
+        self, checkpoint: str, model_config: dict | None = None, trust_remote_code: bool = False, **kwargs
+    ):
+        """A one-output sequence classifier (reward model / critic) from a checkpoint; a new score head."""
+        kwargs.setdefault("num_labels", 1)
+        return self._load(2, checkpoint, model_config, trust_remote_code, **kwargs)
+
+    # --- architecture numbers (memory planner) -------------------------------------------------------------
+
+    def architecture(self, spec_or_config) -> dict:
+        """The numbers a memory planner needs, computed from the config (nothing is instantiated).
+
+        Keys: ``model_type``, ``hidden_size``, ``num_layers``, ``num_heads``, ``num_kv_heads``, ``head_dim``
+        (query/key head size), ``v_head_dim``, ``intermediate_size``, ``vocab_size``, ``tied_embeddings``,
+        ``num_experts`` (routed experts per MoE layer, 0 when dense), ``experts_per_token``,
+        ``num_shared_experts``, ``moe_intermediate_size``, ``num_moe_layers``, ``mla`` (multi-head latent
+        attention), ``kv_cache_elements_per_token`` (K and V elements cached per token over all layers, as
+        transformers caches them), ``num_parameters`` (the causal LM's), ``num_active_parameters`` (per token,
+        MoE routing counted), ``num_embedding_parameters``, ``max_position_embeddings``.
+        """
+        return architecture_numbers(self.config_dict(spec_or_config), qkv_bias=self.qkv_bias)
+
+
+def _get(config: dict, key: str, default=None):
+    value = config.get(key)
+    return default if value is None else value
+
+
+def architecture_numbers(c: dict, qkv_bias: bool = False) -> dict:
+    """Architecture numbers of a decoder-only transformer config dict (see :meth:`ModelAdapter.architecture`).
+
+    Covers the Llama-style decoders (Llama, Qwen2, Phi3, MiniCPM 1/2, deepseek-llm/coder), multi-head latent
+    attention (MiniCPM3, DeepseekV2/V3) and Deepseek's MoE layers (shared + routed experts, dense first
+    layers).  Phi3's fused ``qkv_proj``/``gate_up_proj`` hold the same numbers as separate projections.
+    """
+    H = int(c["hidden_size"])
+    L = int(c["num_hidden_layers"])
+    nh = int(c["num_attention_heads"])
+    nkv = int(_get(c, "num_key_value_heads", nh))
+    V = int(c["vocab_size"])
+    I = int(_get(c, "intermediate_size", 4 * H))
+    tied = bool(_get(c, "tie_word_embeddings", False))
+    attn_bias = bool(_get(c, "attention_bias", False))
+    mlp_bias = bool(_get(c, "mlp_bias", False))
+    mla = bool(_get(c, "kv_lora_rank", 0))
+
+    if mla:
+        q_rank = _get(c, "q_lora_rank", 0) or 0
+        kv_rank = int(c["kv_lora_rank"])
+        nope, rope = int(c["qk_nope_head_dim"]), int(c["qk_rope_head_dim"])
+        v_dim = int(c["v_head_dim"])
+        qk_dim = nope + rope
+        b = 1 if attn_bias else 0
+        if q_rank:
+            attn = H * q_rank + b * q_rank + q_rank + q_rank * nh * qk_dim
+        else:
+            attn = H * nh * qk_dim
+        attn += H * (kv_rank + rope) + b * (kv_rank + rope) + kv_rank + kv_rank * nh * (nope + v_dim)
+        attn += nh * v_dim * H + b * H
+        head_dim, kv_heads = qk_dim, nh
+        kv_per_layer = nh * (qk_dim + v_dim)
+    else:
+        hd = int(_get(c, "head_dim", H // nh))
+        v_dim = hd
+        attn = H * nh * hd + 2 * H * nkv * hd + nh * hd * H
+        if attn_bias:
+            attn += nh * hd + 2 * nkv * hd + H
+        elif qkv_bias:
+            attn += nh * hd + 2 * nkv * hd
+        head_dim, kv_heads = hd, nkv
+        kv_per_layer = 2 * nkv * hd
+
+    def mlp(inter: int) -> int:
+        return 3 * H * inter + (2 * inter + H if mlp_bias else 0)
+
+    n_routed = int(_get(c, "n_routed_experts", 0) or _get(c, "num_local_experts", 0) or 0)
+    top_k = int(_get(c, "num_experts_per_tok", 0) or 0) if n_routed else 0
+    n_shared = int(_get(c, "n_shared_experts", 0) or 0) if n_routed else 0
+    moe_I = int(_get(c, "moe_intermediate_size", I)) if n_routed else 0
+    first_dense = int(_get(c, "first_k_dense_replace", 0)) if n_routed else L
+    freq = int(_get(c, "moe_layer_freq", 1) or 1)
+    moe_layers = [i for i in range(L) if n_routed and i >= first_dense and i % freq == 0]
+    n_moe = len(moe_layers)
+    gate = n_routed * H + (n_routed if c.get("model_type") == "deepseek_v3" else 0)
+    moe_total = gate + n_routed * mlp(moe_I) + (mlp(moe_I * n_shared) if n_shared else 0)
+    moe_active = gate + top_k * mlp(moe_I) + (mlp(moe_I * n_shared) if n_shared else 0)
+
+    norms = 2 * H
+    embed = V * H
+    head = 0 if tied else V * H
+    dense_layer = attn + mlp(I) + norms
+    total = embed + head + H + (L - n_moe) * dense_layer + n_moe * (attn + norms + moe_total)
+    active = embed + head + H + (L - n_moe) * dense_layer + n_moe * (attn + norms + moe_active)
+    return {
+        "model_type": c.get("model_type"),
+        "hidden_size": H,
+        "num_layers": L,
+        "num_heads": nh,
+        "num_kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "v_head_dim": v_dim,
+        "intermediate_size": I,
+        "vocab_size": V,
+        "tied_embeddings": tied,
+        "num_experts": n_routed,
+        "experts_per_token": top_k,
+        "num_shared_experts": n_shared,
+        "moe_intermediate_size": moe_I,
+        "num_moe_layers": n_moe,
+        "mla": mla,
+        "kv_cache_elements_per_token": L * kv_per_layer,
+        "num_parameters": int(total),
+        "num_active_parameters": int(active),
+        "num_embedding_parameters": int(embed + head),
+        "max_position_embeddings": c.get("max_position_embeddings"),
+    }
 
 
 @dataclass
