@@ -60,7 +60,10 @@ def ensure_sft(recipe, entry, task, tokenizer, out: Path) -> dict:
 
     if is_complete(out):
         return json.loads((out / DONE_MARKER).read_text())["metrics"]
+    from transformers import set_seed
+
     spec = parse_model_spec(entry.policy, entry.trust_remote_code)
+    set_seed(recipe.sft.seed)  # a preset's random initialisation is part of the stage's result
     model = build_causal_lm(spec, tokenizer)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
@@ -77,7 +80,10 @@ def ensure_reward_model(recipe, entry, task, tokenizer, out: Path) -> dict:
 
     if is_complete(out):
         return json.loads((out / DONE_MARKER).read_text())["metrics"]
+    from transformers import set_seed
+
     spec = parse_model_spec(entry.reward, entry.trust_remote_code)
+    set_seed(recipe.reward_model.seed)
     model = build_sequence_classifier(spec, tokenizer)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
