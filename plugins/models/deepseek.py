@@ -57,8 +57,9 @@ class DeepseekAdapter(ModelAdapter):
     # parameters in transformers, so LoRA reaches the attention, dense layers and shared experts).
     lora_target_modules = tuple(dict.fromkeys(LLAMA_STYLE_LORA + MLA_LORA))
     presets = {
-        # deepseek-coder shape (Llama architecture), tiny
-        "tiny": preset(TINY),
+        # deepseek-coder shape (Llama architecture), tiny; the family mark travels into the saved config.json
+        # so its SFT/reward checkpoints are detected as deepseek again
+        "tiny": preset(TINY, rlhfkit_family="deepseek"),
         # DeepseekV2: MLA + MoE (1 dense layer, then 4 routed experts, 2 per token, 1 shared)
         "tiny-moe": preset(
             TINY,

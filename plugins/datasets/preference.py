@@ -1,0 +1,359 @@
+"""Real preference data: shared parsing, cleaning and splitting for the ``hh_rlhf``, ``preference_jsonl``
+and ``hub`` data sets.
+
+Every source becomes rows ``{"prompt", "chosen", "rejected"}`` in plain text (completions never repeat the
+prompt).  Rows that cannot be used are *counted by reason* in ``task.stats["dropped"]`` and reported on
+stderr, never dropped silently:
+
+- ``not_json``: a line that is not a JSON object;
+- ``missing_keys``: no chosen/rejected (or prompt, where the format needs one), or a value of the wrong type;
+- ``no_assistant_turn``: an HH-style conversation without ``"\\n\\nAssistant:"``;
+- ``prompt_mismatch``: chosen and rejected share no conversation up to an assistant turn;
+- ``empty_prompt``, ``empty_completion``: nothing left after splitting/stripping;
+- ``identical``: chosen equals rejected (no preference to learn);
+- ``prompt_too_long``: no turn boundary leaves the prompt within ``max_prompt_chars`` (with
+  ``long_prompts = "drop"``).
+
+Real data has no gold reward: ``task.gold_reward`` is ``None`` and reports leave the gold columns empty.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from rlhfkit.data import PreferenceTask
+
+HUMAN = "\n\nHuman:"
+ASSISTANT = "\n\nAssistant:"
+LONG_PROMPT_POLICIES = ("truncate", "drop")
+CHAT_FORMATS = ("hh", "plain")
+
+
+@dataclass
+class PreferenceOptions:
+    """Options shared by every real preference data set (the recipe's ``[data]`` table)."""
+
+    max_pairs: int = 0
+    """Use at most this many clean pairs (after shuffling with the data seed); 0 = all."""
+    eval_fraction: float = 0.1
+    """Fraction of the clean pairs held out: reward-model accuracy and policy evaluation use them."""
+    num_eval_prompts: int = 64
+    """Held-out prompts (from the held-out pairs) the SFT and final policies are evaluated on."""
+    max_rl_prompts: int = 0
+    """RL prompts, taken from the training pairs' prompts (distinct); 0 = all."""
+    max_prompt_chars: int = 0
+    """Longest prompt kept, in characters; 0 = no limit.  Long prompts keep their *last* turns (the context
+    closest to the answer), cut at a turn boundary; see ``long_prompts``."""
+    long_prompts: str = "truncate"
+    """What to do when even the last turn is longer than ``max_prompt_chars``: ``"truncate"`` keeps its last
+    ``max_prompt_chars`` characters, ``"drop"`` drops the pair (counted as ``prompt_too_long``)."""
+    max_completion_chars: int = 0
+    """Longest chosen/rejected answer, in characters (cut at a word boundary); 0 = no limit.  A pair whose
+    answers become identical is dropped (counted as ``identical``)."""
+    tokenizer_kind: str = "bpe"
+    """Tokenizer trained for tiny-preset models: ``"bpe"`` (byte-level BPE, right for real text) or ``"word"``."""
+    tokenizer_vocab_size: int = 2048
+    """Vocabulary of that tokenizer (checkpoints bring their own tokenizer)."""
+
+    def __post_init__(self):
+        if self.max_pairs < 0:
+            raise ValueError("max_pairs must be >= 0 (0 = all)")
+        if not 0 < self.eval_fraction < 1:
+            raise ValueError("eval_fraction must be in (0, 1)")
+        for name in ("num_eval_prompts", "tokenizer_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("max_rl_prompts", "max_prompt_chars", "max_completion_chars"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = no limit)")
+        if self.long_prompts not in LONG_PROMPT_POLICIES:
+            raise ValueError(f"long_prompts must be one of: {', '.join(LONG_PROMPT_POLICIES)}")
+        if self.tokenizer_kind not in ("bpe", "word"):
+            raise ValueError("tokenizer_kind must be one of: bpe, word")
+
+
+# --- files -----------------------------------------------------------------------------------------------
+
+
+def resolve_data_path(path: str, key: str = "data.path") -> Path:
+    """A data file path; relative paths resolve against the current directory.  One-line error if missing."""
+    if not path:
+        raise ValueError(f"{key} is required (a file path)")
+    resolved = Path(path).expanduser()
+    if not resolved.is_absolute():
+        resolved = Path(os.getcwd()) / resolved
+    if not resolved.is_file():
+        raise ValueError(
+            f"{key} {path!r} does not exist (looked at {resolved}; relative paths resolve against the current "
+            f"directory)"
+        )
+    return resolved
+
+
+def read_json_lines(path: Path, stats: Counter) -> Iterator[Any]:
+    """Records of a ``.jsonl``/``.jsonl.gz`` file (or a ``.json`` list); bad lines count as ``not_json``."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    name = path.name[:-3] if path.suffix == ".gz" else path.name
+    with opener(path, "rt", encoding="utf-8") as handle:
+        if name.endswith(".json"):
+            data = json.load(handle)
+            yield from (data if isinstance(data, list) else [data])
+            return
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                stats["not_json"] += 1
+                yield None
+
+
+def read_records(path: Path, stats: Counter) -> Iterator[Any]:
+    """Records of a JSONL (optionally gzipped), JSON or Parquet file."""
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.read_parquet(path)
+        for record in frame.to_dict(orient="records"):
+            yield {k: _plain(v) for k, v in record.items()}
+        return
+    yield from read_json_lines(path, stats)
+
+
+def _plain(value):
+    """numpy arrays/records from Parquet -> lists/dicts."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# --- rows -> (prompt, chosen, rejected) -------------------------------------------------------------------
+
+
+class Malformed(Exception):
+    """A row that cannot be used; ``str(exc)`` is the reason key."""
+
+
+def split_hh(chosen_text: str, rejected_text: str) -> tuple[str, str, str]:
+    """Split two HH-RLHF transcripts into (prompt, chosen, rejected).
+
+    The prompt is the longest common prefix of the two transcripts, cut back to end at its last
+    ``"\n\nAssistant:"`` (the data set's own definition); the answers are what follows.
+    """
+    if ASSISTANT not in chosen_text or ASSISTANT not in rejected_text:
+        raise Malformed("no_assistant_turn")
+    shared = len(os.path.commonprefix([chosen_text, rejected_text]))
+    cut = chosen_text.rfind(ASSISTANT, 0, shared)
+    if cut < 0:
+        raise Malformed("prompt_mismatch")
+    prompt = chosen_text[: cut + len(ASSISTANT)]
+    return prompt, chosen_text[len(prompt):], rejected_text[len(prompt):]
+
+
+def common_prefix_split(chosen_text: str, rejected_text: str) -> tuple[str, str, str]:
+    """Implicit-prompt rows: HH transcripts split at the last assistant turn, others at the common prefix
+    (moved back to the last whitespace so no word is cut)."""
+    if ASSISTANT in chosen_text:
+        return split_hh(chosen_text, rejected_text)
+    n = len(os.path.commonprefix([chosen_text, rejected_text]))
+    while n > 0 and not chosen_text[n - 1].isspace():
+        n -= 1
+    return chosen_text[:n], chosen_text[n:], rejected_text[n:]
+
+
+def render_messages(messages: list, chat_format: str = "hh", open_assistant: bool = False) -> str:
+    """Render conversational messages as text: HH style (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) or plain
+    (``"role: content\\n"``).  ``open_assistant`` ends with an open assistant turn (a prompt)."""
+    parts = []
+    for message in messages:
+        if not isinstance(message, dict) or "content" not in message:
+            raise Malformed("missing_keys")
+        role, content = message.get("role", "user"), str(message["content"])
+        if chat_format == "hh":
+            label = {"user": "Human", "assistant": "Assistant", "system": "System"}.get(role, role.capitalize())
+            parts.append(f"\n\n{label}: {content}")
+        else:
+            parts.append(f"{role}: {content}\n")
+    if open_assistant:
+        parts.append(ASSISTANT if chat_format == "hh" else "assistant:")
+    return "".join(parts)
+
+
+def _render_answer(messages, chat_format: str) -> str:
+    if isinstance(messages, str):
+        return messages
+    if not isinstance(messages, list):
+        raise Malformed("missing_keys")
+    texts = []
+    for m in messages:
+        if not isinstance(m, dict) or "content" not in m:
+            raise Malformed("missing_keys")
+        texts.append(str(m["content"]))
+    # the prompt ends with an open assistant turn; a multi-message answer continues in the same format
+    answer = " " + texts[0] if texts else ""
+    if len(messages) > 1:
+        answer += render_messages(messages[1:], chat_format)
+    return answer
+
+
+def normalise_row(row: Any, prompt_key="prompt", chosen_key="chosen", rejected_key="rejected", chat_format="hh"):
+    """(prompt, chosen, rejected) from a row in any supported format; raises :class:`Malformed`.
+
+    Formats (TRL's names): standard explicit prompt (strings), standard implicit prompt (chosen/rejected
+    transcripts only), conversational explicit prompt (lists of ``{"role", "content"}``), conversational
+    implicit prompt (full conversations; the shared leading messages are the prompt).
+    """
+    if not isinstance(row, dict):
+        raise Malformed("not_json" if row is None else "missing_keys")
+    if chosen_key not in row or rejected_key not in row or row[chosen_key] is None or row[rejected_key] is None:
+        raise Malformed("missing_keys")
+    chosen, rejected = row[chosen_key], row[rejected_key]
+    prompt = row.get(prompt_key)
+    if prompt is None:
+        if isinstance(chosen, str) and isinstance(rejected, str):
+            return common_prefix_split(chosen, rejected)
+        if isinstance(chosen, list) and isinstance(rejected, list):
+            k = 0
+            while k < min(len(chosen), len(rejected)) - 1 and chosen[k] == rejected[k]:
+                k += 1
+            if k == 0:
+                raise Malformed("empty_prompt")
+            prompt_text = render_messages(chosen[:k], chat_format, open_assistant=True)
+            return prompt_text, _render_answer(chosen[k:], chat_format), _render_answer(rejected[k:], chat_format)
+        raise Malformed("missing_keys")
+    if isinstance(prompt, str):
+        if not isinstance(chosen, (str, list)) or not isinstance(rejected, (str, list)):
+            raise Malformed("missing_keys")
+        return prompt, _render_answer(chosen, chat_format), _render_answer(rejected, chat_format)
+    if isinstance(prompt, list):
+        prompt_text = render_messages(prompt, chat_format, open_assistant=True)
+        return prompt_text, _render_answer(chosen, chat_format), _render_answer(rejected, chat_format)
+    raise Malformed("missing_keys")
+
+
+def _truncate_prompt(prompt: str, limit: int, policy: str) -> tuple[str, bool]:
+    if not limit or len(prompt) <= limit:
+        return prompt, False
+    # keep the last turns that fit, starting at a turn boundary
+    start = 0
+    while True:
+        nxt = prompt.find(HUMAN, start + 1)
+        if nxt < 0:
+            break
+        if len(prompt) - nxt <= limit:
+            return prompt[nxt:], True
+        start = nxt
+    if policy == "drop":
+        raise Malformed("prompt_too_long")
+    return prompt[-limit:], True
+
+
+def _truncate_completion(text: str, limit: int) -> tuple[str, bool]:
+    if not limit or len(text) <= limit:
+        return text, False
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut, True
+
+
+def clean_pair(prompt: str, chosen: str, rejected: str, options: PreferenceOptions, counts: Counter) -> dict:
+    """Apply the length limits and the sanity checks to one pair; raises :class:`Malformed`."""
+    if not prompt.strip():
+        raise Malformed("empty_prompt")
+    if not chosen.strip() or not rejected.strip():
+        raise Malformed("empty_completion")
+    if chosen.strip() == rejected.strip():
+        raise Malformed("identical")
+    prompt, cut_prompt = _truncate_prompt(prompt, options.max_prompt_chars, options.long_prompts)
+    chosen, cut_chosen = _truncate_completion(chosen, options.max_completion_chars)
+    rejected, cut_rejected = _truncate_completion(rejected, options.max_completion_chars)
+    if chosen.strip() == rejected.strip():
+        raise Malformed("identical")
+    counts["truncated_prompts"] += cut_prompt
+    counts["truncated_completions"] += cut_chosen + cut_rejected
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def collect_pairs(rows: Iterable[Any], options: PreferenceOptions, row_to_triple) -> tuple[list[dict], dict]:
+    """Clean pairs from raw rows, and the counts (rows read, dropped by reason, truncations)."""
+    dropped: Counter = Counter()
+    counts: Counter = Counter()
+    pairs = []
+    n_rows = 0
+    for row in rows:
+        n_rows += 1
+        try:
+            pairs.append(clean_pair(*row_to_triple(row), options, counts))
+        except Malformed as exc:
+            dropped[str(exc)] += 1
+    stats = {
+        "rows": n_rows,
+        "clean_pairs": len(pairs),
+        "dropped": dict(sorted(dropped.items())),
+        "dropped_total": sum(dropped.values()),
+        "truncated_prompts": counts["truncated_prompts"],
+        "truncated_completions": counts["truncated_completions"],
+    }
+    return pairs, stats
+
+
+def build_preference_task(name: str, pairs: list[dict], stats: dict, options: PreferenceOptions, seed: int) -> PreferenceTask:
+    """Shuffle with ``seed``, hold out ``eval_fraction``, derive SFT rows (the chosen answers) and prompts."""
+    if len(pairs) < 2:
+        raise ValueError(
+            f"data set {name!r}: only {len(pairs)} usable preference pair(s) "
+            f"(rows read {stats['rows']}, dropped {stats['dropped']})"
+        )
+    rng = random.Random(seed)
+    pairs = list(pairs)
+    rng.shuffle(pairs)
+    if options.max_pairs:
+        pairs = pairs[: options.max_pairs]
+    n_eval = min(len(pairs) - 1, max(1, round(len(pairs) * options.eval_fraction)))
+    eval_pairs, train_pairs = pairs[:n_eval], pairs[n_eval:]
+    sft = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in train_pairs]
+    rl_prompts = list(dict.fromkeys(p["prompt"] for p in train_pairs))
+    if options.max_rl_prompts:
+        rl_prompts = rl_prompts[: options.max_rl_prompts]
+    eval_prompts = list(dict.fromkeys(p["prompt"] for p in eval_pairs))[: options.num_eval_prompts]
+    stats = dict(stats)
+    stats.update(
+        pairs=len(train_pairs),
+        eval_pairs=len(eval_pairs),
+        sft=len(sft),
+        rl_prompts=len(rl_prompts),
+        eval_prompts=len(eval_prompts),
+    )
+    if stats["dropped_total"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in stats["dropped"].items())
+        print(
+            f"data set {name!r}: dropped {stats['dropped_total']} of {stats['rows']} rows ({reasons})",
+            file=sys.stderr,
+        )
+    return PreferenceTask(
+        name=name,
+        sft=sft,
+        pairs=train_pairs,
+        eval_pairs=eval_pairs,
+        rl_prompts=rl_prompts,
+        eval_prompts=eval_prompts,
+        gold_reward=None,
+        tokenizer_kind=options.tokenizer_kind,
+        tokenizer_vocab_size=options.tokenizer_vocab_size,
+        stats=stats,
+    )

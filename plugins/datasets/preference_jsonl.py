@@ -1,0 +1,75 @@
+"""Generic preference files: JSONL (optionally gzipped), JSON or Parquet with prompt/chosen/rejected.
+
+Accepted row formats (TRL's names):
+
+- standard, explicit prompt: ``{"prompt": str, "chosen": str, "rejected": str}``;
+- standard, implicit prompt: ``{"chosen": str, "rejected": str}`` (HH-style transcripts are split at the last
+  assistant turn, other texts at their common prefix);
+- conversational, explicit prompt: ``{"prompt": [messages], "chosen": [messages], "rejected": [messages]}``;
+- conversational, implicit prompt: ``{"chosen": [messages], "rejected": [messages]}``.
+
+Conversations are rendered as text (``chat_format``) so tiny models with a locally trained tokenizer can use
+them.  No gold reward.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+
+from rlhfkit.data import PreferenceTask
+from rlhfkit_plugins.datasets.preference import (
+    CHAT_FORMATS,
+    PreferenceOptions,
+    build_preference_task,
+    collect_pairs,
+    normalise_row,
+    read_records,
+    resolve_data_path,
+)
+
+
+@dataclass
+class PreferenceFileOptions(PreferenceOptions):
+    """Options of the ``preference_jsonl`` data set (the recipe's ``[data]`` table)."""
+
+    path: str = ""
+    """A ``.jsonl``, ``.jsonl.gz``, ``.json`` or ``.parquet`` file; relative paths resolve against the
+    current directory."""
+    prompt_key: str = "prompt"
+    """Column holding the prompt (absent in implicit-prompt rows)."""
+    chosen_key: str = "chosen"
+    """Column holding the preferred answer (or full conversation)."""
+    rejected_key: str = "rejected"
+    """Column holding the dispreferred answer (or full conversation)."""
+    chat_format: str = "hh"
+    """How conversational rows become text: ``"hh"`` (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) or
+    ``"plain"`` (``"role: content"`` lines)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.path:
+            raise ValueError("path is required (a .jsonl, .jsonl.gz, .json or .parquet file)")
+        if self.chat_format not in CHAT_FORMATS:
+            raise ValueError(f"chat_format must be one of: {', '.join(CHAT_FORMATS)}")
+        resolve_data_path(self.path, "path")
+
+
+def load_pairs(options: PreferenceFileOptions) -> tuple[list[dict], dict]:
+    path = resolve_data_path(options.path, "data.path")
+    to_triple = partial(
+        normalise_row,
+        prompt_key=options.prompt_key,
+        chosen_key=options.chosen_key,
+        rejected_key=options.rejected_key,
+        chat_format=options.chat_format,
+    )
+    pairs, stats = collect_pairs(read_records(path, Counter()), options, to_triple)
+    stats["source"] = str(options.path)
+    return pairs, stats
+
+
+def build(options: PreferenceFileOptions, seed: int) -> PreferenceTask:
+    pairs, stats = load_pairs(options)
+    return build_preference_task("preference_jsonl", pairs, stats, options, seed)
