@@ -1,0 +1,219 @@
+"""Real preference data sets: HH-RLHF parsing, generic JSONL/Parquet formats, malformed rows counted, hub
+refused offline, relative paths, and the recipes that use them.  Fast: no model is trained here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhfkit import plugins
+from rlhfkit.recipe import RecipeError, parse_recipe
+from rlhfkit.registry import resolve
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_HH = REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+needs_shared = pytest.mark.skipif(not SHARED_HH.is_file(), reason=f"shared HH-RLHF file not found at {SHARED_HH}")
+
+
+@pytest.fixture(autouse=True)
+def fresh(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(plugins.DISABLE_ENV, raising=False)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+def build(name: str, table: dict, seed: int = 0):
+    """Validate ``[data]`` like a recipe does, then build the task."""
+    recipe = parse_recipe({"data": {"name": name, **table}, "models": [{"name": "m", "policy": "llama:tiny"}]})
+    spec = plugins.get_registry().get("dataset", name)
+    return resolve(spec.build)(recipe.data_options, seed)
+
+
+def hh(*turns: str) -> str:
+    """An HH transcript from alternating Human/Assistant texts."""
+    return "".join(f"\n\n{'Human' if i % 2 == 0 else 'Assistant'}: {t}" for i, t in enumerate(turns))
+
+
+def write_jsonl(path: Path, rows: list, gz: bool = False) -> Path:
+    text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+GOOD = [
+    {"chosen": hh("Hi", "Hello!", "How do I bake bread?", "Mix flour, water, yeast."),
+     "rejected": hh("Hi", "Hello!", "How do I bake bread?", "No idea.")},
+    {"chosen": hh("What is 2+2?", "4."), "rejected": hh("What is 2+2?", "5.")},
+    {"chosen": hh("Name a colour.", "Blue."), "rejected": hh("Name a colour.", "Seven.")},
+    {"chosen": hh("Say hi.", "Hi there."), "rejected": hh("Say hi.", "Go away.")},
+]
+
+
+def test_hh_prompt_is_split_at_the_last_assistant_turn():
+    from rlhfkit_plugins.datasets.preference import split_hh
+
+    prompt, chosen, rejected = split_hh(GOOD[0]["chosen"], GOOD[0]["rejected"])
+    assert prompt == "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How do I bake bread?\n\nAssistant:"
+    assert chosen == " Mix flour, water, yeast." and rejected == " No idea."
+
+
+def test_hh_rows_and_malformed_rows_are_counted(tmp_path):
+    bad = [
+        "{not json",
+        {"chosen": hh("Q", "A")},  # missing rejected
+        {"chosen": hh("Q?", "Same."), "rejected": hh("Q?", "Same.")},  # identical
+        {"chosen": "\n\nHuman: no answer turn", "rejected": "\n\nHuman: still none"},
+        {"chosen": hh("Q?", ""), "rejected": hh("Q?", "Something.")},  # empty chosen answer
+        {"chosen": "Assistant-less text", "rejected": "Other text"},
+    ]
+    path = write_jsonl(tmp_path / "hh.jsonl.gz", GOOD + bad, gz=True)
+    task = build("hh_rlhf", {"path": str(path), "eval_fraction": 0.25, "num_eval_prompts": 4})
+    stats = task.stats
+    assert stats["rows"] == 10 and stats["clean_pairs"] == 4 and stats["dropped_total"] == 6
+    assert stats["dropped"] == {
+        "not_json": 1, "missing_keys": 1, "identical": 1, "no_assistant_turn": 2, "empty_completion": 1,
+    }
+    assert len(task.pairs) == 3 and len(task.eval_pairs) == 1 and stats["pairs"] == 3
+    assert task.gold_reward is None and task.tokenizer_kind == "bpe"
+    # SFT data are the chosen answers of the training pairs; prompts end with the open assistant turn
+    assert [r["completion"] for r in task.sft] == [p["chosen"] for p in task.pairs]
+    assert all(p.endswith("\n\nAssistant:") for p in task.rl_prompts + task.eval_prompts)
+    assert set(task.eval_prompts) == {p["prompt"] for p in task.eval_pairs}
+
+
+def test_length_limits_keep_the_last_turns(tmp_path):
+    long_history = hh("x " * 200, "y " * 50, "Final question?", "Short answer " * 20)
+    rejected = hh("x " * 200, "y " * 50, "Final question?", "Different answer.")
+    path = write_jsonl(tmp_path / "hh.jsonl", [{"chosen": long_history, "rejected": rejected}] + GOOD)
+    task = build("hh_rlhf", {"path": str(path), "max_prompt_chars": 60, "max_completion_chars": 40})
+    pair = next(p for p in task.pairs + task.eval_pairs if "Final question?" in p["prompt"])
+    assert pair["prompt"] == "\n\nHuman: Final question?\n\nAssistant:"
+    assert len(pair["chosen"]) <= 40 and task.stats["truncated_prompts"] >= 1
+    task = build("hh_rlhf", {"path": str(path), "max_prompt_chars": 34, "long_prompts": "drop"})
+    assert task.stats["dropped"].get("prompt_too_long", 0) >= 1
+
+
+@needs_shared
+def test_real_hh_rlhf_file():
+    task = build("hh_rlhf", {"path": str(SHARED_HH)})
+    stats = task.stats
+    assert stats["rows"] == 2312
+    assert stats["clean_pairs"] == 2308 and stats["dropped"] == {"empty_completion": 4}
+    assert stats["pairs"] + stats["eval_pairs"] == 2308
+    assert abs(stats["eval_pairs"] - 231) <= 1
+    for pair in task.pairs[:200]:
+        assert pair["prompt"].startswith("\n\nHuman:") and pair["prompt"].endswith("\n\nAssistant:")
+        assert pair["chosen"] != pair["rejected"]
+    # the same seed gives the same split; another seed another
+    assert build("hh_rlhf", {"path": str(SHARED_HH)}).pairs[:5] == task.pairs[:5]
+    assert build("hh_rlhf", {"path": str(SHARED_HH)}, seed=1).pairs[:5] != task.pairs[:5]
+
+
+@needs_shared
+def test_relative_data_path_resolves_against_cwd(monkeypatch):
+    monkeypatch.chdir(REPO)
+    task = build("hh_rlhf", {"path": "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz", "max_pairs": 100})
+    assert task.stats["pairs"] + task.stats["eval_pairs"] == 100
+
+
+def test_missing_file_is_a_one_line_recipe_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("hh_rlhf", "preference_jsonl"):
+        with pytest.raises(RecipeError, match=r"data: path 'nope/x\.jsonl' does not exist .*relative paths") as info:
+            build(name, {"path": "nope/x.jsonl"})
+        assert "\n" not in str(info.value)
+    with pytest.raises(RecipeError, match="data: path is required"):
+        build("hh_rlhf", {})
+
+
+def test_preference_jsonl_formats(tmp_path):
+    rows = [
+        # standard, explicit prompt
+        {"prompt": "Capital of France?", "chosen": " Paris.", "rejected": " Rome."},
+        # standard, implicit prompt (common prefix, cut at a word boundary)
+        {"chosen": "The sky is blue today.", "rejected": "The sky is green today."},
+        # conversational, explicit prompt
+        {"prompt": [{"role": "user", "content": "Hi?"}], "chosen": [{"role": "assistant", "content": "Hello."}],
+         "rejected": [{"role": "assistant", "content": "Bye."}]},
+        # conversational, implicit prompt
+        {"chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+         "rejected": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "22"}]},
+        # malformed
+        {"prompt": "", "chosen": "a", "rejected": "b"},
+        {"prompt": "p", "chosen": "same", "rejected": "same"},
+        {"prompt": "p", "chosen": "only chosen"},
+        ["not", "a", "dict"],
+    ]
+    path = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    task = build("preference_jsonl", {"path": str(path), "eval_fraction": 0.25})
+    assert task.stats["dropped"] == {"empty_prompt": 1, "identical": 1, "missing_keys": 2}
+    by_prompt = {p["prompt"]: p for p in task.pairs + task.eval_pairs}
+    assert by_prompt["Capital of France?"]["chosen"] == " Paris."
+    assert by_prompt["The sky is "] == {"prompt": "The sky is ", "chosen": "blue today.", "rejected": "green today."}
+    assert by_prompt["\n\nHuman: Hi?\n\nAssistant:"]["rejected"] == " Bye."
+    assert by_prompt["\n\nHuman: 2+2?\n\nAssistant:"]["chosen"] == " 4"
+    assert task.gold_reward is None
+
+
+def test_preference_parquet_and_custom_keys(tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    frame = pd.DataFrame(
+        {"question": [f"q{i}?" for i in range(6)], "good": [" yes"] * 6, "bad": [" no"] * 5 + [" yes"]}
+    )
+    path = tmp_path / "prefs.parquet"
+    frame.to_parquet(path)
+    task = build(
+        "preference_jsonl",
+        {"path": str(path), "prompt_key": "question", "chosen_key": "good", "rejected_key": "bad"},
+    )
+    assert task.stats["clean_pairs"] == 5 and task.stats["dropped"] == {"identical": 1}
+
+
+def test_hub_is_refused_offline_in_one_line():
+    with pytest.raises(RecipeError, match=r"data: .*'Anthropic/hh-rlhf'.*load only when online") as info:
+        build("hub", {"dataset": "Anthropic/hh-rlhf"})
+    assert "\n" not in str(info.value)
+
+
+def test_options_fields_have_docstrings():
+    """Every option of the real-data sets is documented (a string right after the field)."""
+    import ast
+    import inspect
+
+    from rlhfkit_plugins.datasets import hh_rlhf, hub, preference, preference_jsonl
+
+    for module, cls in ((preference, "PreferenceOptions"), (hh_rlhf, "HHRLHFOptions"),
+                        (preference_jsonl, "PreferenceFileOptions"), (hub, "HubOptions")):
+        tree = ast.parse(inspect.getsource(getattr(module, cls)))
+        body = tree.body[0].body
+        for i, node in enumerate(body):
+            if isinstance(node, ast.AnnAssign):
+                nxt = body[i + 1] if i + 1 < len(body) else None
+                assert isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant), (cls, node.target.id)
+
+
+@pytest.mark.parametrize("recipe", ["recipes/families.toml", "recipes/hh_rlhf_tiny.toml"])
+def test_recipes_validate(recipe):
+    if "hh_rlhf" in recipe and not SHARED_HH.is_file():
+        pytest.skip(f"shared HH-RLHF file not found at {SHARED_HH}")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop(plugins.DISABLE_ENV, None)
+    out = subprocess.run(
+        [sys.executable, "-m", "rlhfkit", "validate", recipe], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ok" in out.stdout
