@@ -27,6 +27,8 @@ class ReportContext:
     """Versions, hardware, command (``run.json``)."""
     console: Any = None
     written: list[Path] = field(default_factory=list)
+    cache: dict = field(default_factory=dict)
+    """Computed once, shared by reporters (statistics, figures, the report document)."""
 
     def metrics(self, cell: Cell) -> list[dict]:
         """Per-step metrics of a cell (``metrics.jsonl``)."""

@@ -1,0 +1,98 @@
+"""The console reporter: rich tables at the end of a run (and of ``rlhfkit report``)."""
+
+from __future__ import annotations
+
+SHORT = {"gold_final": "gold final", "score_final": "proxy final", "kl_final": "KL final",
+         "peak_memory_bytes": "peak MiB", "episodes_per_s": "episodes/s"}
+STATUS_STYLE = {"ok": "green", "failed": "red", "oom": "magenta", "diverged": "yellow", "timeout": "yellow", "pending": "dim"}
+
+
+def print_console(context):
+    from rich.table import Table
+
+    from rlhfkit.progress import make_console, widen_for_logs
+    from rlhfkit.report import stats as st
+    from rlhfkit.report.document import analysis, fmt_difference, fmt_estimate, mib, num
+
+    console = widen_for_logs(context.console) if context.console is not None else make_console()
+    a = analysis(context)
+    results = context.results
+
+    if a["groups"]:
+        models = {g["model"] for g in a["groups"]}
+        memories = {g["memory"] for g in a["groups"]}
+        # Columns that hold one value for every row go into the title instead (tables stay within 140 columns).
+        keys = [k for k, values in (("model", models), ("algorithm", None), ("memory", memories)) if values is None or len(values) > 1]
+        constant = [next(iter(v)) for k, v in (("model", models), ("memory", memories)) if len(v) == 1]
+        title = f"{context.recipe.name}" + (f" ({', '.join(constant)})" if constant else "") + ": mean over seeds [95% bootstrap CI]"
+        table = Table(title=title, title_justify="left")
+        for column in keys + ["n"]:
+            table.add_column(column, justify="left" if column != "n" else "right", no_wrap=True)
+        for metric in st.METRICS:
+            table.add_column(SHORT[metric], justify="right", no_wrap=True)
+        # Best mean per metric among groups of the same model and memory, in bold.
+        best = {}
+        for metric, (_, higher) in st.METRICS.items():
+            for g in a["groups"]:
+                e = g[metric]
+                if e is None:
+                    continue
+                key = (g["model"], g["memory"], metric)
+                if key not in best or (e.mean > best[key] if higher else e.mean < best[key]):
+                    best[key] = e.mean
+        several = len(a["groups"]) > 1
+        for g in a["groups"]:
+            cells = []
+            for metric in st.METRICS:
+                text = fmt_estimate(metric, g[metric])
+                e = g[metric]
+                if several and e is not None and best.get((g["model"], g["memory"], metric)) == e.mean:
+                    text = f"[bold]{text}[/]"
+                cells.append(text)
+            table.add_row(*[g[k] for k in keys], str(g["n"]), *cells)
+        console.print(table)
+
+    if a["comparisons"]:
+        several = {k: len({c[k] for c in a["comparisons"]}) > 1 for k in ("model", "memory")}
+        columns = [k for k in ("model", "memory") if several[k]] + ["metric", "difference", "winner", "verdict"]
+        table = Table(title="comparisons: difference of means [95% CI]; winner green when the CI excludes 0", title_justify="left")
+        for column in columns:
+            table.add_column(column, justify="right" if column == "difference" else "left", no_wrap=column != "verdict")
+        for c in a["comparisons"]:
+            d = c["difference"]
+            winner = c["winner"] or "-"
+            if d is not None and d.significant:
+                winner = f"[bold green]{winner}[/]"
+            elif c["winner"]:
+                winner = f"[yellow]{winner} (n.s.)[/]"
+            direction = "higher" if c["higher_is_better"] else "lower"
+            values = {"model": c["model"], "memory": c["memory"], "difference": fmt_difference(c["metric"], d),
+                      "metric": f"{c['label']}, {c['a']} − {c['b']} ({direction} is better)", "winner": winner,
+                      "verdict": c["verdict"]}
+            table.add_row(*[values[k] for k in columns])
+        console.print(table)
+
+    for p in a["peaks"]:
+        if p.reached:
+            console.print(f"[cyan]over-optimisation[/] {p.label}: gold peaks at KL {num(p.kl)} (step {p.step}, n={p.n}), "
+                          f"then falls by {num(p.gold_drop)} while the proxy moves {p.score_change_after:+.3f}")
+        else:
+            console.print(f"[cyan]over-optimisation[/] {p.label}: gold still improving at the last evaluation "
+                          f"(KL {num(p.kl_final)}, n={p.n})")
+
+    table = Table(title="cells", title_justify="left")
+    for column in ("cell", "status", "gold SFT", "gold final", "score final", "KL final", "peak MiB", "episodes/s", "wall s"):
+        table.add_column(column, justify="left" if column in ("cell", "status") else "right")
+    for _, r in results.iterrows():
+        status = r["status"]
+        label = "pending (missing)" if status == "pending" else status
+        table.add_row(
+            r["cell"], f"[{STATUS_STYLE.get(status, 'white')}]{label}[/]", num(r["gold_sft"]), num(r["gold_final"]),
+            num(r["score_final"]), num(r["kl_final"]), mib(r["peak_memory_bytes"]), num(r["episodes_per_s"], 1),
+            num(r["wall_s"], 0), style="dim" if status == "pending" else None,
+        )
+    console.print(table)
+    pending = int((results["status"] == "pending").sum())
+    if pending:
+        console.print(f"[yellow]partial run: {pending} of {len(results)} cells have no result yet[/]")
+    return None

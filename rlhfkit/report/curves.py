@@ -1,0 +1,183 @@
+"""Per-step and per-evaluation series of a run, and the over-optimisation point.
+
+Training curves come from each finished cell's ``metrics.jsonl`` (``episode``, ``objective/scores``,
+``objective/gold``); evaluation points (``eval/step``, ``eval/kl``, ``eval/score``, ``eval/gold``) come from
+``result.json``'s ``evaluations`` (step 0 is the SFT policy), else from the ``eval/*`` keys in
+``metrics.jsonl``.
+
+**Gold peak ("KL at which gold stops improving").**  For one algorithm (and model, memory) take the
+evaluation steps every finished seed has, average ``eval/gold`` and ``eval/kl`` over seeds at each step, and
+find the earliest step whose mean gold is the highest.  If that step is the last evaluation, gold was still
+improving when training ended: the point is "not reached" (reported as a lower bound, ``> KL``).  Otherwise
+the KL at the peak is the KL at which gold stops improving, and ``gold drop`` is the peak gold minus the
+final gold while ``proxy change`` is what the proxy score did over the same stretch (over-optimisation:
+proxy up while gold goes down).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rlhfkit.results import read_result
+
+
+def evaluations(context, cell) -> list[dict]:
+    """Evaluation points of a cell, ordered by step (empty if it has none)."""
+    result = read_result(context.output_dir, cell) or {}
+    points = [
+        {k: v for k, v in e.items() if k != "samples"} for e in (result.get("evaluations") or []) if "eval/step" in e
+    ]
+    if not points:
+        for row in context.metrics(cell):
+            if "eval/step" in row:
+                points.append({k: v for k, v in row.items() if k.startswith("eval/")})
+    points.sort(key=lambda e: e["eval/step"])
+    return points
+
+
+@dataclass
+class Series:
+    """Mean and band (min–max over seeds) of one metric against x, for one group of cells."""
+
+    label: str
+    x: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n: int
+
+
+def finished_groups(context) -> dict[tuple, list]:
+    """(model, algorithm, memory) -> the ``ok`` cells of that group, in grid order."""
+    ok = set(context.results.loc[context.results["status"] == "ok", "cell"])
+    groups: dict[tuple, list] = {}
+    for cell in context.cells():
+        if cell.id in ok:
+            groups.setdefault((cell.model, cell.algorithm, cell.memory), []).append(cell)
+    return groups
+
+
+def group_label(context, key) -> str:
+    """``ppo``, or ``model / ppo / memory`` when the grid has several models or memory strategies."""
+    cells = context.cells()
+    model, algorithm, memory = key
+    parts = [algorithm]
+    if len({c.model for c in cells}) > 1:
+        parts.insert(0, model)
+    if len({c.memory for c in cells}) > 1:
+        parts.append(memory)
+    return " / ".join(parts)
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(values) < window:
+        return values
+    kernel = np.ones(window) / window
+    padded = np.concatenate([np.full(window - 1, values[0]), values])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def training_series(context, metric: str, smooth: int = 1) -> list[Series]:
+    """Per group: ``metric`` against episodes (mean over seeds at each step, band min–max)."""
+    out = []
+    for key, cells in finished_groups(context).items():
+        per_cell = []
+        for cell in cells:
+            rows = [r for r in context.metrics(cell) if metric in r and "episode" in r]
+            if rows:
+                per_cell.append({int(r["step"]): (float(r["episode"]), float(r[metric])) for r in rows})
+        if not per_cell:
+            continue
+        steps = sorted(set.intersection(*(set(d) for d in per_cell)))
+        if not steps:
+            continue
+        x = np.array([np.mean([d[s][0] for d in per_cell]) for s in steps])
+        values = np.array([[d[s][1] for s in steps] for d in per_cell])
+        values = np.vstack([_smooth(v, smooth) for v in values])
+        out.append(Series(group_label(context, key), x, values.mean(0), values.min(0), values.max(0), len(per_cell)))
+    return out
+
+
+@dataclass
+class EvalCurve:
+    """Evaluation points of one group: per step, the mean over seeds (and each seed's points)."""
+
+    key: tuple
+    label: str
+    steps: list[int]
+    kl: np.ndarray
+    gold: np.ndarray | None
+    score: np.ndarray
+    n: int
+    per_cell: list[list[dict]] = field(default_factory=list)
+
+
+def eval_curves(context) -> list[EvalCurve]:
+    out = []
+    for key, cells in finished_groups(context).items():
+        per_cell = [evaluations(context, c) for c in cells]
+        per_cell = [p for p in per_cell if p]
+        if not per_cell:
+            continue
+        common = sorted(set.intersection(*({int(e["eval/step"]) for e in p} for p in per_cell)))
+        if not common:
+            continue
+        lookup = [{int(e["eval/step"]): e for e in p} for p in per_cell]
+
+        def mean(name):
+            return np.array([np.mean([d[s][name] for d in lookup]) for s in common])
+
+        has_gold = all("eval/gold" in d[s] and d[s]["eval/gold"] is not None for d in lookup for s in common)
+        out.append(
+            EvalCurve(
+                key=key,
+                label=group_label(context, key),
+                steps=common,
+                kl=mean("eval/kl"),
+                gold=mean("eval/gold") if has_gold else None,
+                score=mean("eval/score"),
+                n=len(per_cell),
+                per_cell=per_cell,
+            )
+        )
+    return out
+
+
+@dataclass
+class GoldPeak:
+    label: str
+    n: int
+    reached: bool
+    step: int
+    kl: float
+    gold_peak: float
+    gold_final: float
+    gold_start: float
+    score_change_after: float
+    kl_final: float
+
+    @property
+    def gold_drop(self) -> float:
+        return self.gold_peak - self.gold_final
+
+
+def gold_peak(curve: EvalCurve) -> GoldPeak | None:
+    """Where gold stops improving along one group's mean evaluation curve (see the module docstring)."""
+    if curve.gold is None or len(curve.steps) == 0:
+        return None
+    i = int(np.argmax(curve.gold))  # earliest maximum
+    last = len(curve.steps) - 1
+    return GoldPeak(
+        label=curve.label,
+        n=curve.n,
+        reached=i < last,
+        step=curve.steps[i],
+        kl=float(curve.kl[i]),
+        gold_peak=float(curve.gold[i]),
+        gold_final=float(curve.gold[last]),
+        gold_start=float(curve.gold[0]),
+        score_change_after=float(curve.score[last] - curve.score[i]),
+        kl_final=float(curve.kl[last]),
+    )

@@ -1,0 +1,226 @@
+"""The report's figures (matplotlib, Agg backend): PNGs under ``DIR/plots/``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rlhfkit.report.curves import eval_curves, gold_peak, training_series
+
+SMOOTH = 5
+"""Per-step training curves are smoothed with a trailing moving average over this many steps."""
+DPI = 110
+
+
+@dataclass
+class Plot:
+    name: str
+    title: str
+    caption: str
+    path: Path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colors(labels):
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    return {label: palette[i % len(palette)] for i, label in enumerate(labels)}
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    _plt().close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _finite(value) -> bool:
+    try:
+        return value is not None and not math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def reward_curves(context, directory: Path) -> Plot | None:
+    panels = [("objective/scores", "proxy reward (reward-model score)")]
+    gold = training_series(context, "objective/gold", SMOOTH)
+    if gold:
+        panels.append(("objective/gold", "gold reward (task's true reward)"))
+    series = {m: (gold if m == "objective/gold" else training_series(context, m, SMOOTH)) for m, _ in panels}
+    if not any(series.values()):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    labels = list(dict.fromkeys(s.label for ss in series.values() for s in ss))
+    colors = _colors(labels)
+    for ax, (metric, title) in zip(axes[0], panels):
+        for s in series[metric]:
+            ax.plot(s.x, s.mean, color=colors[s.label], label=f"{s.label} (n={s.n})")
+            if s.n > 1:
+                ax.fill_between(s.x, s.low, s.high, color=colors[s.label], alpha=0.2, linewidth=0)
+        ax.set_title(title)
+        ax.set_xlabel("episodes")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Training reward against episodes (mean over seeds, band: min–max over seeds)")
+    path = _save(fig, directory / "reward_curves.png")
+    return Plot(
+        "reward_curves",
+        "Proxy and gold reward during training",
+        f"Per-step rollout means ({'objective/scores' + (', objective/gold' if gold else '')}) against episodes, "
+        f"smoothed over {SMOOTH} steps; line = mean over seeds, band = min–max over seeds.",
+        path,
+    )
+
+
+def reward_vs_kl(context, directory: Path) -> Plot | None:
+    curves = eval_curves(context)
+    if not curves:
+        return None
+    has_gold = any(c.gold is not None for c in curves)
+    panels = (["gold"] if has_gold else []) + ["score"]
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    colors = _colors([c.label for c in curves])
+    for ax, what in zip(axes[0], panels):
+        key = "eval/gold" if what == "gold" else "eval/score"
+        for c in curves:
+            ys = c.gold if what == "gold" else c.score
+            if ys is None:
+                continue
+            for points in c.per_cell:
+                ax.scatter([p["eval/kl"] for p in points], [p[key] for p in points], color=colors[c.label], alpha=0.35, s=14)
+            ax.plot(c.kl, ys, "-o", color=colors[c.label], label=f"{c.label} (n={c.n})", markersize=4)
+        ax.set_xlabel("KL(policy ‖ SFT) on held-out prompts (eval/kl)")
+        ax.set_ylabel(key)
+        ax.set_title("gold reward against KL" if what == "gold" else "proxy score against KL")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Reward–KL frontier (evaluation checkpoints; dots: seeds, line: mean over seeds)")
+    path = _save(fig, directory / "reward_vs_kl.png")
+    return Plot(
+        "reward_vs_kl",
+        "Reward against KL (frontier)",
+        "Each evaluation checkpoint (step 0 = SFT policy) placed at its KL to the SFT policy; "
+        "further up at the same KL is better.",
+        path,
+    )
+
+
+def overoptimisation(context, directory: Path) -> Plot | None:
+    curves = [c for c in eval_curves(context) if c.gold is not None]
+    if not curves:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False, sharey=True)
+    for ax, c in zip(axes[0], curves):
+        ax.plot(c.kl, c.score - c.score[0], "-o", color="#ff7f0e", label="proxy score − SFT", markersize=4)
+        ax.plot(c.kl, c.gold - c.gold[0], "-o", color="#2ca02c", label="gold − SFT", markersize=4)
+        peak = gold_peak(c)
+        if peak is not None and peak.reached:
+            ax.axvline(peak.kl, color="grey", linestyle="--", linewidth=1)
+            ax.annotate(f"gold peak\nKL={peak.kl:.2f}", (peak.kl, 0), textcoords="offset points", xytext=(4, 6), fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_title(f"{c.label} (n={c.n})")
+        ax.set_xlabel("eval/kl")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("gain over the SFT policy")
+    fig.suptitle("Over-optimisation: proxy and gold as KL grows (mean over seeds)")
+    path = _save(fig, directory / "overoptimisation.png")
+    return Plot(
+        "overoptimisation",
+        "Over-optimisation: proxy against gold",
+        "Gain over the SFT policy of the proxy (reward-model) score and of the gold reward at each evaluation, "
+        "against KL; the dashed line marks where mean gold peaks (when it peaks before the last evaluation).",
+        path,
+    )
+
+
+def _cell_labels(frame) -> list[str]:
+    return [f"{c}" + ("" if s == "ok" else f"\n({s})") for c, s in zip(frame["cell"], frame["status"])]
+
+
+def _short(cell_id: str) -> str:
+    return cell_id.replace("__", " ")
+
+
+def memory(context, directory: Path) -> Plot | None:
+    frame = context.results
+    phases = [("generation_peak_bytes", "generation"), ("scoring_peak_bytes", "scoring"), ("training_peak_bytes", "training")]
+    if not any(_finite(v) for col, _ in phases for v in frame[col]):
+        return None
+    planned = [v for v in frame["planned_memory_bytes"]]
+    has_planned = any(_finite(v) for v in planned)
+    series = phases + ([("planned_memory_bytes", "planned")] if has_planned else [])
+    plt = _plt()
+    n = len(frame)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * n + 2), 4.5))
+    width = 0.8 / len(series)
+    x = np.arange(n)
+    colors = {"generation": "#1f77b4", "scoring": "#ff7f0e", "training": "#2ca02c", "planned": "#7f7f7f"}
+    for i, (col, label) in enumerate(series):
+        values = [float(v) / 2**20 if _finite(v) else 0.0 for v in frame[col]]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label, color=colors[label],
+               hatch="//" if label == "planned" else None, alpha=0.6 if label == "planned" else 1.0)
+    ax.set_xticks(x, [_short(c) + ("" if s == "ok" else f"\n({s})") for c, s in zip(frame["cell"], frame["status"])],
+                  rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("peak memory (MiB)")
+    ax.set_title("Measured peak memory per cell and phase" + (" (hatched: planned)" if has_planned else ""))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    path = _save(fig, directory / "memory.png")
+    device = "CUDA allocator peaks" if any("cuda" in str(g).lower() for g in (context.run_info.get("hardware") or {}).get("gpus", [])) else "process memory peaks"
+    return Plot(
+        "memory",
+        "Memory per cell and phase",
+        f"Peak memory measured in each phase of a step (generation, scoring, training; {device}), one group of bars per "
+        "cell" + ("; hatched bars: the memory planner's estimate." if has_planned else "; unfinished cells have no bars."),
+        path,
+    )
+
+
+def throughput(context, directory: Path) -> Plot | None:
+    frame = context.results
+    if not any(_finite(v) for v in frame["episodes_per_s"]):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = [_short(c) + ("" if s == "ok" else f"\n({s})") for c, s in zip(frame["cell"], frame["status"])]
+    algos = list(dict.fromkeys(frame["algorithm"]))
+    colors = _colors(algos)
+    for ax, (col, title) in zip(axes, [("episodes_per_s", "episodes / s"), ("tokens_per_s", "generated tokens / s")]):
+        values = [float(v) if _finite(v) else 0.0 for v in frame[col]]
+        ax.bar(range(len(frame)), values, color=[colors[a] for a in frame["algorithm"]])
+        ax.set_xticks(range(len(frame)), labels, rotation=20, ha="right", fontsize=8)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Training throughput per cell (training time only, excluding model loading and SFT evaluation)")
+    path = _save(fig, directory / "throughput.png")
+    return Plot("throughput", "Throughput per cell", "Episodes and generated tokens per second of training time, per cell.", path)
+
+
+PLOTTERS = (reward_curves, reward_vs_kl, overoptimisation, memory, throughput)
+
+
+def make_plots(context) -> list[Plot]:
+    directory = context.output_dir / "plots"
+    directory.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for plotter in PLOTTERS:
+        plot = plotter(context, directory)
+        if plot is not None:
+            plots.append(plot)
+    return plots

@@ -1,0 +1,242 @@
+"""Reports from a fake run directory (no training): files, figures, statistics, partial runs, reporters, trackers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rlhfkit import plugins
+from rlhfkit.hookspecs import hookimpl
+from rlhfkit.registry import Reporter
+from rlhfkit.report import load_context, write_reports
+
+REPO = Path(__file__).resolve().parents[1]
+
+RECIPE = """
+name = "fake"
+description = "A fake run for report tests."
+[data]
+name = "synthetic"
+[[models]]
+name = "tiny"
+policy = "llama:tiny"
+[grid]
+algorithms = ["ppo", "rloo"]
+memory = ["full"]
+seeds = [1, 2]
+[rl]
+steps = 6
+eval_every = 2
+"""
+
+# Final gold per cell (by hand: PPO mean 0.40, CI [0.30, 0.50]; RLOO 0.15 [0.10, 0.20]; PPO − RLOO 0.25 [0.10, 0.40])
+GOLD = {("ppo", 1): 0.30, ("ppo", 2): 0.50, ("rloo", 1): 0.10, ("rloo", 2): 0.20}
+# KL: PPO [1, 3], RLOO [2, 2.5]: difference −0.25, CI [−1.5, 1.0] crosses 0.
+KL = {("ppo", 1): 1.0, ("ppo", 2): 3.0, ("rloo", 1): 2.0, ("rloo", 2): 2.5}
+
+
+def _evaluations(algorithm, seed):
+    """Eval points at steps 0, 2, 4, 6: PPO's gold peaks at step 4 then falls (over-optimisation)."""
+    final_gold, final_kl = GOLD[(algorithm, seed)], KL[(algorithm, seed)]
+    if algorithm == "ppo":
+        golds = [0.0, 0.4, 0.8 + 0.1 * seed, final_gold]
+    else:
+        golds = [0.0, 0.05, 0.08, final_gold]
+    kls = [0.0, final_kl / 3, 2 * final_kl / 3, final_kl]
+    scores = [0.0, 0.5, 1.0, 1.5 + 0.1 * seed]
+    return [
+        {"eval/step": s, "eval/gold": g, "eval/kl": k, "eval/score": sc, "eval/length": 8.0, "eval/eos_rate": 1.0,
+         "samples": [{"prompt": "p", "completion": "c"}]}
+        for s, g, k, sc in zip([0, 2, 4, 6], golds, kls, scores)
+    ]
+
+
+def make_run(root: Path, finished=None) -> Path:
+    """A run directory as `rlhfkit run` leaves it; ``finished`` limits which cells have a result.json."""
+    out = root / "run"
+    out.mkdir()
+    (out / "recipe.toml").write_text(textwrap.dedent(RECIPE))
+    (out / "run.json").write_text(json.dumps({
+        "recipe": "fake", "first_started": "2026-01-01T00:00:00", "last_started": "2026-01-01T00:00:00",
+        "versions": {"python": "3.12", "torch": "2.9.0", "rlhfkit": "0.1.0"},
+        "hardware": {"cpu_count": 2, "machine": "x86_64", "memory_bytes": 8 * 2**30, "platform": "Linux"},
+        "command": ["rlhfkit", "run", "fake.toml"],
+    }))
+    (out / "stages.json").write_text(json.dumps({"tiny": {"status": "ok", "sft/eval_loss": 1.5, "reward/eval_accuracy": 0.8, "wall_s": 10}}))
+    for algorithm in ("ppo", "rloo"):
+        for seed in (1, 2):
+            cell_id = f"tiny__{algorithm}__full__s{seed}"
+            d = out / "cells" / cell_id
+            d.mkdir(parents=True)
+            evals = _evaluations(algorithm, seed)
+            with open(d / "metrics.jsonl", "w") as f:
+                for step in range(6):
+                    row = {"step": step, "episode": 8 * (step + 1), "objective/scores": 0.2 * step + 0.01 * seed,
+                           "objective/gold": 0.1 * step - 0.01 * seed, "objective/kl": 0.3 * step}
+                    if (step + 1) % 2 == 0:
+                        row.update({k: v for k, v in evals[(step + 1) // 2].items() if k != "samples"})
+                    f.write(json.dumps(row) + "\n")
+            if finished is not None and cell_id not in finished:
+                continue
+            summary = {
+                "gold_sft": 0.0, "gold_final": GOLD[(algorithm, seed)], "score_sft": 0.0, "score_final": 1.5 + 0.1 * seed,
+                "kl_final": KL[(algorithm, seed)], "length_final": 8.0, "eos_rate_final": 1.0,
+                "peak_memory_bytes": (300 if algorithm == "ppo" else 200) * 2**20 + seed * 2**20,
+                "generation_peak_bytes": 150 * 2**20, "scoring_peak_bytes": 160 * 2**20,
+                "training_peak_bytes": (300 if algorithm == "ppo" else 200) * 2**20 + seed * 2**20,
+                "episodes": 48, "episodes_per_s": (5.0 if algorithm == "ppo" else 9.0) + 0.1 * seed,
+                "tokens_per_s": 100.0, "train_s": 10.0, "trainable_parameters": 1000, "wall_s": 12.0,
+            }
+            (d / "result.json").write_text(json.dumps({"cell": {}, "status": "ok", "error": None, "summary": summary,
+                                                       "evaluations": evals}))
+    return out
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_run(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins(monkeypatch):
+    monkeypatch.delenv(plugins.DISABLE_ENV, raising=False)
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+def test_every_report_file_is_written(run_dir):
+    from rich.console import Console
+
+    console = Console(record=True, width=200, force_terminal=False)
+    context = write_reports(run_dir, console=console)
+    for name in ("results.csv", "report.md", "report.html"):
+        assert (run_dir / name).is_file(), name
+    pngs = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
+    assert len(pngs) >= 4, pngs
+    assert {"reward_curves.png", "reward_vs_kl.png", "overoptimisation.png", "memory.png", "throughput.png"} <= set(pngs)
+    assert not list((run_dir / "plots").glob("*.tmp*"))
+    assert (run_dir / "report.html") in context.written
+
+
+def test_html_is_self_contained_and_matches_markdown(run_dir):
+    write_reports(run_dir, only=["markdown", "html"])
+    page = (run_dir / "report.html").read_text()
+    md = (run_dir / "report.md").read_text()
+    assert page.count("data:image/png;base64,") >= 4
+    assert not re.search(r'(src|href)="(?!data:)', page), "every resource must be inline"
+    assert "<script" not in page
+    # same content: every md figure is in the html, recipe and environment in both
+    for png in re.findall(r"\]\((plots/[^)]+\.png)\)", md):
+        assert png in page
+    for text in ('name = "fake"', "torch 2.9.0", "2 CPUs", "Over-optimisation", "Findings", "Reward against KL"):
+        assert text in md and text in page, text
+
+
+def test_statistics_in_the_report_match_hand_computed_values(run_dir):
+    write_reports(run_dir, only=["markdown"])
+    md = (run_dir / "report.md").read_text()
+    assert "0.400 [0.300, 0.500]" in md  # PPO final gold
+    assert "0.150 [0.100, 0.200]" in md  # RLOO final gold
+    assert "+0.250 [0.100, 0.400]" in md  # PPO − RLOO gold
+    assert "ppo better: 95% CI excludes 0 at n=2 seeds" in md
+    assert "-0.250 [-1.500, 1.000]" in md  # KL difference crosses zero
+    assert "no significant difference at n=2 seeds" in md
+    assert "1, 2 (n=2)" in md  # how many seeds each figure rests on
+
+
+def test_gold_peak_is_found(run_dir):
+    from rlhfkit.report.curves import eval_curves, gold_peak
+
+    context = load_context(run_dir)
+    peaks = {c.label: gold_peak(c) for c in eval_curves(context)}
+    ppo, rloo = peaks["ppo"], peaks["rloo"]
+    # PPO mean gold per eval step: 0, 0.4, (0.9+1.0)/2 = 0.95, (0.3+0.5)/2 = 0.4 -> peak at step 4,
+    # mean KL there = (2/3 * 1 + 2/3 * 3) / 2 = 4/3.
+    assert ppo.reached and ppo.step == 4
+    assert ppo.kl == pytest.approx(4 / 3)
+    assert ppo.gold_peak == pytest.approx(0.95) and ppo.gold_drop == pytest.approx(0.55)
+    # RLOO gold: 0, 0.05, 0.08, 0.15 -> still improving at the end
+    assert not rloo.reached and rloo.step == 6
+    md = (write_reports(run_dir, only=["markdown"]).output_dir / "report.md").read_text()
+    assert "| ppo | 2 | 0.000 | 0.950 | 1.333 | 4 |" in md
+    assert "not reached (> 2.250)" in md
+
+
+def test_partial_run_marks_missing_cells(tmp_path):
+    out = make_run(tmp_path, finished={"tiny__ppo__full__s1", "tiny__ppo__full__s2", "tiny__rloo__full__s1"})
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    result = subprocess.run([sys.executable, "-m", "rlhfkit", "report", str(out)], capture_output=True, text=True,
+                            timeout=120, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "pending" in result.stdout and "tiny__rloo__full__s2" in result.stdout
+    frame = pd.read_csv(out / "results.csv")
+    assert frame.set_index("cell").loc["tiny__rloo__full__s2", "status"] == "pending"
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    assert "Partial run" in md and "Partial run" in page
+    assert "| tiny__rloo__full__s2 | _pending (missing result)_ |" in md
+    assert '<td class="muted">pending (missing result)</td>' in page
+    # statistics rest on the finished seeds only: RLOO has n=1, no interval
+    assert "| tiny | rloo | full | 1 (n=1) | 0.100 |" in md
+    assert "n=2 and 1 seeds" in md
+    assert len(list((out / "plots").glob("*.png"))) >= 4
+
+
+def test_report_without_any_finished_cell(tmp_path):
+    out = make_run(tmp_path, finished=set())
+    context = write_reports(out, only=["csv", "markdown", "html"])
+    md = (out / "report.md").read_text()
+    assert "No cell has finished ok yet." in md
+    assert (out / "report.html").is_file() and context.results["status"].eq("pending").all()
+
+
+def test_console_summary_highlights_the_winner(run_dir):
+    from rich.console import Console
+
+    console = Console(record=True, width=80, force_terminal=False, file=open("/dev/null", "w"))
+    write_reports(run_dir, console=console, only=["console"])
+    text = console.export_text(clear=False)
+    assert console.width >= 140  # widened: not a terminal
+    assert "mean over seeds [95% bootstrap CI]" in text
+    assert "0.400 [0.300, 0.500]" in text
+    assert "no significant difference at n=2 seeds" in text
+    styled = console.export_html(inline_styles=True)
+    # the significant winner (PPO on gold) is bold green
+    assert re.search(r'<span style="color: #008000[^"]*font-weight: bold">ppo</span>', styled), styled[-3000:]
+
+
+def test_a_third_party_reporter_registered_inline_runs(run_dir):
+    seen = []
+
+    class InlinePlugin:
+        @hookimpl
+        def register_reporters(self, register):
+            register(Reporter("inline-test", lambda context: seen.append(len(context.results)) or [], "test reporter"))
+
+    plugin = InlinePlugin()
+    plugins.register_plugin(plugin, name="inline-reporter-test")
+    try:
+        context = write_reports(run_dir)  # every default reporter, the inline one included
+        assert seen == [4]
+        assert (run_dir / "report.html").is_file() and (run_dir / "report.md").is_file()
+        assert context is not None
+    finally:
+        plugins.unregister_plugin(plugin)
+    seen.clear()
+    write_reports(run_dir, only=["csv"])
+    assert seen == []
+    assert "inline-test" not in plugins.get_registry().names("reporter")
+
+
+def test_builtin_reporters_are_registered():
+    names = plugins.get_registry().names("reporter")
+    assert {"csv", "markdown", "html", "console"} <= set(names)
