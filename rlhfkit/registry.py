@@ -290,9 +290,20 @@ class ModelAdapter:
         ``num_shared_experts``, ``moe_intermediate_size``, ``num_moe_layers``, ``mla`` (multi-head latent
         attention), ``kv_cache_elements_per_token`` (K and V elements cached per token over all layers, as
         transformers caches them), ``num_parameters`` (the causal LM's), ``num_active_parameters`` (per token,
-        MoE routing counted), ``num_embedding_parameters``, ``max_position_embeddings``.
+        MoE routing counted), ``num_embedding_parameters``, ``max_position_embeddings``, ``linear_layers``
+        (``[module name, in features, out features, how many]`` of every ``nn.Linear`` in the decoder
+        layers: what LoRA can target; see :meth:`lora_parameters`).
         """
         return architecture_numbers(self.config_dict(spec_or_config), qkv_bias=self.qkv_bias)
+
+    def lora_parameters(self, spec_or_config, r: int, target_modules=None) -> int:
+        """Parameters LoRA of rank ``r`` adds on ``target_modules`` (default: the family's), counted from the
+        ``linear_layers`` of :meth:`architecture` (exact for every built-in family, fused Phi3 projections and
+        MLA included).  Routed MoE experts are fused 3-D parameters in transformers 5, not linear layers: they
+        get none here, while peft 0.18+ may map MLP target names onto them its own way (DeepseekV2/V3)."""
+        arch = spec_or_config if isinstance(spec_or_config, dict) and "linear_layers" in spec_or_config else self.architecture(spec_or_config)
+        targets = set(target_modules or self.lora_target_modules)
+        return sum(r * (fan_in + fan_out) * count for name, fan_in, fan_out, count in arch["linear_layers"] if name in targets)
 
 
 def _get(config: dict, key: str, default=None):
@@ -317,6 +328,7 @@ def architecture_numbers(c: dict, qkv_bias: bool = False) -> dict:
     attn_bias = bool(_get(c, "attention_bias", False))
     mlp_bias = bool(_get(c, "mlp_bias", False))
     mla = bool(_get(c, "kv_lora_rank", 0))
+    fused = c.get("model_type") == "phi3"  # qkv_proj and gate_up_proj
 
     if mla:
         q_rank = _get(c, "q_lora_rank", 0) or 0
@@ -333,6 +345,8 @@ def architecture_numbers(c: dict, qkv_bias: bool = False) -> dict:
         attn += nh * v_dim * H + b * H
         head_dim, kv_heads = qk_dim, nh
         kv_per_layer = nh * (qk_dim + v_dim)
+        attn_linears = ([("q_a_proj", H, q_rank), ("q_b_proj", q_rank, nh * qk_dim)] if q_rank else [("q_proj", H, nh * qk_dim)])
+        attn_linears += [("kv_a_proj_with_mqa", H, kv_rank + rope), ("kv_b_proj", kv_rank, nh * (nope + v_dim)), ("o_proj", nh * v_dim, H)]
     else:
         hd = int(_get(c, "head_dim", H // nh))
         v_dim = hd
@@ -343,6 +357,10 @@ def architecture_numbers(c: dict, qkv_bias: bool = False) -> dict:
             attn += nh * hd + 2 * nkv * hd
         head_dim, kv_heads = hd, nkv
         kv_per_layer = 2 * nkv * hd
+        if fused:
+            attn_linears = [("qkv_proj", H, nh * hd + 2 * nkv * hd), ("o_proj", nh * hd, H)]
+        else:
+            attn_linears = [("q_proj", H, nh * hd), ("k_proj", H, nkv * hd), ("v_proj", H, nkv * hd), ("o_proj", nh * hd, H)]
 
     def mlp(inter: int) -> int:
         return 3 * H * inter + (2 * inter + H if mlp_bias else 0)
@@ -365,6 +383,16 @@ def architecture_numbers(c: dict, qkv_bias: bool = False) -> dict:
     dense_layer = attn + mlp(I) + norms
     total = embed + head + H + (L - n_moe) * dense_layer + n_moe * (attn + norms + moe_total)
     active = embed + head + H + (L - n_moe) * dense_layer + n_moe * (attn + norms + moe_active)
+    def mlp_linears(inter: int, count: int) -> list:
+        if not count:
+            return []
+        if fused:
+            return [("gate_up_proj", H, 2 * inter, count), ("down_proj", inter, H, count)]
+        return [("gate_proj", H, inter, count), ("up_proj", H, inter, count), ("down_proj", inter, H, count)]
+
+    linear_layers = [(name, i, o, L) for name, i, o in attn_linears] + mlp_linears(I, L - n_moe)
+    if n_shared:
+        linear_layers += mlp_linears(moe_I * n_shared, n_moe)
     return {
         "model_type": c.get("model_type"),
         "hidden_size": H,
@@ -387,6 +415,7 @@ def architecture_numbers(c: dict, qkv_bias: bool = False) -> dict:
         "num_active_parameters": int(active),
         "num_embedding_parameters": int(embed + head),
         "max_position_embeddings": c.get("max_position_embeddings"),
+        "linear_layers": [list(x) for x in linear_layers],
     }
 
 

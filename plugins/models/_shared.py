@@ -11,7 +11,10 @@ TINY = dict(
     num_key_value_heads=2,
     max_position_embeddings=256,
     tie_word_embeddings=True,
-    vocab_size=4096,  # replaced by the tokenizer's size when a model is built
+    vocab_size=4096,  # replaced by the tokenizer's size and token ids when a model is built
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
 )
 
 SMALL = dict(
@@ -23,6 +26,9 @@ SMALL = dict(
     max_position_embeddings=1024,
     tie_word_embeddings=True,
     vocab_size=4096,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
 )
 
 
