@@ -70,8 +70,15 @@ def _load_kwargs(plan, dtype):
     return kwargs
 
 
-def build_models(spec: dict, recipe, plan, algorithm_spec, device, dtype):
-    """Policy (trainable), reference (or None under LoRA), reward model (frozen), critic (PPO)."""
+def build_models(spec: dict, recipe, plan, algorithm_spec, device, dtype, frozen_dtype=None):
+    """Policy (trainable), reference (or None under LoRA), reward model (frozen), critic (PPO).
+
+    ``dtype`` is the trainable models' storage dtype (fp32: accelerate autocasts under bf16; DeepSpeed casts
+    the engines itself), ``frozen_dtype`` that of the frozen reference and reward model (bf16 under bf16
+    precision, else ``dtype``).  Under LoRA the frozen base of the policy is stored in ``frozen_dtype`` too.
+    Frozen models are replicated in every process, also under ZeRO-3 (see docs/memory.md).
+    """
+    frozen_dtype = frozen_dtype or dtype
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from rlhfkit.engine.rollout import disable_dropout
@@ -81,7 +88,7 @@ def build_models(spec: dict, recipe, plan, algorithm_spec, device, dtype):
     dirs = artifact_dirs(recipe, entry, Path(spec["artifacts_root"]))
     adapter = adapter_for(parse_model_spec(entry.policy, entry.trust_remote_code))
     rm_adapter = adapter_for(parse_model_spec(entry.reward, entry.trust_remote_code))
-    load_kwargs = _load_kwargs(plan, dtype)
+    load_kwargs = _load_kwargs(plan, frozen_dtype if plan.uses_lora else dtype)
 
     policy = AutoModelForCausalLM.from_pretrained(str(dirs.sft), **load_kwargs)
     disable_dropout(policy)
@@ -95,22 +102,29 @@ def build_models(spec: dict, recipe, plan, algorithm_spec, device, dtype):
             policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=plan.gradient_checkpointing)
         policy = get_peft_model(policy, _lora_config(plan, adapter, "CAUSAL_LM"))
     else:
-        reference = _freeze(AutoModelForCausalLM.from_pretrained(str(dirs.sft), dtype=dtype)).to(device)
+        reference = _freeze(AutoModelForCausalLM.from_pretrained(str(dirs.sft), dtype=frozen_dtype)).to(device)
         disable_dropout(reference)
 
-    reward_model = _freeze(AutoModelForSequenceClassification.from_pretrained(str(dirs.reward_model), dtype=dtype)).to(device)
+    reward_model = _freeze(
+        AutoModelForSequenceClassification.from_pretrained(str(dirs.reward_model), dtype=frozen_dtype)
+    ).to(device)
     disable_dropout(reward_model)
 
     value_model = None
     if algorithm_spec.needs_value_model:
-        value_model = AutoModelForSequenceClassification.from_pretrained(str(dirs.reward_model), **load_kwargs)
+        value_lora = plan.value_model_lora if plan.value_model_lora is not None else plan.uses_lora
+        value_kwargs = load_kwargs if value_lora else {"dtype": dtype}
+        value_model = AutoModelForSequenceClassification.from_pretrained(str(dirs.reward_model), **value_kwargs)
         disable_dropout(value_model)
         if plan.gradient_checkpointing:
             value_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        value_lora = plan.value_model_lora if plan.value_model_lora is not None else plan.uses_lora
         if value_lora:
-            from peft import get_peft_model
+            from peft import get_peft_model, prepare_model_for_kbit_training
 
+            if plan.quantization:
+                value_model = prepare_model_for_kbit_training(
+                    value_model, use_gradient_checkpointing=plan.gradient_checkpointing
+                )
             value_model = get_peft_model(value_model, _lora_config(plan, rm_adapter, "SEQ_CLS", modules_to_save=["score"]))
     return policy, reference, reward_model, value_model, dirs
 
@@ -125,6 +139,123 @@ def _optimizer(model, cfg, lr, steps):
     else:
         scheduler = None
     return optimizer, scheduler
+
+
+# DeepSpeed's own default bucket size (elements); capped at the model's size so tiny models get tiny buffers.
+DS_BUCKET_ELEMENTS = 500_000_000
+
+
+def zero_bucket_elements(num_parameters: int) -> int:
+    """Reduce/all-gather bucket size the cell writes into the DeepSpeed config (the planner uses the same)."""
+    return int(max(1, min(DS_BUCKET_ELEMENTS, num_parameters)))
+
+
+def deepspeed_config(plan, config, num_parameters: int, hidden_size: int, cuda: bool) -> dict:
+    """The DeepSpeed config of a ZeRO plan (handed to accelerate's DeepSpeedPlugin).
+
+    Mixed precision is filled in by accelerate from ``[run] precision``; gradient clipping is DeepSpeed's
+    (``accelerator.clip_grad_norm_`` does nothing under DeepSpeed).  The client optimizer is our torch AdamW
+    (also under offload: no JIT-compiled DeepSpeedCPUAdam needed).
+    """
+    bucket = zero_bucket_elements(num_parameters)
+    zero: dict = {
+        "stage": plan.zero_stage,
+        "contiguous_gradients": True,
+        "overlap_comm": bool(cuda),  # no CUDA streams on the CPU: nothing to overlap
+        "reduce_bucket_size": bucket,
+    }
+    if plan.zero_stage == 2:
+        zero["allgather_bucket_size"] = bucket
+    if plan.zero_stage == 3:
+        zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden_size * hidden_size)
+        zero["stage3_param_persistence_threshold"] = 10 * hidden_size
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    if plan.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": bool(cuda)}
+    if plan.offload_parameters and plan.zero_stage == 3:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": bool(cuda)}
+    minibatch = max(1, config.batch_size // max(1, getattr(config, "num_minibatches", 1)))
+    return {
+        "train_micro_batch_size_per_gpu": minibatch,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": float(config.max_grad_norm),
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _ensure_distributed_env() -> None:
+    """DeepSpeed wants torch.distributed even for one process: a one-rank group on a free local port."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def _preimport(plan) -> None:
+    """Import what model building will import, so the memory baseline includes library code, not models."""
+    import transformers  # noqa: F401
+    from transformers import AutoModelForCausalLM  # noqa: F401
+
+    if plan.uses_lora:
+        import peft  # noqa: F401
+    if plan.quantization:
+        import bitsandbytes  # noqa: F401
+    if plan.zero_stage:
+        import deepspeed  # noqa: F401
+
+
+def _zero3_inference(model, accelerator):
+    """A frozen model sharded like the trained ones: an inference-only ZeRO-3 engine (no optimizer).
+
+    Under ZeRO-3 every process keeps 1/N of the reference / reward model's weights and gathers them layer by
+    layer in forward (the way TRL prepares reference and reward models for DeepSpeed ZeRO-3).
+    """
+    import copy
+
+    import deepspeed
+
+    full = accelerator.state.deepspeed_plugin.deepspeed_config
+    keep = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16", "fp16", "steps_per_print",
+            "wall_clock_breakdown")
+    config = {k: copy.deepcopy(full[k]) for k in keep if k in full}
+    zero = copy.deepcopy(full["zero_optimization"])
+    zero.pop("offload_optimizer", None)
+    config["zero_optimization"] = zero
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine
+
+
+def _gather_rank_peaks(accelerator, memory) -> list[dict] | None:
+    """Every rank's per-phase peaks, gathered to all ranks (rank 0 writes them); None with one process."""
+    if accelerator.num_processes == 1:
+        return None
+    import torch.distributed as dist
+
+    mine = {"rank": accelerator.process_index, **{k: int(v) for k, v in memory.peaks.items()}, "peak": int(memory.peak)}
+    gathered: list = [None] * accelerator.num_processes
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+def _planned(recipe, cell, num_processes: int, cuda: bool, artifacts_root) -> dict | None:
+    """The planner's per-phase prediction for this cell on this machine (None when it cannot say)."""
+    try:
+        from rlhfkit.planner import plan_cell
+
+        hardware = "cuda-local" if cuda else "cpu"
+        return plan_cell(recipe, cell, hardware, num_processes, artifacts_root).as_dict()
+    except Exception as exc:  # a planning gap must not fail a training run
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def run_cell(spec: dict) -> dict:
@@ -152,9 +283,29 @@ def run_cell(spec: dict) -> dict:
 
     want_cuda = recipe.run.device == "cuda" or (recipe.run.device == "auto" and torch.cuda.is_available())
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[recipe.run.precision]
-    accelerator = Accelerator(cpu=not want_cuda, mixed_precision=mixed)
+    _preimport(plan)
+    ds_plugin = None
+    if plan.zero_stage:
+        # DeepSpeed through accelerate: on a CPU-only machine DeepSpeed picks its "cpu" accelerator and gloo.
+        if not want_cuda:
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        _ensure_distributed_env()
+        from accelerate import DeepSpeedPlugin
+
+        from rlhfkit.planner import cell_architecture
+
+        arch = cell_architecture(recipe, cell.model, "policy", spec["artifacts_root"])
+        ds_plugin = DeepSpeedPlugin(
+            hf_ds_config=deepspeed_config(plan, config, arch["num_parameters"], arch["hidden_size"], want_cuda),
+            zero3_init_flag=False,  # models load whole, then the engine partitions the trainable ones
+        )
+        # accelerate only uses DeepSpeed when not told cpu=True; DeepSpeed itself runs on the CPU here.
+        accelerator = Accelerator(mixed_precision=mixed, deepspeed_plugin=ds_plugin)
+    else:
+        accelerator = Accelerator(cpu=not want_cuda, mixed_precision=mixed)
     device = accelerator.device
-    # Per-rank seeds: every process samples different completions, reproducibly.
+    distributed = accelerator.num_processes > 1
+    # Per-rank seeds: every process samples different completions (and prompts), reproducibly.
     seed = cell.seed * 1000 + accelerator.process_index
     seed_everything(seed)
     memory = PhaseMemory(device)
@@ -163,15 +314,36 @@ def run_cell(spec: dict) -> dict:
     entry = recipe.models[cell.model]
     tokenizer = load_tokenizer(artifact_dirs(recipe, entry, Path(spec["artifacts_root"])).tokenizer)
     dtype = torch.float32
-    policy, reference, reward_model, value_model, dirs = build_models(spec, recipe, plan, algorithm, device, dtype)
+    frozen_dtype = torch.bfloat16 if recipe.run.precision == "bf16" else (
+        torch.float16 if recipe.run.precision == "fp16" and want_cuda else dtype)
+    policy, reference, reward_model, value_model, dirs = build_models(
+        spec, recipe, plan, algorithm, device, dtype, frozen_dtype=frozen_dtype
+    )
 
     policy_optimizer, policy_scheduler = _optimizer(policy, config, config.learning_rate, config.steps)
-    policy, policy_optimizer = accelerator.prepare(policy, policy_optimizer)
     value_optimizer = value_scheduler = None
     if value_model is not None:
         value_lr = getattr(config, "value_learning_rate", None) or config.learning_rate
         value_optimizer, value_scheduler = _optimizer(value_model, config, value_lr, config.steps)
-        value_model, value_optimizer = accelerator.prepare(value_model, value_optimizer)
+    if plan.zero_stage or not distributed:
+        # One DeepSpeed engine per trained model (accelerate refuses two models in one prepare call; the
+        # engines step themselves in TrainContext.optimizer_step, not through accelerator.backward).
+        policy, policy_optimizer = accelerator.prepare(policy, policy_optimizer)
+        if value_model is not None:
+            value_model, value_optimizer = accelerator.prepare(value_model, value_optimizer)
+    else:
+        # Several processes without ZeRO: replicas on the device, gradients averaged over processes by
+        # TrainContext.optimizer_step (an explicit all-reduce: the critic's forward bypasses a DDP wrapper).
+        policy = policy.to(device)
+        policy_optimizer = accelerator.prepare_optimizer(policy_optimizer, device_placement=False)
+        if value_model is not None:
+            value_model = value_model.to(device)
+            value_optimizer = accelerator.prepare_optimizer(value_optimizer, device_placement=False)
+
+    if plan.zero_stage == 3:
+        reward_model = _zero3_inference(reward_model, accelerator)
+        if reference is not None:
+            reference = _zero3_inference(reference, accelerator)
 
     generator = torch.Generator(device=device).manual_seed(seed)
     logger = MetricsLogger(cell_dir / "metrics.jsonl", cell, get_plugin_manager().hook, accelerator.is_main_process)
@@ -195,7 +367,8 @@ def run_cell(spec: dict) -> dict:
         plan=plan,
         is_main=accelerator.is_main_process,
     )
-    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    # ZeRO-3 leaves partitioned parameters empty; ds_numel is the full size.
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in policy.parameters() if p.requires_grad)
     sft_eval = ctx.evaluate(0)
     train_start = time.perf_counter()
     resolve(algorithm.trainer)(ctx)
@@ -203,6 +376,11 @@ def run_cell(spec: dict) -> dict:
     final_eval = ctx.evaluations[-1] if ctx.evaluations[-1]["eval/step"] == config.steps else ctx.evaluate(config.steps)
     memory.close()
     logger.close()
+    rank_peaks = _gather_rank_peaks(accelerator, memory)
+    (cell_dir / f"memory-rank{accelerator.process_index}.json").write_text(
+        json.dumps({"rank": accelerator.process_index, "baseline_bytes": memory.baseline, "peaks": memory.peaks})
+    )
+    planned = _planned(recipe, cell, accelerator.num_processes, want_cuda, spec["artifacts_root"]) if accelerator.is_main_process else None
 
     summary = {
         "gold_sft": sft_eval.get("eval/gold"),
@@ -223,12 +401,20 @@ def run_cell(spec: dict) -> dict:
         "trainable_parameters": trainable,
         "wall_s": time.perf_counter() - started,
     }
+    if planned and "error" not in planned:
+        summary["planned_memory_bytes"] = planned["peak_bytes"]
+        for phase in ("generation", "scoring", "training"):
+            summary[f"planned_{phase}_bytes"] = planned["phases"][phase]
+    if rank_peaks is not None:
+        summary["rank_peak_bytes"] = [r["peak"] for r in rank_peaks]
     return {
         "summary": summary,
         "evaluations": ctx.evaluations,
         "memory_plan": plan.strategy,
         "device": str(device),
         "num_processes": accelerator.num_processes,
+        "rank_memory": rank_peaks,
+        "planned_memory": planned,
         "threads": torch.get_num_threads(),
         "artifacts": dirs.as_dict(),
         "is_main": accelerator.is_main_process,

@@ -51,6 +51,16 @@ def _load(path: str):
         raise UsageError(str(exc)) from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _cmd_validate(args) -> int:
     recipe = _load(args.recipe)
     cells = recipe.cells()
@@ -71,6 +81,10 @@ def _cmd_run(args) -> int:
     from rlhfkit.runner import RunError, run_recipe
 
     recipe = _load(args.recipe)
+    if getattr(args, "num_processes", None):
+        # Processes per cell changes the results: it joins the recipe (and its results fingerprint).
+        recipe.run.num_processes = args.num_processes
+        recipe.raw.setdefault("run", {})["num_processes"] = args.num_processes
     output_dir = Path(recipe.output_dir(args.output))
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output {output_dir} exists and is not a directory")
@@ -108,6 +122,39 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_plan(args) -> int:
+    from rlhfkit.planner import GiB, format_bytes, plan_recipe
+
+    recipe = _load(args.recipe)
+    try:
+        plans = plan_recipe(recipe, gpu=args.gpu, num_gpus=args.num_gpus)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps([row for plan in plans for row in plan.rows()], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    first = plans[0]
+    where = f"{first.num_devices} x {first.hardware} ({format_bytes(first.capacity_bytes)} each)"
+    table = Table(title=f"rlhfkit plan {args.recipe}: per-device peak on {where}")
+    for column in ("cell", "generation", "scoring", "training", "peak", "fits"):
+        table.add_column(column, justify="left" if column == "cell" else "right")
+    for plan in plans:
+        cells = [format_bytes(plan.phases[p]) for p in ("generation", "scoring", "training")]
+        verdict = "yes" if plan.fits else f"[red]OOM[/] (+{(plan.peak_bytes - plan.capacity_bytes) / GiB:.1f} GiB)"
+        table.add_row(plan.cell, *cells, format_bytes(plan.peak_bytes), verdict)
+    console = Console(width=max(120, Console().width))
+    console.print(table)
+    missing = [plan.cell for plan in plans if not plan.fits]
+    if missing:
+        console.print(f"will not fit: {', '.join(missing)}")
+    else:
+        console.print("every cell fits")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlhfkit",
@@ -127,7 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="path to a TOML recipe")
     p.add_argument("--output", "-o", help="output directory (default: the recipe's [run] output, else reports/NAME)")
     p.add_argument("--retry-failed", action="store_true", help="rerun cells that ended failed/oom/diverged/timeout")
+    p.add_argument("--num-processes", type=_positive_int, metavar="N",
+                   help="processes per cell (torch.distributed.run; overrides [run] num_processes)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("plan", help="predict every cell's per-device memory peak per phase, before running")
+    p.add_argument("recipe", help="path to a TOML recipe")
+    p.add_argument("--gpu", help="device to plan for: A100-40GB, A100-80GB, H100-80GB, H200 or cpu "
+                   "(default: the 'N x GPU' the recipe's description names, else this machine's RAM)")
+    p.add_argument("--num-gpus", type=_positive_int, metavar="N", help="devices (default: [run] num_processes)")
+    p.add_argument("--json", action="store_true", help="one JSON object per cell and phase")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("report", help="rebuild every report file of a run directory from its saved results")
     p.add_argument("directory", help="a run's output directory")

@@ -139,8 +139,23 @@ class TrainContext:
                 raise DivergedError(f"{name} is {value} at step {step}")
 
     def optimizer_step(self, loss, optimizer, scheduler, model) -> float:
-        """Backward, clip, step; returns the gradient norm before clipping."""
+        """Backward, clip, step; returns the gradient norm before clipping.
+
+        A DeepSpeed engine (ZeRO-2/3) runs its own backward and step (reduce-scatter of gradients, clipping by
+        the config's ``gradient_clipping``, sharded optimizer); each trained model is its own engine, so this
+        calls the engine given rather than ``accelerator.backward`` (which knows only the first engine).
+        With several processes and no ZeRO, gradients are averaged over processes by an all-reduce here.
+        """
+        if hasattr(model, "backward") and hasattr(model, "get_global_grad_norm"):  # deepspeed.DeepSpeedEngine
+            model.backward(loss)
+            model.step()
+            grad_norm = model.get_global_grad_norm()
+            if scheduler is not None:
+                scheduler.step()
+            return float(grad_norm) if grad_norm is not None else float("nan")
         self.accelerator.backward(loss)
+        if self.accelerator.num_processes > 1 and not hasattr(model, "require_backward_grad_sync"):
+            _all_reduce_mean_grads(model, self.accelerator.num_processes)
         grad_norm = self.accelerator.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -196,6 +211,22 @@ class TrainContext:
         if (step + 1) % self.config.eval_every == 0 or step + 1 == self.config.steps:
             metrics.update(self.evaluate(step + 1))
         self.logger.log(step, metrics)
+
+
+def _all_reduce_mean_grads(model, world_size: int) -> None:
+    """Average the trainable parameters' gradients over processes (one flat all-reduce)."""
+    import torch.distributed as dist
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(g).to(g.dtype)
+        offset += n
 
 
 def sequence_kl(kl: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
