@@ -300,7 +300,12 @@ def run_cell(spec: dict) -> dict:
             zero3_init_flag=False,  # models load whole, then the engine partitions the trainable ones
         )
         # accelerate only uses DeepSpeed when not told cpu=True; DeepSpeed itself runs on the CPU here.
-        accelerator = Accelerator(mixed_precision=mixed, deepspeed_plugin=ds_plugin)
+        handlers = []
+        if not want_cuda:  # accelerate finds no backend of its own for DeepSpeed on a CPU: gloo
+            from accelerate.utils import InitProcessGroupKwargs
+
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        accelerator = Accelerator(mixed_precision=mixed, deepspeed_plugin=ds_plugin, kwargs_handlers=handlers)
     else:
         accelerator = Accelerator(cpu=not want_cuda, mixed_precision=mixed)
     device = accelerator.device
@@ -377,9 +382,13 @@ def run_cell(spec: dict) -> dict:
     memory.close()
     logger.close()
     rank_peaks = _gather_rank_peaks(accelerator, memory)
-    (cell_dir / f"memory-rank{accelerator.process_index}.json").write_text(
-        json.dumps({"rank": accelerator.process_index, "baseline_bytes": memory.baseline, "peaks": memory.peaks})
-    )
+    rank_info = {"rank": accelerator.process_index, "baseline_bytes": memory.baseline, "peaks": memory.peaks}
+    if plan.zero_stage == 3:
+        # What this process really holds of the trained policy: its ZeRO-3 partition (ds_tensor) per parameter.
+        trained = [p for p in policy.parameters() if p.requires_grad]
+        rank_info["zero3_trainable_numel"] = sum(int(p.ds_numel) for p in trained)
+        rank_info["zero3_local_trainable_numel"] = sum(int(p.ds_tensor.numel()) for p in trained)
+    (cell_dir / f"memory-rank{accelerator.process_index}.json").write_text(json.dumps(rank_info))
     planned = _planned(recipe, cell, accelerator.num_processes, want_cuda, spec["artifacts_root"]) if accelerator.is_main_process else None
 
     summary = {

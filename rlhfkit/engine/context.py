@@ -6,7 +6,7 @@ import json
 import math
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,12 +116,14 @@ class TrainContext:
         return self.accelerator.unwrap_model(self.policy)
 
     def generation_context(self):
-        """Where ZeRO-3 shards the policy, gather it for generation; elsewhere nothing to do."""
+        """Where ZeRO-3 shards the policy, gather it for generation; elsewhere nothing to do.
+
+        The whole policy is gathered once (not layer by layer at every sampled token), and ZeRO-3's
+        per-module fetch/release hooks are taken off while it is whole, then put back (as TRL does).
+        """
         plan = self.plan
         if plan is not None and plan.zero_stage == 3:
-            import deepspeed
-
-            return deepspeed.zero.GatheredParameters(list(self.policy.parameters()), modifier_rank=None)
+            return _zero3_gathered(self.policy)
         return nullcontext()
 
     def rollout(self, prompts: list[str]):
@@ -211,6 +213,32 @@ class TrainContext:
         if (step + 1) % self.config.eval_every == 0 or step + 1 == self.config.steps:
             metrics.update(self.evaluate(step + 1))
         self.logger.log(step, metrics)
+
+
+def _zero3_offload(engine):
+    optimizer = getattr(engine, "optimizer", None)
+    if optimizer is None:
+        return None
+    return getattr(optimizer, "parameter_offload", optimizer)
+
+
+@contextmanager
+def _zero3_gathered(engine):
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(engine.parameters()), modifier_rank=None):
+        offload = _zero3_offload(engine)
+        if offload is not None:
+            for param in offload.module.parameters(recurse=True):
+                param.ds_active_sub_modules.clear()
+            for hook in offload.forward_hooks + offload.backward_hooks:
+                hook.remove()
+            offload.forward_hooks, offload.backward_hooks = [], []
+        try:
+            yield
+        finally:
+            if offload is not None:
+                offload._register_deepspeed_module(offload.module)
 
 
 def _all_reduce_mean_grads(model, world_size: int) -> None:
