@@ -25,6 +25,7 @@ BUILTIN_PLUGINS = (
     "rlhfkit_plugins.memory",
     "rlhfkit_plugins.datasets",
     "rlhfkit_plugins.reporters",
+    "rlhfkit_plugins.reporters.trackers",
 )
 
 # hook name -> (registry kind, attribute that names the registered object)

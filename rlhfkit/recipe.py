@@ -112,6 +112,13 @@ class ReportSettings:
 
     reporters: list[str] = field(default_factory=list)
     """Reporter names; empty means every reporter registered as default."""
+    trackers: list[str] = field(default_factory=list)
+    """Experiment trackers fed from every training step: ``tensorboard``, ``wandb``, ``trackio`` (when installed)."""
+
+    def __post_init__(self):
+        for name in self.trackers:
+            if name not in ("tensorboard", "wandb", "trackio"):
+                raise ValueError(f"unknown tracker {name!r}; allowed: tensorboard, wandb, trackio")
 
 
 @dataclass(frozen=True)

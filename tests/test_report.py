@@ -184,7 +184,7 @@ def test_partial_run_marks_missing_cells(tmp_path):
     page = (out / "report.html").read_text()
     assert "Partial run" in md and "Partial run" in page
     assert "| tiny__rloo__full__s2 | _pending (missing result)_ |" in md
-    assert '<td class="muted">pending (missing result)</td>' in page
+    assert '<td class="muted text">pending (missing result)</td>' in page
     # statistics rest on the finished seeds only: RLOO has n=1, no interval
     assert "| tiny | rloo | full | 1 (n=1) | 0.100 |" in md
     assert "n=2 and 1 seeds" in md
@@ -240,3 +240,97 @@ def test_a_third_party_reporter_registered_inline_runs(run_dir):
 def test_builtin_reporters_are_registered():
     names = plugins.get_registry().names("reporter")
     assert {"csv", "markdown", "html", "console"} <= set(names)
+
+
+# -- trackers -------------------------------------------------------------------------------------------------
+
+def _cell_spec(tmp_path, trackers):
+    from rlhfkit.recipe import Cell
+
+    run = tmp_path / "trk"
+    cell = Cell(model="tiny", algorithm="ppo", memory="full", seed=1)
+    cell_dir = run / "cells" / cell.id
+    cell_dir.mkdir(parents=True)
+    recipe = textwrap.dedent(RECIPE) + f"[report]\ntrackers = {json.dumps(trackers)}\n"
+    (run / "recipe.toml").write_text(recipe)
+    spec = cell_dir / "spec.json"
+    spec.write_text(json.dumps({"recipe": str(run / "recipe.toml"), "cell": cell.as_dict(), "cell_dir": str(cell_dir)}))
+    return cell, cell_dir, spec
+
+
+def test_tracker_plugin_is_builtin_and_idle_without_trackers(tmp_path, monkeypatch):
+    from rlhfkit_plugins.reporters import trackers
+
+    assert "rlhfkit_plugins.reporters.trackers" in plugins.builtin_plugin_names()
+    cell, _, spec = _cell_spec(tmp_path, [])
+    monkeypatch.setattr(sys, "argv", ["rlhfkit.cell", str(spec)])
+    monkeypatch.setattr(trackers, "_state", {"cell": None, "trackers": []})
+    opened = []
+    monkeypatch.setattr(trackers, "open_trackers", lambda *a: opened.append(a) or [])
+    plugins.get_plugin_manager().hook.log_metrics(cell=cell, step=0, metrics={"objective/kl": 1.0})
+    assert opened == []
+
+
+def test_tracker_receives_every_step_through_the_hook(tmp_path, monkeypatch):
+    from rlhfkit_plugins.reporters import trackers
+
+    cell, cell_dir, spec = _cell_spec(tmp_path, ["tensorboard"])
+    monkeypatch.setattr(sys, "argv", ["rlhfkit.cell", str(spec)])
+    monkeypatch.setattr(trackers, "_state", {"cell": None, "trackers": []})
+    logged = []
+
+    class Recorder:
+        def __init__(self, logdir, cell):
+            self.logdir = logdir
+
+        def log(self, step, metrics):
+            logged.append((step, metrics["objective/kl"]))
+
+        def close(self):
+            logged.append("closed")
+
+    monkeypatch.setattr(trackers, "TensorBoardTracker", Recorder)
+    monkeypatch.setattr(trackers, "available", lambda name: True)
+    hook = plugins.get_plugin_manager().hook
+    for step in range(3):
+        hook.log_metrics(cell=cell, step=step, metrics={"objective/kl": float(step)})
+    assert logged == [(0, 0.0), (1, 1.0), (2, 2.0)]
+    assert trackers._state["trackers"][0].logdir == cell_dir.parent.parent / "tensorboard" / cell.id
+    trackers._close_all()
+    assert logged[-1] == "closed"
+
+
+def test_missing_tracker_package_is_skipped_with_a_warning(tmp_path, monkeypatch, capsys):
+    from rlhfkit_plugins.reporters import trackers
+
+    cell, _, spec = _cell_spec(tmp_path, ["wandb"])
+    monkeypatch.setattr(sys, "argv", ["rlhfkit.cell", str(spec)])
+    monkeypatch.setattr(trackers, "_state", {"cell": None, "trackers": []})
+    monkeypatch.setattr(trackers, "available", lambda name: False)
+    hook = plugins.get_plugin_manager().hook
+    hook.log_metrics(cell=cell, step=0, metrics={"objective/kl": 1.0})
+    hook.log_metrics(cell=cell, step=1, metrics={"objective/kl": 1.0})
+    assert capsys.readouterr().err.count("not installed") == 1
+
+
+def test_recipe_accepts_trackers_and_refuses_unknown_ones(tmp_path):
+    from rlhfkit.recipe import RecipeError, load_recipe
+
+    path = tmp_path / "r.toml"
+    path.write_text(textwrap.dedent(RECIPE) + '[report]\ntrackers = ["tensorboard"]\n')
+    assert load_recipe(path).report.trackers == ["tensorboard"]
+    path.write_text(textwrap.dedent(RECIPE) + '[report]\ntrackers = ["nope"]\n')
+    with pytest.raises(RecipeError, match="tracker"):
+        load_recipe(path)
+
+
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("tensorboard"), reason="tensorboard not installed")
+def test_tensorboard_writes_event_files(tmp_path, monkeypatch):
+    from rlhfkit_plugins.reporters import trackers
+
+    cell, cell_dir, spec = _cell_spec(tmp_path, ["tensorboard"])
+    monkeypatch.setattr(sys, "argv", ["rlhfkit.cell", str(spec)])
+    monkeypatch.setattr(trackers, "_state", {"cell": None, "trackers": []})
+    plugins.get_plugin_manager().hook.log_metrics(cell=cell, step=0, metrics={"objective/kl": 1.0})
+    trackers._close_all()
+    assert list((cell_dir.parent.parent / "tensorboard" / cell.id).glob("events.out.tfevents.*"))

@@ -203,10 +203,10 @@ def peak_table(peaks) -> Table:
     rows = []
     for p in peaks:
         kl = num(p.kl) if p.reached else f"not reached (> {num(p.kl_final)})"
-        rows.append(
-            [p.label, str(p.n), num(p.gold_start), num(p.gold_peak), kl, str(p.step), num(p.gold_final),
-             num(p.gold_drop), f"{p.score_change_after:+.3f}", num(p.kl_final)]
-        )
+        drop = num(p.gold_drop) if p.reached else "-"
+        change = f"{p.score_change_after:+.3f}" if p.reached else "-"
+        rows.append([p.label, str(p.n), num(p.gold_start), num(p.gold_peak), kl, str(p.step), num(p.gold_final), drop,
+                     change, num(p.kl_final)])
     return Table(header, rows)
 
 

@@ -16,7 +16,7 @@ h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em; margin-top: 1.8em; 
 table { border-collapse: collapse; margin: .6em 0; font-size: 0.88em; }
 th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; }
 th { background: #f6f8fa; }
-td:first-child, th:first-child { text-align: left; }
+td:first-child, th:first-child, td.text { text-align: left; }
 tr:nth-child(even) td { background: #fbfcfd; }
 .win { background: #dafbe1 !important; font-weight: bold; color: #116329; }
 .muted { color: #8c959f; font-style: italic; }
@@ -40,11 +40,16 @@ def inline(text: str) -> str:
     return out
 
 
+NUMERIC = re.compile(r"^[+\-−]?(\d|\.\d|-$)")
+
+
 def _cell(cell) -> str:
-    if isinstance(cell, TableCell):
-        cls = f' class="{cell.emphasis}"' if cell.emphasis else ""
-        return f"<td{cls}>{inline(cell.text)}</td>"
-    return f"<td>{inline(cell)}</td>"
+    text = cell.text if isinstance(cell, TableCell) else str(cell)
+    classes = [cell.emphasis] if isinstance(cell, TableCell) and cell.emphasis else []
+    if not NUMERIC.match(text):
+        classes.append("text")
+    cls = f' class="{" ".join(classes)}"' if classes else ""
+    return f"<td{cls}>{inline(text)}</td>"
 
 
 def table_html(table: Table) -> str:
