@@ -149,10 +149,6 @@ def overoptimisation(context, directory: Path) -> Plot | None:
     )
 
 
-def _cell_labels(frame) -> list[str]:
-    return [f"{c}" + ("" if s == "ok" else f"\n({s})") for c, s in zip(frame["cell"], frame["status"])]
-
-
 def _short(cell_id: str) -> str:
     return cell_id.replace("__", " ")
 
@@ -180,7 +176,7 @@ def memory(context, directory: Path) -> Plot | None:
     ax.set_ylabel("peak memory (MiB)")
     ax.set_title("Measured peak memory per cell and phase" + (" (hatched: planned)" if has_planned else ""))
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     path = _save(fig, directory / "memory.png")
     device = "CUDA allocator peaks" if any("cuda" in str(g).lower() for g in (context.run_info.get("hardware") or {}).get("gpus", [])) else "process memory peaks"
     return Plot(
@@ -207,6 +203,10 @@ def throughput(context, directory: Path) -> Plot | None:
         ax.set_xticks(range(len(frame)), labels, rotation=20, ha="right", fontsize=8)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    axes[1].legend(handles=[Patch(color=colors[a], label=a) for a in algos], fontsize=8, loc="upper left",
+                   bbox_to_anchor=(1.0, 1.0))
     fig.suptitle("Training throughput per cell (training time only, excluding model loading and SFT evaluation)")
     path = _save(fig, directory / "throughput.png")
     return Plot("throughput", "Throughput per cell", "Episodes and generated tokens per second of training time, per cell.", path)
