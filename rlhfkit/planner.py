@@ -132,6 +132,11 @@ def cell_architecture(recipe, model_name: str, which: str = "policy", artifacts_
     written = _artifact_config(recipe, model_name, which, artifacts_root)
     if written is not None:
         return adapter.architecture(written)
+    if getattr(spec, "is_reference", False):
+        # Published config numbers: computed straight from the dict (no transformers import needed).
+        from rlhfkit.registry import architecture_numbers
+
+        return architecture_numbers(dict(adapter.known_checkpoints[spec.reference]), qkv_bias=adapter.qkv_bias)
     if spec.is_preset:
         vocab = _task_info(recipe)["vocab_size"]
         return adapter.architecture(adapter.preset_config(spec.preset, vocab_size=vocab))

@@ -1,0 +1,118 @@
+"""Memory strategies: plans and refusals, and tiny cells that really run them (QLoRA, ZeRO-2, ZeRO-3 x 2)."""
+
+import json
+import shutil
+import textwrap
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from rlhfkit.memory import build_memory_plan
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("full", dict(lora=False, quantization=None, zero_stage=0, gradient_checkpointing=False)),
+        ("lora", dict(lora=True, quantization=None, zero_stage=0)),
+        ("qlora", dict(lora=True, quantization="nf4", zero_stage=0)),
+        ("zero2", dict(lora=False, zero_stage=2, offload_optimizer=False)),
+        ("zero3+lora", dict(lora=True, zero_stage=3)),
+        ("zero2+qlora+gc", dict(lora=True, quantization="nf4", zero_stage=2, gradient_checkpointing=True)),
+        ("zero2+offload", dict(zero_stage=2, offload_optimizer=True)),
+        ("zero3+offload", dict(zero_stage=3, offload_optimizer=True, offload_parameters=True)),
+        ("gc", dict(lora=False, gradient_checkpointing=True)),
+    ],
+)
+def test_each_strategy_builds_its_plan(name, expected):
+    plan = build_memory_plan(name)
+    assert plan.parts == name.split("+")
+    for key, value in expected.items():
+        actual = plan.uses_lora if key == "lora" else getattr(plan, key)
+        assert actual == value, (name, key)
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("full+lora", "'full' cannot be combined"),
+        ("zero3+qlora", "'qlora' cannot be combined with 'zero3'"),
+        ("offload", "'offload' needs a ZeRO stage"),
+        ("lora+offload", "'offload' needs a ZeRO stage"),
+        ("zero2+zero3", "alternatives"),
+        ("qlora+lora", "already trains LoRA"),
+        ("zero4", "unknown part 'zero4'"),
+    ],
+)
+def test_invalid_combinations_are_refused_with_the_reason(name, reason):
+    with pytest.raises(ValueError, match=reason):
+        build_memory_plan(name)
+
+
+@pytest.mark.parametrize("memory, reason", [("full+zero2", "'full' cannot be combined"),
+                                            ("qlora+zero3", "'qlora' cannot be combined with 'zero3'"),
+                                            ("lora+offload", "'offload' needs a ZeRO stage")])
+def test_validate_refuses_invalid_combination_exit_2_one_line(small_recipe, memory, reason):
+    recipe = small_recipe()
+    recipe.write_text(recipe.read_text().replace('memory = ["full"]', f'memory = ["{memory}"]'))
+    out = run_cli("validate", recipe)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "grid.memory[0]" in lines[0] and reason in lines[0], out.stderr
+
+
+def _with_memory(recipe, memory, extra_run=""):
+    text = recipe.read_text().replace('memory = ["full"]', f"memory = {json.dumps(memory)}")
+    text = text.replace("[run]\n", "[run]\n" + extra_run)
+    recipe.write_text(text)
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def shared_tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("memory-cells")
+
+
+def test_qlora_and_zero2_cells_run_ok_with_planned_beside_measured(small_recipe, shared_tmp):
+    recipe = _with_memory(small_recipe(algorithms=("ppo",), parallel=1), ["qlora", "zero2"])
+    out_dir = shared_tmp / "one"
+    out = run_cli("run", recipe, "--output", out_dir)
+    assert out.returncode == 0, out.stdout + out.stderr
+    table = pd.read_csv(out_dir / "results.csv").set_index("memory")
+    assert list(table["status"]) == ["ok", "ok"]
+    for memory in ("qlora", "zero2"):
+        row = table.loc[memory]
+        assert row["planned_memory_bytes"] > 0 and row["training_peak_bytes"] > 0
+        result = json.loads((out_dir / "cells" / row["cell"] / "result.json").read_text())
+        assert result["memory_plan"] == memory and result["num_processes"] == 1
+        assert set(result["planned_memory"]["phases"]) == {"generation", "scoring", "training"}
+    # QLoRA trains adapters only; ZeRO-2 trains every weight.
+    assert table.loc["qlora", "trainable_parameters"] < table.loc["zero2", "trainable_parameters"] / 2
+    log = (out_dir / "cells" / table.loc["qlora", "cell"] / "log.txt").read_text()
+    assert "Traceback" not in log
+
+
+def test_zero3_with_two_processes_shards_the_trainable_parameters(small_recipe, shared_tmp):
+    recipe = _with_memory(small_recipe(algorithms=("ppo",), parallel=1), ["zero3"])
+    out_dir = shared_tmp / "two"
+    out_dir.mkdir()
+    previous = shared_tmp / "one"
+    if (previous / "stages.json").is_file():  # reuse the stages of the test above (same data, same models)
+        shutil.copytree(previous / "artifacts", out_dir / "artifacts")
+        shutil.copy(previous / "stages.json", out_dir / "stages.json")
+    out = run_cli("run", recipe, "--output", out_dir, "--num-processes", "2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    cell = out_dir / "cells" / "llama-tiny__ppo__zero3__s1"
+    result = json.loads((cell / "result.json").read_text())
+    assert result["status"] == "ok" and result["num_processes"] == 2
+    ranks = [json.loads((cell / f"memory-rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        share = rank["zero3_local_trainable_numel"] / rank["zero3_trainable_numel"]
+        assert 0.45 <= share <= 0.55, rank
+    assert sum(r["zero3_local_trainable_numel"] for r in ranks) >= ranks[0]["zero3_trainable_numel"]
+    # Rank 0 gathered every rank's per-phase peaks into the result.
+    assert [r["rank"] for r in result["rank_memory"]] == [0, 1]
+    assert all(r["training"] > 0 for r in result["rank_memory"])
+    assert len(result["summary"]["rank_peak_bytes"]) == 2
+    assert len((cell / "metrics.jsonl").read_text().splitlines()) == 2  # only rank 0 logs

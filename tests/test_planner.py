@@ -1,0 +1,119 @@
+"""The memory planner against hand-computed numbers, the seed's published table, and ``rlhfkit plan``."""
+
+import json
+
+import pytest
+
+from conftest import REPO, run_cli
+from rlhfkit.planner import (CPU_DEEPSPEED_BYTES, CPU_FRAMEWORK_BYTES, GiB, NF4_BYTES, plan_cell, plan_recipe)
+from rlhfkit.recipe import Cell, load_recipe
+
+# llama:tiny with the synthetic task's 256-token vocabulary, by hand from the preset:
+# H=64, I=128, L=2, 4 heads, 2 KV heads of 16, tied embeddings.
+H, I, L, V, NKV, HD = 64, 128, 2, 256, 2, 16
+EMBED = V * H                                               # 16384
+LAYER = (H * 64 + 2 * H * NKV * HD + 64 * H) + 3 * H * I + 2 * H  # attention 12288 + MLP 24576 + norms 128
+P = EMBED + L * LAYER + H                                   # 90432 (causal LM)
+R = P + H                                                   # 90496 (classifier: score head, no LM head)
+LORA = L * 16 * ((H + 64) + 2 * (H + NKV * HD) + (64 + H) + 2 * (H + I) + (I + H))  # r=16, 7 targets: 32768
+
+
+@pytest.fixture
+def recipe(small_recipe):
+    return load_recipe(small_recipe(algorithms=("ppo",)))
+
+
+def cell(memory):
+    return Cell(model="llama-tiny", algorithm="ppo", memory=memory, seed=1)
+
+
+def test_hand_computed_architecture():
+    assert (P, R, LORA) == (90432, 90496, 32768)
+
+
+def test_full_ppo_on_cpu_matches_hand_computation(recipe):
+    plan = plan_cell(recipe, cell("full"), "cpu", 1)
+    parts = plan.parts["generation"]
+    assert parts["weights"] == 4 * (P + P + R + R)  # policy, reference, reward model, critic in fp32
+    assert parts["optimizer"] == 8 * (P + R)        # AdamW moments of policy and critic
+    assert parts["zero_buffers"] == 0 and parts["framework"] == CPU_FRAMEWORK_BYTES
+    t = plan.assumptions["prompt_tokens"] + 8       # prompt + response_length
+    rows = 16                                       # max(batch_size 8, eval_batch_size 16)
+    assert parts["kv_cache"] == 2 * L * NKV * HD * rows * t * 4
+    assert parts["logits"] == rows * V * 4 * 4
+    assert plan.phases["generation"] == sum(parts.values())
+    train = plan.parts["training"]
+    assert train["logits"] == 4 * (8 // 2) * (8 + 1) * V * 4  # 4 copies of a minibatch's response logits
+    assert train["gradients"] == 4 * max(P, R)
+    per_token_layer = 4 * H + 3 * 64 + 3 * NKV * HD + 4 * I
+    tokens = (8 // 2) * t
+    assert train["activations"] == 2 * L * per_token_layer * tokens * 4  # policy + critic graphs
+    assert plan.peak_bytes == max(plan.phases.values())
+
+
+def test_gradient_checkpointing_keeps_layer_inputs_and_one_layer(recipe):
+    plan = plan_cell(recipe, cell("gc"), "cpu", 1)
+    t = plan.assumptions["prompt_tokens"] + 8
+    tokens = 4 * t
+    per_layer = (4 * H + 3 * 64 + 3 * NKV * HD + 4 * I) * tokens * 4
+    assert plan.parts["training"]["activations"] == 2 * (L * H * tokens * 4 + per_layer)
+
+
+def test_zero3_shards_weights_and_states_and_gathers_policy_for_generation(recipe):
+    plan = plan_cell(recipe, cell("zero3"), "cpu", 2)
+    parts = plan.parts["generation"]
+    assert parts["weights"] == 4 * (P + P + R + R) // 2  # every model sharded over 2 (frozen ones too)
+    assert parts["optimizer"] == 8 * (P + R) // 2
+    assert parts["zero3_gather"] == 4 * P // 2           # the other half of the policy
+    bucket_and_prefetch = P * 4 + 0.9 * H * H * 4        # CPU: one reduce bucket, + prefetch bucket
+    assert parts["zero_buffers"] == int(2 * bucket_and_prefetch)
+    assert parts["framework"] == CPU_FRAMEWORK_BYTES + CPU_DEEPSPEED_BYTES
+    assert plan.parts["training"]["gradients"] == 4 * max(P, R) // 2
+
+
+def test_zero2_shards_states_not_weights(recipe):
+    plan = plan_cell(recipe, cell("zero2"), "cpu", 2)
+    parts = plan.parts["training"]
+    assert parts["weights"] == 4 * (P + P + R + R)
+    assert parts["optimizer"] == 8 * (P + R) // 2
+    assert parts["zero_buffers"] == 2 * P * 4  # CPU, no overlap_comm: one reduce bucket per engine
+
+
+def test_qlora_weights_are_nf4_with_fp32_embeddings_and_lora(recipe):
+    plan = plan_cell(recipe, cell("qlora"), "cpu", 1)
+    kept_p = EMBED + (2 * L + 1) * H
+    kept_r = EMBED + (2 * L + 1) * H
+    policy = (P - kept_p) * NF4_BYTES + kept_p * 4 + LORA * 4
+    lora_v = LORA + H  # critic adapters + trainable copy of the score head
+    value = (R - kept_r) * NF4_BYTES + kept_r * 4 + lora_v * 4
+    reward = R * 4
+    assert plan.parts["generation"]["weights"] == int(policy + reward + value)
+    assert plan.parts["generation"]["optimizer"] == 8 * (LORA + lora_v)
+    assert abs(NF4_BYTES - 0.516) < 0.001
+
+
+def test_seed_table_rows():
+    plans = {p.memory: p for p in plan_recipe(load_recipe(REPO / "recipes" / "seed_table.toml"))}
+    assert {p.hardware for p in plans.values()} == {"A100-40GB"} and {p.num_devices for p in plans.values()} == {2}
+    z2, z3, q = plans["zero2+lora+gc"], plans["zero3+lora+gc"], plans["zero2+qlora+gc"]
+    assert not z2.fits                                   # published: OOM
+    assert z3.fits and 20 * GiB <= z3.peak_bytes <= 25 * GiB   # published: 20-25 GB/GPU
+    assert q.fits and 25 * GiB <= q.peak_bytes <= 35 * GiB     # published: ~30 GB/GPU
+
+
+def test_plan_cli_json_and_table():
+    seed = REPO / "recipes" / "seed_table.toml"
+    assert run_cli("validate", seed).returncode == 0
+    out = run_cli("plan", seed, "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert len(rows) == 3 * 3
+    assert {"cell", "phase", "peak_bytes", "fits"} <= set(rows[0])
+    assert {r["phase"] for r in rows} == {"generation", "scoring", "training"}
+    assert [r["cell_fits"] for r in rows if r["phase"] == "training"] == [False, True, True]
+    out = run_cli("plan", seed, "--gpu", "H100-80GB", "--num-gpus", "2")
+    assert out.returncode == 0 and "every cell fits" in out.stdout, out.stdout
+    out = run_cli("plan", seed)
+    assert "will not fit: deepseek-6.7b__ppo__zero2-lora-gc__s0" in out.stdout
+    out = run_cli("plan", seed, "--gpu", "V100")
+    assert out.returncode == 2 and "unknown GPU" in out.stderr
