@@ -159,16 +159,30 @@ def test_gold_peak_is_found(run_dir):
     context = load_context(run_dir)
     peaks = {c.label: gold_peak(c) for c in eval_curves(context)}
     ppo, rloo = peaks["ppo"], peaks["rloo"]
-    # PPO mean gold per eval step: 0, 0.4, (0.9+1.0)/2 = 0.95, (0.3+0.5)/2 = 0.4 -> peak at step 4,
-    # mean KL there = (2/3 * 1 + 2/3 * 3) / 2 = 4/3.
-    assert ppo.reached and ppo.step == 4
-    assert ppo.kl == pytest.approx(4 / 3)
+    # PPO mean gold per eval step (0, 2, 4, 6): 0, 0.4, (0.9+1.0)/2 = 0.95, (0.3+0.5)/2 = 0.4.  Tolerance 5% of
+    # 0.95 = 0.0475: from step 4 on gold never gains more -> stops improving at step 4, where the mean KL is
+    # (2/3 * 1 + 2/3 * 3) / 2 = 4/3; that is also the peak, and gold then drops by 0.55.
+    assert ppo.reached and ppo.step == 4 and ppo.peak_step == 4
+    assert ppo.kl == pytest.approx(4 / 3) and ppo.tolerance == pytest.approx(0.0475)
     assert ppo.gold_peak == pytest.approx(0.95) and ppo.gold_drop == pytest.approx(0.55)
-    # RLOO gold: 0, 0.05, 0.08, 0.15 -> still improving at the end
+    assert ppo.score_change_after == pytest.approx(1.65 - 1.0)
+    # RLOO gold: 0, 0.05, 0.08, 0.15 -> still gaining more than 0.0075 at every step: not reached
     assert not rloo.reached and rloo.step == 6
     md = (write_reports(run_dir, only=["markdown"]).output_dir / "report.md").read_text()
-    assert "| ppo | 2 | 0.000 | 0.950 | 1.333 | 4 |" in md
+    assert "| ppo | 2 | 0.000 | 1.333 | 4 | 0.950 | 0.950 (4) | 1.333 | 0.400 | 0.550 | +0.650 | 2.000 |" in md
     assert "not reached (> 2.250)" in md
+
+
+def test_plateau_counts_as_stopped_improving():
+    import numpy as np
+
+    from rlhfkit.report.curves import EvalCurve, gold_peak
+
+    # gold 0, 2.0, 2.95, 3.0 (tolerance 0.15): 2.95 is within 0.05 of everything after it -> stops at step 20
+    curve = EvalCurve(key=("m", "ppo", "full"), label="ppo", steps=[0, 10, 20, 30], kl=np.array([0.0, 1.0, 2.0, 3.0]),
+                      gold=np.array([0.0, 2.0, 2.95, 3.0]), score=np.array([0.0, 1.0, 2.0, 3.0]), n=2)
+    p = gold_peak(curve)
+    assert p.reached and p.step == 20 and p.kl == pytest.approx(2.0) and p.peak_step == 30 and p.gold_drop == 0
 
 
 def test_partial_run_marks_missing_cells(tmp_path):

@@ -12,7 +12,7 @@ def print_console(context):
 
     from rlhfkit.progress import make_console, widen_for_logs
     from rlhfkit.report import stats as st
-    from rlhfkit.report.document import analysis, fmt_difference, fmt_estimate, mib, num
+    from rlhfkit.report.document import analysis, fmt_difference, fmt_estimate, mib, num, peak_sentence
 
     console = widen_for_logs(context.console) if context.console is not None else make_console()
     a = analysis(context)
@@ -73,12 +73,7 @@ def print_console(context):
         console.print(table)
 
     for p in a["peaks"]:
-        if p.reached:
-            console.print(f"[cyan]over-optimisation[/] {p.label}: gold peaks at KL {num(p.kl)} (step {p.step}, n={p.n}), "
-                          f"then falls by {num(p.gold_drop)} while the proxy moves {p.score_change_after:+.3f}")
-        else:
-            console.print(f"[cyan]over-optimisation[/] {p.label}: gold still improving at the last evaluation "
-                          f"(KL {num(p.kl_final)}, n={p.n})")
+        console.print(f"[cyan]over-optimisation[/] {peak_sentence(p)}")
 
     table = Table(title="cells", title_justify="left")
     for column in ("cell", "status", "gold SFT", "gold final", "score final", "KL final", "peak MiB", "episodes/s", "wall s"):

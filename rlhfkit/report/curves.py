@@ -5,13 +5,14 @@ Training curves come from each finished cell's ``metrics.jsonl`` (``episode``, `
 ``result.json``'s ``evaluations`` (step 0 is the SFT policy), else from the ``eval/*`` keys in
 ``metrics.jsonl``.
 
-**Gold peak ("KL at which gold stops improving").**  For one algorithm (and model, memory) take the
-evaluation steps every finished seed has, average ``eval/gold`` and ``eval/kl`` over seeds at each step, and
-find the earliest step whose mean gold is the highest.  If that step is the last evaluation, gold was still
-improving when training ended: the point is "not reached" (reported as a lower bound, ``> KL``).  Otherwise
-the KL at the peak is the KL at which gold stops improving, and ``gold drop`` is the peak gold minus the
-final gold while ``proxy change`` is what the proxy score did over the same stretch (over-optimisation:
-proxy up while gold goes down).
+**Where gold stops improving.**  For one algorithm (and model, memory) take the evaluation steps every
+finished seed has (step 0 = SFT policy), and average ``eval/gold`` and ``eval/kl`` over seeds at each step:
+g_0 .. g_T and k_0 .. k_T.  Let the tolerance be ``PLATEAU_FRACTION`` (5%) of the best gain,
+tol = 0.05 * (max g − g_0).  Gold *stops improving* at the earliest evaluation t after which it never gains
+more than tol: max(g_t .. g_T) − g_t <= tol.  The KL at which gold stops improving is k_t.  If t is the last
+evaluation (gold still gaining more than tol at the end), it is "not reached" and reported as > k_T.
+The *gold peak* is the earliest step with the highest mean gold; ``gold drop`` is peak gold − final gold and
+``proxy change`` what the proxy score did over the same stretch (over-optimisation: proxy up, gold down).
 """
 
 from __future__ import annotations
@@ -145,39 +146,55 @@ def eval_curves(context) -> list[EvalCurve]:
     return out
 
 
+PLATEAU_FRACTION = 0.05
+
+
 @dataclass
 class GoldPeak:
+    """Where gold stops improving (``step``, ``kl``, ``gold``; ``reached``) and where it peaks (``peak_*``)."""
+
     label: str
     n: int
     reached: bool
     step: int
     kl: float
+    gold: float
+    peak_step: int
+    peak_kl: float
     gold_peak: float
     gold_final: float
     gold_start: float
     score_change_after: float
     kl_final: float
+    tolerance: float
 
     @property
     def gold_drop(self) -> float:
         return self.gold_peak - self.gold_final
 
 
-def gold_peak(curve: EvalCurve) -> GoldPeak | None:
+def gold_peak(curve: EvalCurve, fraction: float = PLATEAU_FRACTION) -> GoldPeak | None:
     """Where gold stops improving along one group's mean evaluation curve (see the module docstring)."""
     if curve.gold is None or len(curve.steps) == 0:
         return None
-    i = int(np.argmax(curve.gold))  # earliest maximum
+    g = curve.gold
     last = len(curve.steps) - 1
+    peak = int(np.argmax(g))  # earliest maximum
+    tolerance = fraction * max(0.0, float(g[peak] - g[0]))
+    stop = next(t for t in range(last + 1) if float(g[t:].max() - g[t]) <= tolerance)
     return GoldPeak(
         label=curve.label,
         n=curve.n,
-        reached=i < last,
-        step=curve.steps[i],
-        kl=float(curve.kl[i]),
-        gold_peak=float(curve.gold[i]),
-        gold_final=float(curve.gold[last]),
-        gold_start=float(curve.gold[0]),
-        score_change_after=float(curve.score[last] - curve.score[i]),
+        reached=stop < last,
+        step=curve.steps[stop],
+        kl=float(curve.kl[stop]),
+        gold=float(g[stop]),
+        peak_step=curve.steps[peak],
+        peak_kl=float(curve.kl[peak]),
+        gold_peak=float(g[peak]),
+        gold_final=float(g[last]),
+        gold_start=float(g[0]),
+        score_change_after=float(curve.score[last] - curve.score[peak]),
         kl_final=float(curve.kl[last]),
+        tolerance=tolerance,
     )

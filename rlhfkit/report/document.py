@@ -198,16 +198,27 @@ def cell_table(results) -> Table:
 
 
 def peak_table(peaks) -> Table:
-    header = ["group", "seeds", "gold SFT", "gold peak", "KL at gold peak", "step", "gold final", "gold drop after peak",
-              "proxy change after peak", "KL final"]
+    header = ["group", "seeds", "gold SFT", "KL where gold stops improving", "step", "gold there", "gold peak (step)",
+              "KL at peak", "gold final", "gold drop after peak", "proxy change after peak", "KL final"]
     rows = []
     for p in peaks:
         kl = num(p.kl) if p.reached else f"not reached (> {num(p.kl_final)})"
-        drop = num(p.gold_drop) if p.reached else "-"
-        change = f"{p.score_change_after:+.3f}" if p.reached else "-"
-        rows.append([p.label, str(p.n), num(p.gold_start), num(p.gold_peak), kl, str(p.step), num(p.gold_final), drop,
-                     change, num(p.kl_final)])
-    return Table(header, rows)
+        drop = num(p.gold_drop) if p.gold_drop > 0 else "-"
+        change = f"{p.score_change_after:+.3f}" if p.gold_drop > 0 else "-"
+        rows.append([p.label, str(p.n), num(p.gold_start), kl, str(p.step) if p.reached else "-", num(p.gold) if p.reached else "-",
+                     f"{num(p.gold_peak)} ({p.peak_step})", num(p.peak_kl), num(p.gold_final), drop, change, num(p.kl_final)])
+    return Table(header, rows, "Mean over seeds at each evaluation step; tolerance = 5% of the best gain over SFT.")
+
+
+def peak_sentence(p) -> str:
+    if p.reached:
+        text = (f"{p.label}: gold stops improving at KL {num(p.kl)} (step {p.step}, gold {num(p.gold)}, n={p.n})")
+    else:
+        text = f"{p.label}: gold still improving at the last evaluation (KL {num(p.kl_final)}, n={p.n})"
+    if p.gold_drop > 0:
+        text += (f"; after its peak (KL {num(p.peak_kl)}, step {p.peak_step}) gold falls by {num(p.gold_drop)} while the "
+                 f"proxy changes by {p.score_change_after:+.3f}")
+    return text + "."
 
 
 def build_document(context):
@@ -248,13 +259,7 @@ def build_document(context):
                 f"{c['label']} ({where}): {c['a']} − {c['b']} = {fmt_difference(c['metric'], c['difference'])}: {c['verdict']}."
             )
     for p in a["peaks"]:
-        if p.reached:
-            findings.append(
-                f"{p.label}: gold stops improving at KL {num(p.kl)} (step {p.step}, n={p.n}); afterwards gold falls by "
-                f"{num(p.gold_drop)} while the proxy changes by {p.score_change_after:+.3f}."
-            )
-        else:
-            findings.append(f"{p.label}: gold still improving at the last evaluation (KL {num(p.kl_final)}, n={p.n}).")
+        findings.append(peak_sentence(p))
     doc.add(BulletList(findings) if findings else Paragraph("No finished cells to compare yet."))
 
     doc.add(Heading("Results over seeds"))
@@ -276,11 +281,12 @@ def build_document(context):
     if a["peaks"]:
         doc.add(
             Paragraph(
-                "**Gold peak** (the KL at which gold stops improving): per algorithm, eval/gold and eval/kl are averaged "
-                "over seeds at each evaluation step (step 0 = SFT policy); the gold peak is the earliest step with the "
-                "highest mean gold. If that is the last evaluation, gold was still improving and the peak is "
-                "\"not reached\" (KL > final KL). Gold drop = peak gold − final gold; proxy change = final − peak proxy "
-                "score (over-optimisation shows as proxy up, gold down)."
+                "**Where gold stops improving**: per algorithm, eval/gold and eval/kl are averaged over seeds at each "
+                "evaluation step (step 0 = SFT policy). With tolerance = 5% of the best mean gain over SFT, gold stops "
+                "improving at the earliest evaluation after which it never gains more than the tolerance; the KL there "
+                "is reported. If that is the last evaluation, gold was still improving and it is \"not reached\" "
+                "(KL > final KL). The gold peak is the earliest step with the highest mean gold; gold drop = peak gold "
+                "− final gold, proxy change = final − peak proxy score (over-optimisation shows as proxy up, gold down)."
             ),
             peak_table(a["peaks"]),
         )
@@ -344,6 +350,8 @@ def build_document(context):
                 f"default_rng({st.SEED}), 95%; with one seed the value is shown without an interval.",
                 "Differences: each algorithm's seeds resampled independently, difference of resample means; a "
                 "difference whose interval contains 0 is reported as not significant at the stated number of seeds.",
+                "With 2 seeds a bootstrap interval is exactly the range of the two values (the resampled mean takes "
+                "only 3 values), so \"significant\" at n=2 is indicative only; 5 or more seeds give intervals to rely on.",
                 "Peak memory: the largest of the generation, scoring and training phase peaks; throughput: episodes "
                 "per second of training time.",
             ]

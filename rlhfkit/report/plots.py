@@ -131,7 +131,8 @@ def overoptimisation(context, directory: Path) -> Plot | None:
         peak = gold_peak(c)
         if peak is not None and peak.reached:
             ax.axvline(peak.kl, color="grey", linestyle="--", linewidth=1)
-            ax.annotate(f"gold peak\nKL={peak.kl:.2f}", (peak.kl, 0), textcoords="offset points", xytext=(4, 6), fontsize=8)
+            ax.annotate(f"gold stops\nimproving\nKL={peak.kl:.2f}", (peak.kl, 0), textcoords="offset points", xytext=(4, 6),
+                        fontsize=8)
         ax.axhline(0, color="black", linewidth=0.5)
         ax.set_title(f"{c.label} (n={c.n})")
         ax.set_xlabel("eval/kl")
@@ -144,7 +145,7 @@ def overoptimisation(context, directory: Path) -> Plot | None:
         "overoptimisation",
         "Over-optimisation: proxy against gold",
         "Gain over the SFT policy of the proxy (reward-model) score and of the gold reward at each evaluation, "
-        "against KL; the dashed line marks where mean gold peaks (when it peaks before the last evaluation).",
+        "against KL; the dashed line marks where mean gold stops improving (see the definition above), when it does before the last evaluation.",
         path,
     )
 
