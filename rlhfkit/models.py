@@ -165,7 +165,9 @@ def _checkpoint_source(spec: ModelSpec, adapter) -> tuple[str, dict | None]:
                 f"offline; give a local checkpoint directory to train it"
                 + (f" (online it loads {hub_id!r})" if hub_id else "")
             )
-        return hub_id, adapter.reference_config(spec.reference)
+        config = adapter.reference_config(spec.reference)
+        adapter.check_loadable(config, spec.trust_remote_code, spec.label())
+        return hub_id, config
     return spec.checkpoint, read_checkpoint_config(spec.checkpoint)
 
 
