@@ -52,10 +52,10 @@ epochs = 1
 epochs = 1
 [rl]
 steps = {steps}
-batch_size = 64
-response_length = 24
+batch_size = 32
+response_length = 16
 eval_every = {steps}
-eval_batch_size = 32
+eval_batch_size = 16
 [algorithms.ppo]
 num_epochs = 1
 num_minibatches = 2
@@ -65,9 +65,14 @@ threads_per_cell = 2
 """
 
 
-def run_grid(output: Path, strategies: list[str], steps: int) -> Path:
+def run_grid(output: Path, strategies: list[str], steps: int, stages_from: str | None = None) -> Path:
     recipe = output.parent / f"{output.name}.toml"
     output.parent.mkdir(parents=True, exist_ok=True)
+    if stages_from and not output.exists():  # reuse tokenizer/SFT/reward-model stages of an earlier run
+        import shutil
+
+        shutil.copytree(Path(stages_from) / "artifacts", output / "artifacts")
+        shutil.copy(Path(stages_from) / "stages.json", output / "stages.json")
     recipe.write_text(textwrap.dedent(RECIPE.format(memory=json.dumps(strategies), steps=steps)))
     subprocess.run([sys.executable, "-m", "rlhfkit", "run", str(recipe), "--output", str(output)], cwd=REPO)
     return output
@@ -120,10 +125,11 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="/tmp/rlhfkit-bench-memory/run", help="run directory")
     parser.add_argument("--reuse", help="compare an existing run directory instead of running the grid")
     parser.add_argument("--strategies", nargs="*", default=STRATEGIES)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--stages-from", help="copy the stages (artifacts/) of an earlier run of this benchmark")
     parser.add_argument("--calibrate", action="store_true", help="print the framework overhead the run implies")
     args = parser.parse_args(argv)
-    output = Path(args.reuse) if args.reuse else run_grid(Path(args.output), args.strategies, args.steps)
+    output = Path(args.reuse) if args.reuse else run_grid(Path(args.output), args.strategies, args.steps, args.stages_from)
     return compare(output, args.calibrate)
 
 
