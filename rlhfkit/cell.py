@@ -272,7 +272,9 @@ def run_cell(spec: dict) -> dict:
 
     started = time.perf_counter()
     if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
+        # Processes of one cell share the cell's threads (torch.distributed.run sets WORLD_SIZE).
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, spec["threads"] // world))
     recipe = load_recipe(spec["recipe"])
     cell = Cell(**spec["cell"])
     cell_dir = Path(spec["cell_dir"])
