@@ -285,3 +285,42 @@ def test_loading_plugins_does_not_import_torch():
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_checkpoint_without_pad_token_goes_through_the_stage_code(tmp_path):
+    """A local checkpoint whose tokenizer has no pad token: the tokenizer stage adds one (not EOS), and the
+    policy and reward model load through the adapter with embeddings resized to the new vocabulary."""
+    from rlhfkit.data import PreferenceTask
+    from rlhfkit.recipe import ModelEntry
+    from rlhfkit.stages.pipeline import ensure_tokenizer
+    from rlhfkit.tokenizer import train_tokenizer
+    from rlhfkit.models import build_sequence_classifier
+
+    texts = ["the cat sat on the mat", "a dog ran in the park", "hello there, how are you?"] * 20
+    tok = train_tokenizer(texts, "bpe", 300)
+    tok.pad_token = None
+    a = adapter("qwen2")
+    model = a.causal_lm_from_config(
+        a.preset_config("tiny", vocab_size=len(tok), pad_token_id=None, bos_token_id=tok.bos_token_id,
+                        eos_token_id=tok.eos_token_id)
+    )
+    ckpt = tmp_path / "qwen2-ckpt"
+    model.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+
+    entry = ModelEntry(name="q", policy=str(ckpt))
+    task = PreferenceTask(name="t", sft=[], pairs=[], eval_pairs=[], rl_prompts=[], eval_prompts=[])
+    tokenizer = ensure_tokenizer(entry, task, tmp_path / "tokenizer")
+    assert tokenizer.pad_token == "<|rlhfkit_pad|>" and tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert len(tokenizer) == len(tok) + 1
+
+    spec = parse_model_spec(str(ckpt))
+    assert spec.family == "qwen2"
+    policy = build_causal_lm(spec, tokenizer)
+    assert policy.config.pad_token_id == tokenizer.pad_token_id
+    reward = build_sequence_classifier(spec, tokenizer)
+    assert reward.config.num_labels == 1 and reward.config.pad_token_id == tokenizer.pad_token_id
+    for m in (policy, reward):
+        if m.get_input_embeddings().num_embeddings < len(tokenizer):
+            m.resize_token_embeddings(len(tokenizer))
+        assert m.get_input_embeddings().num_embeddings == len(tokenizer)
