@@ -89,7 +89,7 @@ def resolve_data_path(path: str, key: str = "data.path") -> Path:
         raise ValueError(f"{key} is required (a file path)")
     resolved = Path(path).expanduser()
     if not resolved.is_absolute():
-        resolved = Path(os.getcwd()) / resolved
+        resolved = Path(os.path.normpath(Path(os.getcwd()) / resolved))
     if not resolved.is_file():
         raise ValueError(
             f"{key} {path!r} does not exist (looked at {resolved}; relative paths resolve against the current "
