@@ -16,7 +16,7 @@ h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em; margin-top: 1.8em; 
 table { border-collapse: collapse; margin: .6em 0; font-size: 0.88em; }
 th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: right; }
 th { background: #f6f8fa; }
-td:first-child, th:first-child, td.text { text-align: left; }
+td:first-child, th:first-child, td.text, th.text { text-align: left; }
 tr:nth-child(even) td { background: #fbfcfd; }
 .win { background: #dafbe1 !important; font-weight: bold; color: #116329; }
 .muted { color: #8c959f; font-style: italic; }
@@ -53,7 +53,13 @@ def _cell(cell) -> str:
 
 
 def table_html(table: Table) -> str:
-    parts = ["<table>", "<thead><tr>" + "".join(f"<th>{inline(h)}</th>" for h in table.header) + "</tr></thead>", "<tbody>"]
+    text_columns = [
+        bool(table.rows) and all(not NUMERIC.match(str(row[i])) for row in table.rows if i < len(row))
+        for i in range(len(table.header))
+    ]
+    text_class = ' class="text"'
+    heads = "".join(f"<th{text_class if text else ''}>{inline(h)}</th>" for h, text in zip(table.header, text_columns))
+    parts = ["<table>", f"<thead><tr>{heads}</tr></thead>", "<tbody>"]
     parts += ["<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in table.rows]
     parts.append("</tbody></table>")
     if table.caption:

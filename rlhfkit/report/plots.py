@@ -113,8 +113,8 @@ def reward_vs_kl(context, directory: Path) -> Plot | None:
     return Plot(
         "reward_vs_kl",
         "Reward against KL (frontier)",
-        "Each evaluation checkpoint (step 0 = SFT policy) placed at its KL to the SFT policy; "
-        "further up at the same KL is better.",
+        "Each evaluation checkpoint (step 0 = SFT policy) placed at its KL to the SFT policy: dots are single seeds, "
+        "the line joins the means over seeds in step order; further up at the same KL is better.",
         path,
     )
 
