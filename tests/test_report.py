@@ -105,6 +105,18 @@ def run_dir(tmp_path):
     return make_run(tmp_path)
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One fake run with every default reporter already run (read-only for the tests that use it)."""
+    from rich.console import Console
+
+    plugins.reset()
+    out = make_run(tmp_path_factory.mktemp("built"))
+    context = write_reports(out, console=Console(record=True, width=200, force_terminal=False, file=open(os.devnull, "w")))
+    plugins.reset()
+    return out, context
+
+
 @pytest.fixture(autouse=True)
 def fresh_plugins(monkeypatch):
     monkeypatch.delenv(plugins.DISABLE_ENV, raising=False)
@@ -113,11 +125,8 @@ def fresh_plugins(monkeypatch):
     plugins.reset()
 
 
-def test_every_report_file_is_written(run_dir):
-    from rich.console import Console
-
-    console = Console(record=True, width=200, force_terminal=False)
-    context = write_reports(run_dir, console=console)
+def test_every_report_file_is_written(built):
+    run_dir, context = built
     for name in ("results.csv", "report.md", "report.html"):
         assert (run_dir / name).is_file(), name
     pngs = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
@@ -127,8 +136,8 @@ def test_every_report_file_is_written(run_dir):
     assert (run_dir / "report.html") in context.written
 
 
-def test_html_is_self_contained_and_matches_markdown(run_dir):
-    write_reports(run_dir, only=["markdown", "html"])
+def test_html_is_self_contained_and_matches_markdown(built):
+    run_dir, _ = built
     page = (run_dir / "report.html").read_text()
     md = (run_dir / "report.md").read_text()
     assert page.count("data:image/png;base64,") >= 4
@@ -141,8 +150,8 @@ def test_html_is_self_contained_and_matches_markdown(run_dir):
         assert text in md and text in page, text
 
 
-def test_statistics_in_the_report_match_hand_computed_values(run_dir):
-    write_reports(run_dir, only=["markdown"])
+def test_statistics_in_the_report_match_hand_computed_values(built):
+    run_dir, _ = built
     md = (run_dir / "report.md").read_text()
     assert "0.400 [0.300, 0.500]" in md  # PPO final gold
     assert "0.150 [0.100, 0.200]" in md  # RLOO final gold
@@ -153,9 +162,10 @@ def test_statistics_in_the_report_match_hand_computed_values(run_dir):
     assert "1, 2 (n=2)" in md  # how many seeds each figure rests on
 
 
-def test_gold_peak_is_found(run_dir):
+def test_gold_peak_is_found(built):
     from rlhfkit.report.curves import eval_curves, gold_peak
 
+    run_dir, _ = built
     context = load_context(run_dir)
     peaks = {c.label: gold_peak(c) for c in eval_curves(context)}
     ppo, rloo = peaks["ppo"], peaks["rloo"]
@@ -168,7 +178,7 @@ def test_gold_peak_is_found(run_dir):
     assert ppo.score_change_after == pytest.approx(1.65 - 1.0)
     # RLOO gold: 0, 0.05, 0.08, 0.15 -> still gaining more than 0.0075 at every step: not reached
     assert not rloo.reached and rloo.step == 6
-    md = (write_reports(run_dir, only=["markdown"]).output_dir / "report.md").read_text()
+    md = (run_dir / "report.md").read_text()
     assert "| ppo | 2 | 0.000 | 1.333 | 4 | 0.950 | 0.950 (4) | 1.333 | 0.400 | 0.550 | +0.650 | 2.000 |" in md
     assert "not reached (> 2.250)" in md
 
