@@ -118,10 +118,11 @@ class RichProgress:
         self.started = time.monotonic()
         self.grid_task = self.progress.add_task("grid (steps)", total=self.grid_total_steps, info=self._grid_info())
         self.progress.update(self.grid_task, completed=self.grid_steps_done)
-        if kept:
-            self.console.print(f"[cyan]grid[/] {len(kept)} of {len(cells)} cells kept from an earlier run")
-        if not self.live:
-            self.console.print(f"[cyan]grid[/] {len(cells) - len(kept)} cells to run, {self.grid_total_steps - self.grid_steps_done} steps")
+        kept_text = f"{len(kept)} kept from an earlier run, " if kept else ""
+        self.console.print(
+            f"[cyan]grid[/] {len(cells)} cells: {kept_text}{len(cells) - len(kept)} to run "
+            f"({self.grid_total_steps - self.grid_steps_done} steps)"
+        )
 
     def cell_started(self, cell) -> None:
         self.cell_steps[cell.id] = 0

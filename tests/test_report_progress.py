@@ -27,7 +27,7 @@ def test_progress_prints_plain_lines_with_eta_when_not_a_terminal(monkeypatch):
         progress.cell_started(cells[2])
         progress.cell_finished(cells[2], {"status": "failed", "error": "boom"}, 1.0)
     text = out.getvalue()
-    assert "1 of 4 cells kept" in text
+    assert "4 cells: 1 kept from an earlier run, 3 to run (24 steps)" in text
     step_lines = [line for line in text.splitlines() if line.startswith("step")]
     assert len(step_lines) == 3  # 2/8, 4/8, 6/8 (the last step is reported by the finished line)
     assert "cell ETA" in step_lines[0] and "grid ETA" in step_lines[0] and "gold 1.00" in step_lines[0]
