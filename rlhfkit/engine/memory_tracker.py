@@ -1,7 +1,11 @@
 """Measured memory per phase (generation, scoring, training).
 
 On CUDA: the caching allocator's peak statistics, reset at each phase start.  On the CPU: the process's
-resident set, sampled by a background thread, minus the baseline taken before any model was built.
+resident set, sampled by a background thread, minus the baseline taken before any model was built (the cell
+imports its libraries and loads the task and tokenizer first, then calls :meth:`PhaseMemory.reset_baseline`).
+
+With several processes each rank has its own ``PhaseMemory``; the cell writes every rank's peaks to
+``memory-rank<r>.json`` and gathers them to rank 0 (``rank_memory`` in result.json).
 """
 
 from __future__ import annotations
@@ -45,6 +49,13 @@ class PhaseMemory:
             phase = self._current
             if phase is not None:
                 self._record(phase, self._now())
+
+    def reset_baseline(self) -> None:
+        """Take the baseline again (after the task and tokenizer are loaded, before any model is built)."""
+        import gc
+
+        gc.collect()
+        self.baseline = self._now()
 
     @contextmanager
     def phase(self, name: str):
