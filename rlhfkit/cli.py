@@ -30,7 +30,7 @@ def _cmd_plugins(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
+    from rlhfkit.progress import make_console
     from rich.table import Table
 
     table = Table(title="rlhfkit plugins")
@@ -38,7 +38,7 @@ def _cmd_plugins(args) -> int:
         table.add_column(column)
     for row in rows:
         table.add_row(row["kind"], row["name"], row["distribution"], row["plugin"], row["description"])
-    Console().print(table)
+    make_console().print(table)
     return 0
 
 
@@ -74,7 +74,7 @@ def _cmd_validate(args) -> int:
 def _cmd_run(args) -> int:
     from pathlib import Path
 
-    from rich.console import Console
+    from rlhfkit.progress import make_console
 
     from rlhfkit.progress import RichProgress
     from rlhfkit.report import write_reports
@@ -88,7 +88,7 @@ def _cmd_run(args) -> int:
     output_dir = Path(recipe.output_dir(args.output))
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output {output_dir} exists and is not a directory")
-    console = Console()
+    console = make_console()
     console.print(f"[bold]rlhfkit run[/] {args.recipe}: {len(recipe.cells())} cells -> {output_dir}")
     try:
         with RichProgress(console) as progress:
@@ -108,14 +108,14 @@ def _cmd_run(args) -> int:
 def _cmd_report(args) -> int:
     from pathlib import Path
 
-    from rich.console import Console
+    from rlhfkit.progress import make_console
 
     from rlhfkit.report import write_reports
 
     output_dir = Path(args.directory)
     if not (output_dir / "recipe.toml").is_file():
         raise UsageError(f"{output_dir} is not an rlhfkit run directory (no recipe.toml in it)")
-    console = Console()
+    console = make_console()
     context = write_reports(output_dir, console=console)
     for path in context.written:
         console.print(f"wrote {path}")
@@ -133,7 +133,7 @@ def _cmd_plan(args) -> int:
     if args.json:
         print(json.dumps([row for plan in plans for row in plan.rows()], indent=2))
         return 0
-    from rich.console import Console
+    from rlhfkit.progress import make_console
     from rich.table import Table
 
     first = plans[0]
@@ -145,7 +145,7 @@ def _cmd_plan(args) -> int:
         cells = [format_bytes(plan.phases[p]) for p in ("generation", "scoring", "training")]
         verdict = "yes" if plan.fits else f"[red]OOM[/] (+{(plan.peak_bytes - plan.capacity_bytes) / GiB:.1f} GiB)"
         table.add_row(plan.cell, *cells, format_bytes(plan.peak_bytes), verdict)
-    console = Console(width=max(120, Console().width))
+    console = make_console()
     console.print(table)
     missing = [plan.cell for plan in plans if not plan.fits]
     if missing:

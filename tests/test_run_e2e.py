@@ -95,7 +95,7 @@ def test_sigkill_mid_cell_then_rerun_completes_without_redoing_finished_cells(sm
         ("[rl]\nkl_coef = \"high\"\n", "expected a number, got 'high'"),
         ('[grid]\nmemory = ["lora+zz"]\n', "unknown part 'zz'; allowed:"),
         ("[algorithms.rloo]\nk = 3\n", "batch_size (32) must be divisible by k (3)"),
-        ('[[models]]\nname = "x"\npolicy = "llama:huge"\n', "no preset 'huge'; allowed:"),
+        ('[[models]]\nname = "x"\npolicy = "llama:huge"\n', "no preset 'huge'; allowed presets: small, tiny"),
         ('[[models]]\nname = "x"\npolicy = "/no/such/ckpt"\n', "neither 'family:preset' nor an existing checkpoint"),
     ],
 )
