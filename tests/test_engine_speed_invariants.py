@@ -103,3 +103,27 @@ def test_selective_log_softmax_matches_log_softmax():
     tokens = torch.randint(0, 50, (19, 6), generator=gen)
     want = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(selective_log_softmax(logits, tokens), want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.7, 5)])
+def test_fast_llama_decoder_equals_the_models_own_forward(models, padded, temperature, top_k):
+    """The lean Llama decode step gives the same tokens and log-probs as decoding with ``model(...)``."""
+    from transformers import DynamicCache
+
+    from rlhfkit.engine.rollout import _LlamaDecoder
+
+    policy, _ = models
+    ids, mask = _queries()
+    if not padded:
+        ids, mask = ids[1:2].repeat(3, 1), mask[1:2].repeat(3, 1)
+    with torch.no_grad():
+        cache = DynamicCache()
+        policy(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    assert _LlamaDecoder.supports(policy, cache)
+    runs = []
+    for fast in (True, False):
+        gen = torch.Generator().manual_seed(11)
+        runs.append(sample(policy, ids, mask, 24, temperature, EOS, PAD, gen, top_k=top_k, fast=fast))
+    assert runs[0][0].tolist() == runs[1][0].tolist()
+    assert torch.allclose(runs[0][1], runs[1][1], atol=ATOL, rtol=0)

@@ -35,6 +35,98 @@ def disable_dropout(model) -> None:
             module.p = 0.0
 
 
+class _LlamaDecoder:
+    """Lean one-token decode step for Llama-architecture causal LMs (the model's own modules, none of its glue).
+
+    HF's forward does per call what decoding does not need: output capturing and kwarg wrappers, a
+    4-D mask built from the 2-D mask, rotary embeddings for one position, and ``torch.cat`` of the whole
+    KV cache per layer.  This keeps a preallocated KV buffer, a preallocated attention mask, rotary tables
+    for every position computed once, and calls the model's own submodules (so LoRA/quantised layers apply)
+    with the same tensor operations HF's sdpa path runs for one query token (``pack_gqa`` and a shared
+    boolean padding mask), so the numbers are those of ``model(...)``.  Prefill stays HF's forward.
+    """
+
+    def __init__(self, model, cache, query_mask, positions, max_new_tokens):
+        base = unwrap(model)
+        self.lm_head = base.lm_head
+        self.body = base.model
+        cfg = base.config
+        self.layers = list(self.body.layers[: cfg.num_hidden_layers])
+        attn = self.layers[0].self_attn
+        self.head_dim = attn.head_dim
+        self.groups = attn.num_key_value_groups
+        self.scaling = attn.scaling
+        batch, query_len = query_mask.shape
+        self.length = query_len
+        total = query_len + max_new_tokens
+        self.mask = torch.zeros(batch, total, dtype=torch.bool, device=query_mask.device)
+        self.mask[:, :query_len] = query_mask.bool()
+        self.keys, self.values = [], []
+        for layer in cache.layers[: len(self.layers)]:
+            k, v = layer.keys, layer.values
+            kbuf = k.new_empty(k.size(0), k.size(1), total, k.size(3))
+            vbuf = v.new_empty(v.size(0), v.size(1), total, v.size(3))
+            kbuf[:, :, :query_len] = k
+            vbuf[:, :, :query_len] = v
+            self.keys.append(kbuf)
+            self.values.append(vbuf)
+        # cos/sin for positions next_position + t, t < max_new_tokens: one rotary call for the whole run.
+        steps = positions[:, -1:] + 1 + torch.arange(max_new_tokens, device=positions.device)
+        probe = self.keys[0] if self.keys else query_mask.float()
+        self.cos, self.sin = self.body.rotary_emb(probe, position_ids=steps)
+        self.step = 0
+
+    @staticmethod
+    def supports(model, cache) -> bool:
+        base = unwrap(model)
+        cfg = getattr(base, "config", None)
+        body = getattr(base, "model", None)
+        return (
+            cfg is not None
+            and getattr(cfg, "model_type", None) == "llama"
+            and type(base).__name__ == "LlamaForCausalLM"
+            and getattr(cfg, "_attn_implementation", None) == "sdpa"
+            and getattr(getattr(body, "rotary_emb", None), "rope_type", None) == "default"
+            and not getattr(cfg, "pretraining_tp", 1) > 1
+            and len(getattr(cache, "layers", ())) >= cfg.num_hidden_layers
+            and all(hasattr(layer, "keys") and layer.keys is not None for layer in cache.layers[: cfg.num_hidden_layers])
+        )
+
+    def __call__(self, tokens: torch.Tensor, is_real: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (``is_real`` False: a finished row's pad); returns logits (batch, vocab)."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        pos = self.length
+        self.mask[:, pos] = is_real
+        self.length = pos + 1
+        t = self.step
+        self.step = t + 1
+        cos, sin = self.cos[:, t : t + 1], self.sin[:, t : t + 1]
+        mask = self.mask[:, None, None, : pos + 1]
+        hidden = self.body.embed_tokens(tokens.unsqueeze(1))
+        batch = hidden.size(0)
+        shape = (batch, 1, -1, self.head_dim)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            residual = hidden
+            hidden = layer.input_layernorm(hidden)
+            q = attn.q_proj(hidden).view(shape).transpose(1, 2)
+            k = attn.k_proj(hidden).view(shape).transpose(1, 2)
+            v = attn.v_proj(hidden).view(shape).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            self.keys[i][:, :, pos : pos + 1] = k
+            self.values[i][:, :, pos : pos + 1] = v
+            keys, values = self.keys[i][:, :, : pos + 1], self.values[i][:, :, : pos + 1]
+            if self.groups > 1:
+                q = q.reshape(batch, q.size(1) // self.groups, self.groups, self.head_dim)
+            out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
+            out = out.reshape(batch, -1, 1, self.head_dim).transpose(1, 2).contiguous()
+            hidden = residual + attn.o_proj(out.reshape(batch, 1, -1).contiguous())
+            residual = hidden
+            hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
+        return self.lm_head(self.body.norm(hidden))[:, -1]
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -46,12 +138,15 @@ def sample(
     pad_token_id: int,
     generator: torch.Generator,
     top_k: int = 0,
+    fast: bool = True,
 ):
     """Sample completions with a KV cache; returns ``(responses, logprobs)``.
 
     ``logprobs`` are log softmax(logits / temperature) of the sampled tokens over the full vocabulary (as
     the training forward computes them, even with top-k sampling), so they serve as the rollout's
     "old" log-probs without a second forward pass.  Finished rows are fed pad and stop attending.
+    ``fast=False`` decodes with the model's own forward every step (the reference the fast path is tested
+    against); for Llama models the default uses :class:`_LlamaDecoder`, same numbers, less overhead.
     """
     from transformers import DynamicCache
 
@@ -68,28 +163,39 @@ def sample(
         use_cache=True,
         logits_to_keep=1,
     )
+    logits = out.logits[:, -1]
+    decoder = None
+    if fast and max_new_tokens > 1 and _LlamaDecoder.supports(model, cache):
+        decoder = _LlamaDecoder(model, cache, attention_mask, positions, max_new_tokens)
     next_position = positions[:, -1:] + 1
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, logprobs = [], []
-    for _ in range(max_new_tokens):
-        logits = out.logits[:, -1].float() / temperature
-        log_probs = torch.log_softmax(logits, dim=-1)
+    tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros(batch, max_new_tokens, dtype=torch.float32, device=device)
+    pad = torch.full((batch,), pad_token_id, dtype=torch.long, device=device)
+    steps = 0
+    for step in range(max_new_tokens):
+        logits = logits.float() / temperature
         sampling_logits = logits
         if top_k:
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
             sampling_logits = logits.masked_fill(logits < kth, float("-inf"))
         # Gumbel-max: one uniform draw per vocabulary entry from our own generator, deterministic per seed.
         uniform = torch.rand(sampling_logits.shape, generator=generator, device=device)
-        gumbel = -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0)))
+        gumbel = uniform.clamp_(1e-20, 1.0).log_().neg_().log_().neg_()
         next_token = torch.argmax(sampling_logits + gumbel, dim=-1)
-        token_logprob = log_probs.gather(-1, next_token.unsqueeze(-1)).squeeze(-1)
+        # log softmax at the sampled token only: logit - logsumexp (no full-vocabulary log-prob tensor).
+        token_logprob = logits.gather(-1, next_token.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         is_real = ~finished
-        next_token = torch.where(is_real, next_token, torch.full_like(next_token, pad_token_id))
-        tokens.append(next_token)
-        logprobs.append(token_logprob)
+        next_token = torch.where(is_real, next_token, pad)
+        tokens[:, step] = next_token
+        logprobs[:, step] = token_logprob
+        steps = step + 1
         finished = finished | (next_token == eos_token_id)
-        if bool(finished.all()):
+        if step + 1 == max_new_tokens or bool(finished.all()):
             break
+        if decoder is not None:
+            logits = decoder(next_token, is_real)
+            continue
         attention_mask = torch.cat([attention_mask, is_real.long().unsqueeze(1)], dim=1)
         out = model(
             input_ids=next_token.unsqueeze(1),
@@ -98,8 +204,9 @@ def sample(
             past_key_values=cache,
             use_cache=True,
         )
+        logits = out.logits[:, -1]
         next_position = next_position + 1
-    return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
+    return tokens[:, :steps], logprobs[:, :steps]
 
 
 def forward_response_logits(model, input_ids, attention_mask, response_len: int, temperature: float):
