@@ -5,12 +5,13 @@ tiny preset's config, a checkpoint's config.json, or a well-known checkpoint's p
 plan (``zero3+lora+gc``), the algorithm's batch settings and the hardware.  The parts, per device:
 
 - weights: bytes per parameter by dtype (fp32 4, bf16/fp16 2, NF4 with double quantisation ~0.516);
-- trainable state: gradients + AdamW moments (+ fp32 master weights under DeepSpeed mixed precision), divided
+- trainable state: gradients + AdamW moments (+ DeepSpeed's fp32 copy of each partition), divided
   by N under ZeRO-2 (gradients and optimizer states) and ZeRO-3 (weights too), moved to the host by offload;
 - DeepSpeed buffers: ZeRO-2 gradient buckets (with ``overlap_comm``: DeepSpeed's documented 4.5 x
   (reduce + all-gather bucket) footprint; without: one reduce bucket), ZeRO-3 reduce and prefetch buckets;
 - generation: KV cache (2 x layers x kv_heads x head_dim x tokens x bytes), one step's logits, and under
-  ZeRO-3 the gather of the whole policy;
+  ZeRO-3 the gather of the whole policy into new full-size tensors (the own shard stays allocated);
+- ZeRO-3 forward/backward: parameters gathered module by module, up to DeepSpeed's max live parameters;
 - scoring: reference / reward / critic forwards of the rollout batch (logits copies tokens x vocab x 4 B);
 - training: activations of a minibatch (all layers, or only layer inputs + one layer under gradient
   checkpointing), logits copies, gradients; PPO keeps the policy's and the critic's graphs alive together;
@@ -44,11 +45,12 @@ GPU_FRAMEWORK_BYTES = 1 * GiB
 # CPU: resident memory a cell process adds beyond its tensors once its libraries are imported (allocator
 # arenas, autograd bookkeeping, thread pools, gloo/DeepSpeed state).  Calibrated from measured tiny cells
 # (benchmarks/bench_memory.py; see docs/memory.md).
-CPU_FRAMEWORK_BYTES = 24 * MiB
-CPU_DEEPSPEED_BYTES = 16 * MiB
+CPU_FRAMEWORK_BYTES = 39 * MiB
+CPU_DEEPSPEED_BYTES = 40 * MiB
 
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 absmax blocks
 DS_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's default reduce/all-gather bucket (elements)
+ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000  # DeepSpeed's default stage3_max_live_parameters
 TRAIN_LOGIT_COPIES = 4  # logits, /temperature, log-softmax, softmax for entropy (and their gradient)
 SCORE_LOGIT_COPIES = 2  # logits, /temperature (+ the chunked log-softmax)
 GEN_LOGIT_COPIES = 4  # one step: logits, log-softmax, uniform draws, gumbel-perturbed logits
@@ -267,7 +269,7 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
     # fp32 master weights in the optimizer.
     train_w_b = 2 if (zero and mixed) else 4
     grad_b = train_w_b
-    master_b = 4 if (zero and mixed) else 0
+    master_b = 4 if zero else 0  # DeepSpeed keeps an fp32 copy of each partition, also when training in fp32
     adam_b = 8
     act_b = 2 if mixed else 4
 
@@ -354,15 +356,23 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
     gen_logits = rows_gen * arch_p["vocab_size"] * 4 * GEN_LOGIT_COPIES
     gather = 0.0
     if zero == 3:
-        policy = models[0]
-        gather = policy.weight_bytes - (policy.weight_bytes / n if not (plan.offload_parameters and gpu) else 0.0)
+        # GatheredParameters all-gathers every parameter into a new full-size tensor; the process's own
+        # partition (ds_tensor, counted in weights) stays allocated meanwhile.
+        gather = models[0].weight_bytes
     generation = {"static": static, "kv_cache": kv, "logits": gen_logits, "zero3_gather": gather}
+
+    def live(m):
+        """ZeRO-3 forward/backward gathers parameters module by module, at most stage3_max_live_parameters."""
+        params = m.weight_bytes / (frozen_b if not m.trainable else train_w_b)
+        return min(ZERO3_MAX_LIVE_PARAMETERS, params) * (train_w_b if m.trainable else frozen_b)
 
     # Scoring: the biggest of the reference log-probs, reward-model and critic forwards (no graphs kept).
     ref_logits = rows_gen * (t_r + 1) * arch_p["vocab_size"] * 4 * SCORE_LOGIT_COPIES
     transient_p = rows_gen * t * layer_activation_elements(arch_p) * act_b
     transient_r = rows_gen * t * (layer_activation_elements(arch_r) + 2 * arch_r["hidden_size"]) * act_b
     scoring = {"static": static, "forward": max(ref_logits + transient_p, transient_r)}
+    if zero == 3:
+        scoring["zero3_live_parameters"] = max(live(m) for m in models)
 
     # Training: activations of one minibatch (policy, plus the critic's graph under PPO), logits, gradients.
     def activations(arch, tokens):
@@ -377,6 +387,8 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
     if algo.needs_value_model:
         train_act += activations(arch_r, tokens_mb)
     training = {"static": static, "activations": train_act, "logits": train_logits, "gradients": grads_peak}
+    if zero == 3:
+        training["zero3_live_parameters"] = sum(live(m) for m in trained)
 
     parts = {"generation": generation, "scoring": scoring, "training": training}
     detail = {"weights": weights, "optimizer": optimizer, "zero_buffers": buffers, "framework": framework}

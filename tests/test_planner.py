@@ -63,19 +63,20 @@ def test_zero3_shards_weights_and_states_and_gathers_policy_for_generation(recip
     plan = plan_cell(recipe, cell("zero3"), "cpu", 2)
     parts = plan.parts["generation"]
     assert parts["weights"] == 4 * (P + P + R + R) // 2  # every model sharded over 2 (frozen ones too)
-    assert parts["optimizer"] == 8 * (P + R) // 2
-    assert parts["zero3_gather"] == 4 * P // 2           # the other half of the policy
+    assert parts["optimizer"] == (8 + 4) * (P + R) // 2  # AdamW moments + DeepSpeed's fp32 partition copy
+    assert parts["zero3_gather"] == 4 * P                 # a new full-size copy; the own shard stays
     bucket_and_prefetch = P * 4 + 0.9 * H * H * 4        # CPU: one reduce bucket, + prefetch bucket
     assert parts["zero_buffers"] == int(2 * bucket_and_prefetch)
     assert parts["framework"] == CPU_FRAMEWORK_BYTES + CPU_DEEPSPEED_BYTES
     assert plan.parts["training"]["gradients"] == 4 * max(P, R) // 2
+    assert plan.parts["training"]["zero3_live_parameters"] == 4 * (P + R)  # both engines, under the live cap
 
 
 def test_zero2_shards_states_not_weights(recipe):
     plan = plan_cell(recipe, cell("zero2"), "cpu", 2)
     parts = plan.parts["training"]
     assert parts["weights"] == 4 * (P + P + R + R)
-    assert parts["optimizer"] == 8 * (P + R) // 2
+    assert parts["optimizer"] == (8 + 4) * (P + R) // 2
     assert parts["zero_buffers"] == 2 * P * 4  # CPU, no overlap_comm: one reduce bucket per engine
 
 
@@ -97,8 +98,12 @@ def test_seed_table_rows():
     assert {p.hardware for p in plans.values()} == {"A100-40GB"} and {p.num_devices for p in plans.values()} == {2}
     z2, z3, q = plans["zero2+lora+gc"], plans["zero3+lora+gc"], plans["zero2+qlora+gc"]
     assert not z2.fits                                   # published: OOM
-    assert z3.fits and 20 * GiB <= z3.peak_bytes <= 25 * GiB   # published: 20-25 GB/GPU
     assert q.fits and 25 * GiB <= q.peak_bytes <= 35 * GiB     # published: ~30 GB/GPU
+    # Published: 20-25 GB/GPU.  The planner's training phase lands there; its peak is generation, where the
+    # engine gathers the whole policy into new tensors while keeping the own shard (+12.5 GiB): 29.3 GiB.
+    # Reported as a disagreement (docs/memory.md), not tuned away.
+    assert z3.fits and 20 * GiB <= z3.phases["training"] <= 25 * GiB
+    assert z3.peak_phase == "generation" and z3.peak_bytes < 30 * GiB
 
 
 def test_plan_cli_json_and_table():
