@@ -88,7 +88,9 @@ def build_models(spec: dict, recipe, plan, algorithm_spec, device, dtype, frozen
     dirs = artifact_dirs(recipe, entry, Path(spec["artifacts_root"]))
     adapter = adapter_for(parse_model_spec(entry.policy, entry.trust_remote_code))
     rm_adapter = adapter_for(parse_model_spec(entry.reward, entry.trust_remote_code))
-    load_kwargs = _load_kwargs(plan, frozen_dtype if plan.uses_lora else dtype)
+    # Checkpoints that ship their own modelling code (MiniCPM 1/2) load only where the recipe row allows it.
+    remote = {"trust_remote_code": entry.trust_remote_code}
+    load_kwargs = {**_load_kwargs(plan, frozen_dtype if plan.uses_lora else dtype), **remote}
 
     policy = AutoModelForCausalLM.from_pretrained(str(dirs.sft), **load_kwargs)
     disable_dropout(policy)
@@ -102,18 +104,18 @@ def build_models(spec: dict, recipe, plan, algorithm_spec, device, dtype, frozen
             policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=plan.gradient_checkpointing)
         policy = get_peft_model(policy, _lora_config(plan, adapter, "CAUSAL_LM"))
     else:
-        reference = _freeze(AutoModelForCausalLM.from_pretrained(str(dirs.sft), dtype=frozen_dtype)).to(device)
+        reference = _freeze(AutoModelForCausalLM.from_pretrained(str(dirs.sft), dtype=frozen_dtype, **remote)).to(device)
         disable_dropout(reference)
 
     reward_model = _freeze(
-        AutoModelForSequenceClassification.from_pretrained(str(dirs.reward_model), dtype=frozen_dtype)
+        AutoModelForSequenceClassification.from_pretrained(str(dirs.reward_model), dtype=frozen_dtype, **remote)
     ).to(device)
     disable_dropout(reward_model)
 
     value_model = None
     if algorithm_spec.needs_value_model:
         value_lora = plan.value_model_lora if plan.value_model_lora is not None else plan.uses_lora
-        value_kwargs = load_kwargs if value_lora else {"dtype": dtype}
+        value_kwargs = load_kwargs if value_lora else {"dtype": dtype, **remote}
         value_model = AutoModelForSequenceClassification.from_pretrained(str(dirs.reward_model), **value_kwargs)
         disable_dropout(value_model)
         if plan.gradient_checkpointing:
