@@ -127,3 +127,28 @@ def test_fast_llama_decoder_equals_the_models_own_forward(models, padded, temper
         runs.append(sample(policy, ids, mask, 24, temperature, EOS, PAD, gen, top_k=top_k, fast=fast))
     assert runs[0][0].tolist() == runs[1][0].tolist()
     assert torch.allclose(runs[0][1], runs[1][1], atol=ATOL, rtol=0)
+
+
+def test_plain_and_module_decode_paths_agree(models, monkeypatch):
+    """The functional decode step (stock modules) and the module-calling one (LoRA, hooks) give the same numbers."""
+    from rlhfkit.engine.rollout import _LlamaDecoder
+
+    policy, _ = models
+    ids, mask = _queries()
+    assert _LlamaDecoder._plain_weights(policy) is not None
+    plain = sample(policy, ids, mask, 16, 1.0, EOS, PAD, torch.Generator().manual_seed(5))
+    monkeypatch.setattr(_LlamaDecoder, "_plain_weights", staticmethod(lambda base: None))
+    modules = sample(policy, ids, mask, 16, 1.0, EOS, PAD, torch.Generator().manual_seed(5))
+    assert plain[0].tolist() == modules[0].tolist()
+    assert torch.allclose(plain[1], modules[1], atol=ATOL, rtol=0)
+
+
+def test_decoder_falls_back_to_modules_under_a_forward_hook(models):
+    from rlhfkit.engine.rollout import _LlamaDecoder
+
+    policy, _ = models
+    handle = policy.model.layers[0].mlp.register_forward_hook(lambda *a: None)
+    try:
+        assert _LlamaDecoder._plain_weights(policy) is None
+    finally:
+        handle.remove()

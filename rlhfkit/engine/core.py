@@ -67,11 +67,19 @@ def selective_log_softmax(logits: torch.Tensor, tokens: torch.Tensor) -> torch.T
     Computed row-block by row-block in float32, so peak extra memory is one block, not a copy of the
     whole ``(batch, len, vocab)`` tensor.
     """
+    # Rows per block: 8 for large vocabularies (as before), more when rows are small, so that small models do
+    # not pay a Python round per 8 rows; a block holds at most ~32M logits either way.  Per row the
+    # computation is the same, so the values do not depend on the block size.
+    per_row = max(1, logits[0].numel()) if logits.size(0) else 1
+    rows = max(8, (1 << 25) // per_row)
+    if rows >= logits.size(0):
+        block = logits.float()
+        return block.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(block, dim=-1)
     out = torch.empty(tokens.shape, dtype=torch.float32, device=logits.device)
-    for start in range(0, logits.size(0), 8):
-        block = logits[start : start + 8].float()
-        picked = block.gather(-1, tokens[start : start + 8].unsqueeze(-1)).squeeze(-1)
-        out[start : start + 8] = picked - torch.logsumexp(block, dim=-1)
+    for start in range(0, logits.size(0), rows):
+        block = logits[start : start + rows].float()
+        picked = block.gather(-1, tokens[start : start + rows].unsqueeze(-1)).squeeze(-1)
+        out[start : start + rows] = picked - torch.logsumexp(block, dim=-1)
     return out
 
 

@@ -1,0 +1,252 @@
+"""Drive rlhfkit's engine exactly as a cell does (rlhfkit/cell.py run_cell), minus evaluations and files.
+
+``build_context`` mirrors run_cell: same recipe parsing, memory plan, build_models, optimizers, accelerate
+preparation, seeding and TrainContext; the algorithm's registered trainer is then run unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+
+class _NoEOSTokenizer:
+    """The cell's tokenizer with an EOS id that never occurs: completions run to full length (scaling sweeps)."""
+
+    eos_token_id = -1
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def __call__(self, *a, **kw):
+        return self._tok(*a, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def build_context(recipe_path: str, artifacts_root: str, algorithm: str, seed: int = 1, no_eos: bool = False,
+                  **overrides):
+    import torch
+    from accelerate import Accelerator
+
+    from rlhfkit.artifacts import artifact_dirs
+    from rlhfkit.cell import _optimizer, build_models, seed_everything
+    from rlhfkit.engine.context import MetricsLogger, PromptSampler, TrainContext
+    from rlhfkit.engine.memory_tracker import PhaseMemory
+    from rlhfkit.memory import build_memory_plan
+    from rlhfkit.plugins import get_registry
+    from rlhfkit.recipe import Cell, load_recipe
+    from rlhfkit.stages.pipeline import build_task, load_tokenizer
+
+    recipe = load_recipe(recipe_path)
+    model_name = next(iter(recipe.models))
+    cell = Cell(model=model_name, algorithm=algorithm, memory="full", seed=seed)
+    algo = get_registry().get("algorithm", algorithm)
+    config = dataclasses.replace(recipe.algorithms[algorithm], **overrides)
+    plan = build_memory_plan(cell.memory)
+    accelerator = Accelerator(cpu=True, mixed_precision="no")
+    device = accelerator.device
+    seed_everything(cell.seed * 1000 + accelerator.process_index)
+    task = build_task(recipe)
+    entry = recipe.models[model_name]
+    tokenizer = load_tokenizer(artifact_dirs(recipe, entry, Path(artifacts_root)).tokenizer)
+    if no_eos:
+        tokenizer = _NoEOSTokenizer(tokenizer)
+    spec = {"cell": dataclasses.asdict(cell), "artifacts_root": artifacts_root}
+    policy, reference, reward_model, value_model, _dirs = build_models(spec, recipe, plan, algo, device, torch.float32)
+    popt, psched = _optimizer(policy, config, config.learning_rate, config.steps)
+    policy, popt = accelerator.prepare(policy, popt)
+    vopt = vsched = None
+    if value_model is not None:
+        vlr = getattr(config, "value_learning_rate", None) or config.learning_rate
+        vopt, vsched = _optimizer(value_model, config, vlr, config.steps)
+        value_model, vopt = accelerator.prepare(value_model, vopt)
+    ctx = TrainContext(
+        config=config, accelerator=accelerator, policy=policy, policy_optimizer=popt, policy_scheduler=psched,
+        reference=reference, reward_model=reward_model, tokenizer=tokenizer, task=task, memory=PhaseMemory(device),
+        logger=MetricsLogger(None, cell, None), generator=torch.Generator(device=device).manual_seed(seed * 1000),
+        prompt_sampler=PromptSampler(task.rl_prompts, seed * 1000), value_model=value_model,
+        value_optimizer=vopt, value_scheduler=vsched, plan=plan,
+    )
+    ctx.evaluate = lambda step: {}  # benchmarks time training only (TRL's side does not evaluate either)
+    return ctx, algo
+
+
+def run_training(ctx, algo) -> dict:
+    """Run the algorithm's trainer on ``ctx``; returns timings and the per-step metrics it logged."""
+    from rlhfkit.registry import resolve
+
+    start = time.perf_counter()
+    resolve(algo.trainer)(ctx)
+    seconds = time.perf_counter() - start
+    history = ctx.logger.history
+    return {
+        "seconds": seconds,
+        "episodes": ctx.episodes,
+        "tokens": ctx.tokens,
+        "episodes_per_s": ctx.episodes / seconds,
+        "tokens_per_s": ctx.tokens / seconds,
+        "step_seconds": [h["perf/step_seconds"] for h in history],
+        "mean_length": sum(h["objective/length"] for h in history) / max(len(history), 1),
+    }
+
+
+def timed_training(recipe, artifacts, algorithm, steps, no_eos=False, **overrides) -> dict:
+    """Steady-state rate as the TRL side measures it: from the end of step 1 to the end of the last step."""
+    import time as _time
+
+    ctx, algo = build_context(recipe, artifacts, algorithm, no_eos=no_eos, steps=steps, eval_every=10**9, **overrides)
+    stamps = []
+    log = ctx.logger.log
+
+    def stamped(step, metrics):
+        log(step, metrics)
+        stamps.append(_time.perf_counter())
+
+    ctx.logger.log = stamped
+    result = run_training(ctx, algo)
+    n = len(stamps) - 1
+    steady = stamps[-1] - stamps[0]
+    lengths = [h["objective/length"] for h in ctx.logger.history[1:]]
+    batch = ctx.config.batch_size
+    mean_len = sum(lengths) / len(lengths)
+    return {
+        "impl": f"rlhfkit {algorithm}", "steps": steps, "total_s": result["seconds"], "steady_steps": n,
+        "steady_s": steady, "step_s": steady / n, "episodes_per_s": batch * n / steady,
+        "tokens_per_s": batch * n * mean_len / steady, "mean_length": mean_len,
+    }
+
+
+def generation_vs_floor(recipe, artifacts, batch, length, repeats=5) -> dict:
+    """Our sampling loop against the bare forward cost of the same shapes.
+
+    floor: prefill + (length - 1) one-token forwards of the policy with a KV cache (HF ``model(...)``,
+    fixed input tokens, the attention mask grown by one column per step, no sampling logic at all).
+    ours: ``sample()`` as make_rollout calls it, EOS disabled so every row runs ``length`` tokens.
+    ours_hf_decode: ``sample(fast=False)``, the same loop decoding through ``model(...)`` each step.
+    lean_floor: prefill + (length - 1) steps of the lean decoder ``sample()`` uses, no sampling logic: what our
+    sampling logic itself costs on top of the forwards.
+    """
+    import statistics
+    import time as _time
+
+    import torch
+    from transformers import DynamicCache
+
+    from rlhfkit.engine.rollout import position_ids_from_mask, sample
+
+    ctx, _ = build_context(recipe, artifacts, "rloo", batch_size=batch, k=2 if batch % 2 == 0 else batch)
+    tok = ctx.tokenizer
+    prompts = ctx.prompt_sampler.next(batch)
+    query = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    model = ctx.generation_model()
+    model.eval()
+
+    @torch.no_grad()
+    def floor():
+        mask = query.attention_mask.long()
+        positions = position_ids_from_mask(mask)
+        cache = DynamicCache()
+        out = model(input_ids=query.input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+        token = torch.full((batch, 1), 5, dtype=torch.long)
+        ones = torch.ones(batch, 1, dtype=torch.long)
+        nxt = positions[:, -1:] + 1
+        for _ in range(length - 1):
+            mask = torch.cat([mask, ones], dim=1)
+            out = model(input_ids=token, attention_mask=mask, position_ids=nxt, past_key_values=cache, use_cache=True)
+            nxt = nxt + 1
+        return out.logits
+
+    @torch.no_grad()
+    def lean_floor():
+        from rlhfkit.engine.rollout import _LlamaDecoder
+
+        mask = query.attention_mask.long()
+        positions = position_ids_from_mask(mask)
+        cache = DynamicCache()
+        out = model(input_ids=query.input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+        decoder = _LlamaDecoder(model, cache, mask, positions, length)
+        token = torch.full((batch,), 5, dtype=torch.long)
+        real = torch.ones(batch, dtype=torch.bool)
+        for _ in range(length - 1):
+            logits = decoder(token, real)
+        return logits
+
+    def ours(fast=True):
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            tokens, _ = sample(model, query.input_ids, query.attention_mask, length, 1.0, -1, tok.pad_token_id, gen,
+                               fast=fast)
+        assert tokens.size(1) == length
+        return tokens
+
+    runs = {"floor": [], "lean_floor": [], "ours": [], "ours_hf_decode": []}
+    fns = {"floor": floor, "lean_floor": lean_floor, "ours": ours, "ours_hf_decode": lambda: ours(False)}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = _time.perf_counter()
+            fn()
+            runs[name].append(_time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {
+        "batch": batch, "length": length, "query_len": int(query.input_ids.size(1)),
+        "floor_ms_per_token": 1000 * med["floor"] / length, "ours_ms_per_token": 1000 * med["ours"] / length,
+        "ours_hf_decode_ms_per_token": 1000 * med["ours_hf_decode"] / length,
+        "lean_floor_ms_per_token": 1000 * med["lean_floor"] / length, "ours_over_lean_floor": med["ours"] / med["lean_floor"],
+        "ours_over_floor": med["ours"] / med["floor"], "ours_hf_decode_over_floor": med["ours_hf_decode"] / med["floor"],
+    }
+
+
+def main(argv=None) -> None:
+    import argparse
+    import json
+
+    import torch
+
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["train", "gen", "scaling"])
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--artifacts", required=True)
+    p.add_argument("--algorithm", default="rloo")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--length", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--beta", type=float, default=0.05)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lengths", default="32,64,128,256")
+    p.add_argument("--batches", default="8,16,32,64")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    common = dict(learning_rate=a.lr, kl_coef=a.beta, temperature=a.temperature)
+    if a.mode == "train":
+        extra = {"k": a.k} if a.algorithm == "rloo" else {}
+        out = timed_training(a.recipe, a.artifacts, a.algorithm, a.steps, batch_size=a.batch, response_length=a.length,
+                             **extra, **common)
+    elif a.mode == "gen":
+        out = generation_vs_floor(a.recipe, a.artifacts, a.batch, a.length)
+    else:
+        out = {"length": [], "batch": []}
+        extra = {"k": a.k} if a.algorithm == "rloo" else {}
+        for length in map(int, a.lengths.split(",")):
+            r = timed_training(a.recipe, a.artifacts, a.algorithm, a.steps, no_eos=True, batch_size=a.batch,
+                               response_length=length, **extra, **common)
+            out["length"].append({"length": length, "batch": a.batch, "step_s": r["step_s"]})
+        for batch in map(int, a.batches.split(",")):
+            r = timed_training(a.recipe, a.artifacts, a.algorithm, a.steps, no_eos=True, batch_size=batch,
+                               response_length=a.length, **extra, **common)
+            out["batch"].append({"length": a.length, "batch": batch, "step_s": r["step_s"]})
+    out["threads"] = torch.get_num_threads()
+    print("BENCH_JSON " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""TRL 1.x RLOOTrainer on the benchmark's settings; prints one JSON line.  Run by bench_engine.py.
+
+RLOOTrainer in TRL 1.x is GRPO-shaped: ``num_generations`` = k completions per prompt, ``beta`` = KL coefficient,
+the reward is the same reward model our engine uses (a one-label sequence classifier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+warnings.filterwarnings("ignore")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--sft", required=True)
+    p.add_argument("--reward", required=True)
+    p.add_argument("--prompts", required=True, help="JSON file: list of prompt strings")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--length", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--beta", type=float, default=0.05)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="/tmp/trl-rloo-bench")
+    a = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl import RLOOConfig, RLOOTrainer
+
+    tok = AutoTokenizer.from_pretrained(a.sft)
+    tok.padding_side = "left"
+    prompts = json.load(open(a.prompts))
+    dataset = Dataset.from_dict({"prompt": prompts})
+    policy = AutoModelForCausalLM.from_pretrained(a.sft, dtype=torch.float32)
+    reward = AutoModelForSequenceClassification.from_pretrained(a.reward, dtype=torch.float32, num_labels=1)
+    reward_tok = AutoTokenizer.from_pretrained(a.reward)
+
+    stamps, lengths = [], []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(logs["completions/mean_length"])
+
+    cfg = RLOOConfig(
+        output_dir=a.out, per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
+        num_generations=a.k, max_completion_length=a.length, temperature=a.temperature, top_p=1.0, top_k=0,
+        learning_rate=a.lr, beta=a.beta, num_iterations=1, max_steps=a.steps, logging_steps=1,
+        lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False, seed=1,
+        disable_tqdm=True, dataloader_num_workers=0, disable_dropout=True,
+    )
+    trainer = RLOOTrainer(
+        model=policy, reward_funcs=reward, args=cfg, train_dataset=dataset, processing_class=tok,
+        reward_processing_classes=reward_tok, callbacks=[Clock()],
+    )
+    start = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - start
+    steady = stamps[-1] - stamps[0]
+    n = len(stamps) - 1
+    mean_len = sum(lengths[1:]) / max(len(lengths) - 1, 1) if len(lengths) > 1 else float("nan")
+    print(json.dumps({
+        "impl": f"trl {trl.__version__} RLOOTrainer", "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "steps": len(stamps), "total_s": total, "steady_steps": n, "steady_s": steady,
+        "episodes_per_s": a.batch * n / steady, "tokens_per_s": a.batch * n * mean_len / steady,
+        "mean_length": mean_len,
+    }))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
