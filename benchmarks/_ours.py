@@ -115,6 +115,7 @@ def timed_training(recipe, artifacts, algorithm, steps, no_eos=False, **override
     return {
         "impl": f"rlhfkit {algorithm}", "steps": steps, "total_s": result["seconds"], "steady_steps": n,
         "steady_s": steady, "step_s": steady / n, "episodes_per_s": batch * n / steady,
+        "min_step_s": min(b - a for a, b in zip(stamps, stamps[1:])),
         "tokens_per_s": batch * n * mean_len / steady, "mean_length": mean_len,
     }
 
@@ -203,6 +204,32 @@ def generation_vs_floor(recipe, artifacts, batch, length, repeats=5) -> dict:
     }
 
 
+def model_cost(recipe, artifacts, batch, length, repeats=3) -> float:
+    """The model's own cost for one training pass at these shapes: policy forward + backward on
+    (batch, query + length) left-padded tokens, plain HF ``model(...)`` (fastest of ``repeats``).  Attention makes
+    it grow faster than linearly in length; the step cannot grow slower than this does."""
+    import time as _time
+
+    import torch
+
+    ctx, _ = build_context(recipe, artifacts, "rloo")
+    prompts = ctx.prompt_sampler.next(batch)
+    query = ctx.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    ids = torch.cat([query.input_ids, torch.full((batch, length), 5, dtype=torch.long)], 1)
+    mask = torch.cat([query.attention_mask, torch.ones(batch, length, dtype=torch.long)], 1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    model = ctx.policy
+    model.train()
+    best = float("inf")
+    for _ in range(repeats + 1):
+        start = _time.perf_counter()
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=length + 1, use_cache=False)
+        out.logits.float().logsumexp(-1).sum().backward()
+        model.zero_grad(set_to_none=True)
+        best = min(best, _time.perf_counter() - start)
+    return best
+
+
 def main(argv=None) -> None:
     import argparse
     import json
@@ -239,11 +266,12 @@ def main(argv=None) -> None:
         for length in map(int, a.lengths.split(",")):
             r = timed_training(a.recipe, a.artifacts, a.algorithm, a.steps, no_eos=True, batch_size=a.batch,
                                response_length=length, **extra, **common)
-            out["length"].append({"length": length, "batch": a.batch, "step_s": r["step_s"]})
+            out["length"].append({"length": length, "batch": a.batch, "step_s": r["min_step_s"], "mean_step_s": r["step_s"],
+                                  "model_fwd_bwd_s": model_cost(a.recipe, a.artifacts, a.batch, length)})
         for batch in map(int, a.batches.split(",")):
             r = timed_training(a.recipe, a.artifacts, a.algorithm, a.steps, no_eos=True, batch_size=batch,
                                response_length=a.length, **extra, **common)
-            out["batch"].append({"length": a.length, "batch": batch, "step_s": r["step_s"]})
+            out["batch"].append({"length": a.length, "batch": batch, "step_s": r["min_step_s"], "mean_step_s": r["step_s"]})
     out["threads"] = torch.get_num_threads()
     print("BENCH_JSON " + json.dumps(out))
 

@@ -1,7 +1,8 @@
 """TRL 1.x RLOOTrainer on the benchmark's settings; prints one JSON line.  Run by bench_engine.py.
 
-RLOOTrainer in TRL 1.x is GRPO-shaped: ``num_generations`` = k completions per prompt, ``beta`` = KL coefficient,
-the reward is the same reward model our engine uses (a one-label sequence classifier).
+RLOOTrainer in TRL 1.x is GRPO-shaped: ``num_generations`` = k completions per prompt, ``beta`` = KL coefficient.
+The reward is the same reward model our engine uses, read the same way (prompt + completion token ids, last real
+token, missing-EOS penalty 1.0), passed to TRL as a python reward function.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="/tmp/trl-rloo-bench")
+    p.add_argument("--reward-mode", default="ids", choices=["ids", "text"],
+                   help="ids: score prompt+completion token ids as rlhfkit does (default); text: TRL's own "
+                   "reward-model path (decode, concatenate, re-tokenise)")
     a = p.parse_args()
 
     import torch
@@ -66,9 +70,25 @@ def main() -> None:
         save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False, seed=1,
         disable_tqdm=True, dataloader_num_workers=0, disable_dropout=True,
     )
+    def reward_model_score(prompts, completions, completion_ids, **kw):
+        """rlhfkit's reward exactly: the reward model read at the last real token of prompt ids + completion
+        ids (no re-tokenisation of decoded text), minus missing_eos_penalty=1.0 for completions without EOS."""
+        rows = [tok(p_, add_special_tokens=False).input_ids + list(c) for p_, c in zip(prompts, completion_ids)]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            hidden = reward.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+            scores = reward.score(hidden[:, -1]).squeeze(-1).float()
+        has_eos = torch.tensor([tok.eos_token_id in list(c) for c in completion_ids])
+        return (scores - 1.0 * (~has_eos).float()).tolist()
+
+    reward.eval()
+    reward_funcs = reward if a.reward_mode == "text" else reward_model_score
     trainer = RLOOTrainer(
-        model=policy, reward_funcs=reward, args=cfg, train_dataset=dataset, processing_class=tok,
-        reward_processing_classes=reward_tok, callbacks=[Clock()],
+        model=policy, reward_funcs=reward_funcs, args=cfg, train_dataset=dataset, processing_class=tok,
+        reward_processing_classes=reward_tok if a.reward_mode == "text" else None, callbacks=[Clock()],
     )
     start = time.perf_counter()
     trainer.train()
