@@ -244,6 +244,7 @@ def sample(
     decoder = None
     if fast and max_new_tokens > 1 and _LlamaDecoder.supports(model, cache):
         decoder = _LlamaDecoder(model, cache, attention_mask, positions, max_new_tokens)
+        out = cache = None  # the decoder holds its own copy of the prefill KV: free HF's
     next_position = positions[:, -1:] + 1
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
