@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--length", type=int, default=32, help="max completion length in the TRL comparisons")
     p.add_argument("--threads", type=int, default=1, help="torch threads for every side (cells use threads_per_cell=1)")
     p.add_argument("--repeats", type=int, default=3, help="alternating runs per side in the TRL comparisons (best kept)")
-    p.add_argument("--scaling-steps", type=int, default=6, help="RLOO steps per point of the scaling sweep")
+    p.add_argument("--scaling-steps", type=int, default=8, help="RLOO steps per point of the scaling sweep")
     p.add_argument("--skip", default="", help="comma list of parts to skip: rloo,ppo,gen,scaling")
     p.add_argument("--json", default=None, help="also write all figures to this file")
     a = p.parse_args(argv)
