@@ -20,6 +20,7 @@ from rlhfkit.engine.core import (
     kl_per_token,
     masked_mean,
     masked_whiten,
+    mean_stats,
     token_level_rewards,
 )
 from rlhfkit.engine.rollout import response_logprobs, token_scores
@@ -100,7 +101,6 @@ def train(ctx) -> None:
                         stats["grad_norm"].append(grad_norm)
 
         # 5. Metrics (same keys as every algorithm, plus PPO's own).
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         seq_kl = kl.sum(1).mean().item()
         metrics = ctx.rollout_metrics(
             step,
@@ -108,14 +108,7 @@ def train(ctx) -> None:
             kl,
             time.perf_counter() - step_start,
             {
-                "loss/policy": mean(stats["pg_loss"]),
-                "loss/value": mean(stats["vf_loss"]),
-                "policy/clipfrac": mean(stats["clipfrac"]),
-                "policy/approxkl": mean(stats["approxkl"]),
-                "policy/entropy": mean(stats["entropy"]),
-                "policy/ratio": mean(stats["ratio"]),
-                "policy/grad_norm": mean(stats["grad_norm"]),
-                "val/clipfrac": mean(stats["vf_clipfrac"]),
+                **mean_stats(stats),
                 "val/mean": masked_mean(values, mask).item(),
                 "val/advantage_mean": masked_mean(advantages, mask).item(),
                 "val/return_mean": masked_mean(returns, mask).item(),

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from rlhfkit.engine.core import kl_per_token, leave_one_out_advantages, masked_mean
+from rlhfkit.engine.core import kl_per_token, leave_one_out_advantages, masked_mean, mean_stats
 from rlhfkit.engine.rollout import response_logprobs
 
 
@@ -81,19 +81,13 @@ def train(ctx) -> None:
                         stats["grad_norm"].append(grad_norm)
 
         # 5. Metrics (same keys as every algorithm, plus RLOO's own).
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         metrics = ctx.rollout_metrics(
             step,
             rollout,
             kl,
             time.perf_counter() - step_start,
             {
-                "loss/policy": mean(stats["pg_loss"]),
-                "policy/clipfrac": mean(stats["clipfrac"]),
-                "policy/approxkl": mean(stats["approxkl"]),
-                "policy/entropy": mean(stats["entropy"]),
-                "policy/ratio": mean(stats["ratio"]),
-                "policy/grad_norm": mean(stats["grad_norm"]),
+                **mean_stats(stats),
                 "val/advantage_std": advantages.std().item(),
                 "val/rlhf_reward_mean": rewards.mean().item(),
             },
