@@ -10,7 +10,8 @@ plan (``zero3+lora+gc``), the algorithm's batch settings and the hardware.  The 
 - DeepSpeed buffers: ZeRO-2 gradient buckets (with ``overlap_comm``: DeepSpeed's documented 4.5 x
   (reduce + all-gather bucket) footprint; without: one reduce bucket), ZeRO-3 reduce and prefetch buckets;
 - generation: KV cache (2 x layers x kv_heads x head_dim x tokens x bytes), one step's logits, and under
-  ZeRO-3 the gather of the whole policy into new full-size tensors (the own shard stays allocated);
+  ZeRO-3 the gather of the whole policy into new full-size tensors (the own shard stays allocated), or with
+  ``zero3_gather_for_generation = false`` only the largest single module gathered by DeepSpeed's hooks;
 - ZeRO-3 forward/backward: parameters gathered module by module, up to DeepSpeed's max live parameters;
 - scoring: reference / reward / critic forwards of the rollout batch (logits copies tokens x vocab x 4 B);
 - training: activations of a minibatch (all layers, or only layer inputs + one layer under gradient
@@ -198,6 +199,12 @@ def lora_parameters(arch: dict, r: int, targets) -> int:
     return per_layer * arch["num_layers"]
 
 
+def largest_module_parameters(arch: dict) -> int:
+    """Parameters of the biggest single module (embedding, LM head or one linear layer)."""
+    linears = [int(i) * int(o) for _, i, o, *_ in arch.get("linear_layers") or ()]
+    return max([arch["vocab_size"] * arch["hidden_size"], *linears])
+
+
 def classifier_parameters(arch: dict) -> int:
     """A sequence classifier of the same backbone: no LM head, a one-output score head."""
     head = 0 if arch["tied_embeddings"] else arch["vocab_size"] * arch["hidden_size"]
@@ -355,11 +362,18 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
     kv = arch_p["kv_cache_elements_per_token"] * rows_gen * t * kv_b
     gen_logits = rows_gen * arch_p["vocab_size"] * 4 * GEN_LOGIT_COPIES
     gather = 0.0
-    if zero == 3:
+    gather_whole = getattr(cfg, "zero3_gather_for_generation", True)
+    generation = {"static": static, "kv_cache": kv, "logits": gen_logits}
+    if zero == 3 and gather_whole:
         # GatheredParameters all-gathers every parameter into a new full-size tensor; the process's own
         # partition (ds_tensor, counted in weights) stays allocated meanwhile.
         gather = models[0].weight_bytes
-    generation = {"static": static, "kv_cache": kv, "logits": gen_logits, "zero3_gather": gather}
+    elif zero == 3:
+        # Hooks on: each module's parameters are gathered before its forward and released after it, so
+        # beyond the shards one module's full parameters are live (the prefetch bucket is in zero_buffers).
+        module = largest_module_parameters(arch_p) * (frozen_b if plan.uses_lora else train_w_b)
+        generation["zero3_largest_module"] = module
+    generation["zero3_gather"] = gather
 
     def live(m):
         """ZeRO-3 forward/backward gathers parameters module by module, at most stage3_max_live_parameters."""
@@ -419,6 +433,7 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
             "response_tokens": t_r,
             "gradient_checkpointing": plan.gradient_checkpointing,
             "frozen_models": "sharded (ZeRO-3 inference engines)" if zero == 3 else "replicated",
+            "zero3_gather_for_generation": bool(gather_whole) if zero == 3 else None,
         },
     )
 

@@ -1,6 +1,7 @@
 """Memory strategies: plans and refusals, and tiny cells that really run them (QLoRA, ZeRO-2, ZeRO-3 x 2)."""
 
 import json
+import os
 import shutil
 import textwrap
 
@@ -116,3 +117,42 @@ def test_zero3_with_two_processes_shards_the_trainable_parameters(small_recipe, 
     assert all(r["training"] > 0 for r in result["rank_memory"])
     assert len(result["summary"]["rank_peak_bytes"]) == 2
     assert len((cell / "metrics.jsonl").read_text().splitlines()) == 2  # only rank 0 logs
+
+
+# Loaded by the cell's ranks (PYTHONPATH): rank 1 stops sampling after the prefill while rank 0 decodes on,
+# so rank 1 must keep joining rank 0's per-module all-gathers (dummy forwards) or the cell hangs.
+_EARLY_STOP_RANK1 = """
+import os
+if os.environ.get("RANK") == "1":
+    import rlhfkit.engine.rollout as rollout
+    _sample = rollout.sample
+    def sample(model, query_ids, query_mask, max_new_tokens, *args, **kwargs):
+        return _sample(model, query_ids, query_mask, 1, *args, **kwargs)
+    rollout.sample = sample
+"""
+
+
+def test_zero3_without_gathering_for_generation_runs_with_two_processes(small_recipe, shared_tmp):
+    """``zero3_gather_for_generation = false``: the policy generates with ZeRO-3's per-module hooks on (each
+    rank's sampling loop synced with the other's, since every forward all-gathers), here with rank 1
+    finishing its rollouts after the prefill while rank 0 samples every token."""
+    recipe = _with_memory(small_recipe(algorithms=("ppo",), parallel=1), ["zero3"])
+    recipe.write_text(recipe.read_text().replace("[rl]\n", "[rl]\nzero3_gather_for_generation = false\n"))
+    out_dir = shared_tmp / "three"
+    out_dir.mkdir()
+    previous = shared_tmp / "one"
+    if (previous / "stages.json").is_file():
+        shutil.copytree(previous / "artifacts", out_dir / "artifacts")
+        shutil.copy(previous / "stages.json", out_dir / "stages.json")
+    patch = shared_tmp / "early-stop"
+    patch.mkdir()
+    (patch / "sitecustomize.py").write_text(_EARLY_STOP_RANK1)
+    pythonpath = os.pathsep.join(p for p in (str(patch), os.environ.get("PYTHONPATH", "")) if p)
+    out = run_cli("run", recipe, "--output", out_dir, "--num-processes", "2", env={"PYTHONPATH": pythonpath},
+                  timeout=420)
+    assert out.returncode == 0, out.stdout + out.stderr
+    cell = out_dir / "cells" / "llama-tiny__ppo__zero3__s1"
+    result = json.loads((cell / "result.json").read_text())
+    assert result["status"] == "ok" and result["num_processes"] == 2
+    assert len((cell / "metrics.jsonl").read_text().splitlines()) == 2
+    assert "Traceback" not in (cell / "log.txt").read_text()

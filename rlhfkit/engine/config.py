@@ -53,6 +53,11 @@ class RLConfig:
     """Evaluate on held-out prompts every this many steps (and at the end)."""
     eval_batch_size: int = 64
     """Held-out prompts per evaluation."""
+    zero3_gather_for_generation: bool = True
+    """Only matters under ZeRO-3 (TRL's ``ds3_gather_for_generation``).  True: gather the whole policy once per
+    rollout and generate with DeepSpeed's hooks off: fast, but needs memory for a full copy of the model
+    beside the own shard.  False: generate with ZeRO-3's per-module gather/release hooks on, every forward
+    fetching layer by layer: slow, but the peak holds only one module's full parameters at a time."""
 
     def __post_init__(self):
         positive_ints = ("steps", "batch_size", "num_minibatches", "num_epochs", "response_length", "eval_every", "eval_batch_size")

@@ -113,18 +113,51 @@ class TrainContext:
         return self.accelerator.device
 
     def generation_model(self):
-        return self.accelerator.unwrap_model(self.policy)
+        model = self.accelerator.unwrap_model(self.policy)
+        sync = self.__dict__.get("_zero3_generation_sync")
+        return _SyncedGeneration(model, sync) if sync is not None else model
 
     def generation_context(self):
         """Where ZeRO-3 shards the policy, gather it for generation; elsewhere nothing to do.
 
-        The whole policy is gathered once (not layer by layer at every sampled token), and ZeRO-3's
-        per-module fetch/release hooks are taken off while it is whole, then put back (as TRL does).
+        With ``config.zero3_gather_for_generation`` (the default) the whole policy is gathered once (not
+        layer by layer at every sampled token), and ZeRO-3's per-module fetch/release hooks are taken off
+        while it is whole, then put back (as TRL does).  Without it nothing is gathered here: the hooks stay
+        on, and every forward of the (unwrapped) engine module fetches and releases module by module.
         """
         plan = self.plan
         if plan is not None and plan.zero_stage == 3:
-            return _zero3_gathered(self.policy)
+            if getattr(self.config, "zero3_gather_for_generation", True):
+                return _zero3_gathered(self.policy)
+            return self._zero3_hooked_generation()
         return nullcontext()
+
+    @contextmanager
+    def _zero3_hooked_generation(self):
+        """ZeRO-3 with hooks on.  Inference mode is lifted (``no_grad`` instead): the hooks write the gathered
+        parameters while generating, and a parameter left gathered must not be an inference tensor when
+        training uses it.  Every forward all-gathers module by module, so every rank must run the same number
+        of forwards (HF's ``synced_gpus``): while this is open, :meth:`generation_model` hands out a wrapper
+        that all-reduces "still generating" before each forward; a rank whose rows all finished early keeps
+        running dummy one-token forwards on leaving until no rank is generating any more."""
+        sync = _GenerationSync(self.device) if self.accelerator.num_processes > 1 else None
+        with torch.inference_mode(False), torch.no_grad():
+            if sync is None:
+                yield
+                return
+            self.__dict__["_zero3_generation_sync"] = sync
+            try:
+                yield
+            finally:
+                del self.__dict__["_zero3_generation_sync"]
+            self._drain_generation(sync)
+
+    def _drain_generation(self, sync) -> None:
+        model = self.accelerator.unwrap_model(self.policy)  # not on an exception: the other ranks are lost
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        dummy = torch.full((1, 1), pad, dtype=torch.long, device=self.device)
+        while sync.others_generating():
+            model(input_ids=dummy, attention_mask=torch.ones_like(dummy), use_cache=False)
 
     def rollout(self, prompts: list[str]):
         return make_rollout(self, prompts)
@@ -213,6 +246,39 @@ class TrainContext:
         if (step + 1) % self.config.eval_every == 0 or step + 1 == self.config.steps:
             metrics.update(self.evaluate(step + 1))
         self.logger.log(step, metrics)
+
+
+class _GenerationSync:
+    """One all-reduced flag per forward: 1 from a rank about to run a forward, 0 from a rank that is done."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def _sum(self, value: int) -> int:
+        import torch.distributed as dist
+
+        flag = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag)
+        return int(flag.item())
+
+    def generating(self) -> None:
+        self._sum(1)
+
+    def others_generating(self) -> bool:
+        return self._sum(0) > 0
+
+
+class _SyncedGeneration:
+    """The generation model under ZeRO-3 with hooks on: each call first tells the other ranks it runs a forward.
+    (Not an ``nn.Module`` and no ``config``: the sampler calls it every step, so every forward is counted.)"""
+
+    def __init__(self, model, sync: _GenerationSync):
+        self.model = model
+        self.sync = sync
+
+    def __call__(self, *args, **kwargs):
+        self.sync.generating()
+        return self.model(*args, **kwargs)
 
 
 def _zero3_offload(engine):
