@@ -130,7 +130,7 @@ def seeds_phrase(n_a: int, n_b: int) -> str:
 def verdict(difference: Difference | None, name_a: str, name_b: str, higher_is_better: bool = True) -> str:
     """A plain sentence on a difference ``a - b``."""
     if difference is None:
-        return "not enough finished cells to compare"
+        return "nothing to compare: no finished cells, or no values of this metric (e.g. no gold reward on real data)"
     seeds = seeds_phrase(difference.n_a, difference.n_b)
     if not difference.has_interval:
         return f"no interval with {seeds}: run at least 2 seeds per algorithm to test the difference"
