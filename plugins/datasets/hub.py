@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import partial
 
 from rlhfkit.data import PreferenceTask
 from rlhfkit_plugins.datasets.preference import (
-    CHAT_FORMATS,
-    PreferenceOptions,
+    ColumnOptions,
     build_preference_task,
     collect_pairs,
-    normalise_row,
 )
 
 
@@ -27,7 +24,7 @@ def hub_offline() -> bool:
 
 
 @dataclass
-class HubOptions(PreferenceOptions):
+class HubOptions(ColumnOptions):
     """Options of the ``hub`` data set (the recipe's ``[data]`` table)."""
 
     dataset: str = ""
@@ -40,21 +37,11 @@ class HubOptions(PreferenceOptions):
     """Split to read; held-out pairs are carved from it with ``eval_fraction``."""
     revision: str = ""
     """Git revision of the data set repository; empty for the default branch."""
-    prompt_key: str = "prompt"
-    """Column holding the prompt (absent in implicit-prompt rows)."""
-    chosen_key: str = "chosen"
-    """Column holding the preferred answer (or full conversation)."""
-    rejected_key: str = "rejected"
-    """Column holding the dispreferred answer (or full conversation)."""
-    chat_format: str = "hh"
-    """How conversational rows become text: ``"hh"`` or ``"plain"`` (see ``preference_jsonl``)."""
 
     def __post_init__(self):
         super().__post_init__()
         if not self.dataset:
             raise ValueError("dataset is required (a hub data set id such as 'Anthropic/hh-rlhf')")
-        if self.chat_format not in CHAT_FORMATS:
-            raise ValueError(f"chat_format must be one of: {', '.join(CHAT_FORMATS)}")
         if hub_offline():
             raise ValueError(
                 f"dataset {self.dataset!r} is a hub data set but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set: hub "
@@ -82,13 +69,7 @@ def build(options: HubOptions, seed: int) -> PreferenceTask:
     if options.max_pairs:
         # read a margin beyond max_pairs so dropped rows do not starve the task
         data = data.shuffle(seed=seed).select(range(min(len(data), options.max_pairs * 2)))
-    to_triple = partial(
-        normalise_row,
-        prompt_key=options.prompt_key,
-        chosen_key=options.chosen_key,
-        rejected_key=options.rejected_key,
-        chat_format=options.chat_format,
-    )
+    to_triple = options.row_normaliser()
     pairs, stats = collect_pairs(iter(data), options, to_triple)
     stats["source"] = f"hub:{options.dataset}"
     return build_preference_task("hub", pairs, stats, options, seed)

@@ -26,6 +26,7 @@ import random
 import sys
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -142,6 +143,36 @@ def _plain(value):
 
 # --- rows -> (prompt, chosen, rejected) -------------------------------------------------------------------
 
+
+
+@dataclass
+class ColumnOptions(PreferenceOptions):
+    """Options shared by sources with named columns (``preference_jsonl``, ``hub``)."""
+
+    prompt_key: str = "prompt"
+    """Column holding the prompt (absent in implicit-prompt rows)."""
+    chosen_key: str = "chosen"
+    """Column holding the preferred answer (or full conversation)."""
+    rejected_key: str = "rejected"
+    """Column holding the dispreferred answer (or full conversation)."""
+    chat_format: str = "hh"
+    """How conversational rows become text: ``"hh"`` (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) or
+    ``"plain"`` (``"role: content"`` lines)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.chat_format not in CHAT_FORMATS:
+            raise ValueError(f"chat_format must be one of: {', '.join(CHAT_FORMATS)}")
+
+    def row_normaliser(self):
+        """``row -> (prompt, chosen, rejected)`` for these column names and chat format."""
+        return partial(
+            normalise_row,
+            prompt_key=self.prompt_key,
+            chosen_key=self.chosen_key,
+            rejected_key=self.rejected_key,
+            chat_format=self.chat_format,
+        )
 
 class Malformed(Exception):
     """A row that cannot be used; ``str(exc)`` is the reason key."""

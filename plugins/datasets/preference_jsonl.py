@@ -16,55 +16,35 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from functools import partial
 
 from rlhfkit.data import PreferenceTask
 from rlhfkit_plugins.datasets.preference import (
-    CHAT_FORMATS,
-    PreferenceOptions,
+    ColumnOptions,
     build_preference_task,
     collect_pairs,
-    normalise_row,
     read_records,
     resolve_data_path,
 )
 
 
 @dataclass
-class PreferenceFileOptions(PreferenceOptions):
+class PreferenceFileOptions(ColumnOptions):
     """Options of the ``preference_jsonl`` data set (the recipe's ``[data]`` table)."""
 
     path: str = ""
     """A ``.jsonl``, ``.jsonl.gz``, ``.json`` or ``.parquet`` file; relative paths resolve against the
     current directory."""
-    prompt_key: str = "prompt"
-    """Column holding the prompt (absent in implicit-prompt rows)."""
-    chosen_key: str = "chosen"
-    """Column holding the preferred answer (or full conversation)."""
-    rejected_key: str = "rejected"
-    """Column holding the dispreferred answer (or full conversation)."""
-    chat_format: str = "hh"
-    """How conversational rows become text: ``"hh"`` (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) or
-    ``"plain"`` (``"role: content"`` lines)."""
 
     def __post_init__(self):
         super().__post_init__()
         if not self.path:
             raise ValueError("path is required (a .jsonl, .jsonl.gz, .json or .parquet file)")
-        if self.chat_format not in CHAT_FORMATS:
-            raise ValueError(f"chat_format must be one of: {', '.join(CHAT_FORMATS)}")
         resolve_data_path(self.path, "path")
 
 
 def load_pairs(options: PreferenceFileOptions) -> tuple[list[dict], dict]:
     path = resolve_data_path(options.path, "data.path")
-    to_triple = partial(
-        normalise_row,
-        prompt_key=options.prompt_key,
-        chosen_key=options.chosen_key,
-        rejected_key=options.rejected_key,
-        chat_format=options.chat_format,
-    )
+    to_triple = options.row_normaliser()
     pairs, stats = collect_pairs(read_records(path, Counter()), options, to_triple)
     stats["source"] = str(options.path)
     return pairs, stats
