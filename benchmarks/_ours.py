@@ -34,7 +34,7 @@ def build_context(recipe_path: str, artifacts_root: str, algorithm: str, seed: i
     from rlhfkit.artifacts import artifact_dirs
     from rlhfkit.cell import _optimizer, build_models, seed_everything
     from rlhfkit.engine.context import MetricsLogger, PromptSampler, TrainContext
-    from rlhfkit.engine.memory_tracker import PhaseMemory
+    from rlhfkit.engine.memory_tracker import PhaseMemory, return_freed_memory_to_os
     from rlhfkit.memory import build_memory_plan
     from rlhfkit.plugins import get_registry
     from rlhfkit.recipe import Cell, load_recipe
@@ -49,6 +49,7 @@ def build_context(recipe_path: str, artifacts_root: str, algorithm: str, seed: i
     accelerator = Accelerator(cpu=True, mixed_precision="no")
     device = accelerator.device
     seed_everything(cell.seed * 1000 + accelerator.process_index)
+    return_freed_memory_to_os()  # as run_cell does on the CPU
     task = build_task(recipe)
     entry = recipe.models[model_name]
     tokenizer = load_tokenizer(artifact_dirs(recipe, entry, Path(artifacts_root)).tokenizer)

@@ -233,6 +233,15 @@ def _preimport(plan, recipe=None, model_name=None) -> None:
         import bitsandbytes  # noqa: F401
     if plan.zero_stage or importlib.util.find_spec("deepspeed") is not None:
         import deepspeed  # noqa: F401  (transformers imports it lazily in generation when it is installed)
+    if plan.zero_stage:
+        # DeepSpeedEngine.__init__ imports these lazily; the Muon optimizer module pulls in torch._dynamo,
+        # torch._inductor, sympy and networkx: ~45 MiB resident, measured as "DeepSpeed memory" of a
+        # 0.1M-parameter model before they moved here (peft imports the same, so LoRA cells already had them).
+        for lazy in ("deepspeed.runtime.zero.muon.muon_optimizer", "deepspeed.module_inject.auto_ep_layer"):
+            try:
+                importlib.import_module(lazy)
+            except ImportError:  # another DeepSpeed version: whatever it imports lazily is measured
+                pass
 
 
 def _zero3_inference(model, accelerator):
@@ -285,7 +294,7 @@ def run_cell(spec: dict) -> dict:
     from accelerate import Accelerator
 
     from rlhfkit.engine.context import MetricsLogger, PromptSampler, TrainContext
-    from rlhfkit.engine.memory_tracker import PhaseMemory
+    from rlhfkit.engine.memory_tracker import PhaseMemory, return_freed_memory_to_os
     from rlhfkit.memory import build_memory_plan
     from rlhfkit.plugins import get_plugin_manager, get_registry
     from rlhfkit.recipe import Cell, load_recipe
@@ -337,6 +346,8 @@ def run_cell(spec: dict) -> dict:
     # Per-rank seeds: every process samples different completions (and prompts), reproducibly.
     seed = cell.seed * 1000 + accelerator.process_index
     seed_everything(seed)
+    if device.type != "cuda":
+        return_freed_memory_to_os()  # the resident set then tracks live memory (see memory_tracker)
     memory = PhaseMemory(device)
 
     task = build_task(recipe)

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import sys
 import textwrap
 
 import pandas as pd
@@ -156,3 +157,44 @@ def test_zero3_without_gathering_for_generation_runs_with_two_processes(small_re
     assert result["status"] == "ok" and result["num_processes"] == 2
     assert len((cell / "metrics.jsonl").read_text().splitlines()) == 2
     assert "Traceback" not in (cell / "log.txt").read_text()
+
+
+FREED_MEMORY_PROBE = """
+import sys, psutil, torch
+from rlhfkit.engine.memory_tracker import return_freed_memory_to_os
+if sys.argv[1] == "fixed":
+    assert return_freed_memory_to_os()
+rss = lambda: psutil.Process().memory_info().rss
+big = torch.ones(4 * 2**20)  # 16 MiB, mmapped and freed: glibc's default then raises its mmap threshold
+del big
+start = rss()
+blocks = [torch.ones(64 * 1024) for _ in range(400)]  # 400 x 256 KiB = 100 MiB of activations-sized blocks
+blocks[-1] += 1  # keep the last one alive: a heap top that cannot be trimmed under the default settings
+keep = blocks.pop()
+del blocks
+print((rss() - start) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_freed_activations_leave_the_resident_set_once_the_mmap_threshold_is_fixed():
+    """What makes CPU phase peaks measure live memory: without the fix glibc keeps freed 256 KiB blocks."""
+    import subprocess
+
+    def resident_after_free(mode):
+        out = subprocess.run([sys.executable, "-c", FREED_MEMORY_PROBE, mode], capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    assert resident_after_free("default") > 80  # freed but resident: ~100 MiB
+    assert resident_after_free("fixed") < 5
+
+
+def test_deepspeed_cells_import_what_the_engine_imports_lazily_before_the_baseline():
+    """DeepSpeedEngine.__init__ imports its Muon optimizer module (torch._inductor, sympy, networkx: ~45 MiB);
+    imported after the baseline it was measured as a ZeRO cell's memory."""
+    pytest.importorskip("deepspeed")
+    from rlhfkit.cell import _preimport
+
+    _preimport(build_memory_plan("zero2"))
+    assert "deepspeed.runtime.zero.muon.muon_optimizer" in sys.modules
+    assert "torch._inductor.compile_fx" in sys.modules

@@ -4,6 +4,12 @@ On CUDA: the caching allocator's peak statistics, reset at each phase start.  On
 resident set, sampled by a background thread, minus the baseline taken before any model was built (the cell
 imports its libraries and loads the task and tokenizer first, then calls :meth:`PhaseMemory.reset_baseline`).
 
+The resident set measures live tensors only if freed memory goes back to the OS.  glibc's malloc raises its
+mmap threshold each time a large block is freed (up to 32 MiB), after which activations come from the heap
+and stay resident when freed: measured peaks then depend on allocation history (a LoRA cell measured 40%
+above its live peak, later phases inherited earlier phases' peaks).  :func:`return_freed_memory_to_os` fixes
+the threshold, so blocks of 64 KiB and more are mapped and unmapped per allocation; CPU cells call it first.
+
 With several processes each rank has its own ``PhaseMemory``; the cell writes every rank's peaks to
 ``memory-rank<r>.json`` and gathers them to rank 0 (``rank_memory`` in result.json).
 """
@@ -17,6 +23,33 @@ import psutil
 import torch
 
 PHASES = ("generation", "scoring", "training")
+
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 64 * 1024
+TRIM_THRESHOLD_BYTES = 1024 * 1024
+
+
+def return_freed_memory_to_os() -> bool:
+    """Make glibc malloc hand freed memory back: fixed mmap threshold (no dynamic raise), 1 MiB trim threshold.
+
+    Returns False where this is not glibc (macOS, musl): there the resident set keeps what the allocator
+    keeps, and measured CPU peaks are upper bounds.  No effect on speed measurable in benchmarks/bench_engine.py.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and ok
+        libc.malloc_trim(0)
+        return ok
+    except (OSError, AttributeError):
+        return False
 
 
 class PhaseMemory:
