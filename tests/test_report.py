@@ -92,6 +92,8 @@ def make_run(root: Path, finished=None) -> Path:
                 "peak_memory_bytes": (300 if algorithm == "ppo" else 200) * 2**20 + seed * 2**20,
                 "generation_peak_bytes": 150 * 2**20, "scoring_peak_bytes": 160 * 2**20,
                 "training_peak_bytes": (300 if algorithm == "ppo" else 200) * 2**20 + seed * 2**20,
+                "planned_memory_bytes": (280 if algorithm == "ppo" else 190) * 2**20,
+                "planned_training_bytes": (280 if algorithm == "ppo" else 190) * 2**20,
                 "episodes": 48, "episodes_per_s": (5.0 if algorithm == "ppo" else 9.0) + 0.1 * seed,
                 "tokens_per_s": 100.0, "train_s": 10.0, "trainable_parameters": 1000, "wall_s": 12.0,
             }
@@ -160,6 +162,20 @@ def test_statistics_in_the_report_match_hand_computed_values(built):
     assert "-0.250 [-1.500, 1.000]" in md  # KL difference crosses zero
     assert "no significant difference at n=2 seeds" in md
     assert "1, 2 (n=2)" in md  # how many seeds each figure rests on
+
+
+def test_report_shows_rloos_memory_saving_over_ppo(built):
+    """PPO peaks 301/302 MiB, RLOO 201/202 MiB (by seed); planned 280 vs 190 MiB.  The difference's bootstrap
+    takes 5 values, 99 (p=1/16) .. 101 (1/16), so its 2.5/97.5 percentiles are 99 and 101."""
+    run_dir, _ = built
+    md = (run_dir / "report.md").read_text()
+    assert "Memory saving between algorithms at equal settings" in md
+    row = next(line for line in md.splitlines() if line.startswith("| tiny | full | ppo − rloo |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:7] == ["302 / 202", "+100.0 [99.0, 101.0]", "+33%", "+90.0"]
+    assert cells[7] == "+0.0 / -" and cells[9] == "+100.0 / +90.0"  # generation equal; training is the critic's
+    assert ("rloo over ppo (tiny, full): measured saving +100.0 [99.0, 101.0] MiB of peak memory (+33% of ppo's "
+            "peak); planned +90.0 MiB.") in md
 
 
 def test_gold_peak_is_found(built):
