@@ -43,7 +43,7 @@ policy = "llama:tiny"
 name = "llama-small"
 policy = "llama:small"
 [grid]
-algorithms = ["ppo"]
+algorithms = ["ppo", "rloo"]
 memory = {memory}
 seeds = [1]
 [sft]
@@ -59,6 +59,9 @@ eval_batch_size = 16
 [algorithms.ppo]
 num_epochs = 1
 num_minibatches = 2
+[algorithms.rloo]
+num_minibatches = 2
+k = 4
 [run]
 parallel_cells = 1
 threads_per_cell = 2
