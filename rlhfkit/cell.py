@@ -135,7 +135,10 @@ def _optimizer(model, cfg, lr, steps):
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, eps=1e-5)
+    # foreach: one multi-tensor kernel per AdamW op instead of a Python loop over parameters (torch's default
+    # on CUDA, not on the CPU); bitwise the same updates, ~1.6x faster steps on the tiny presets.  fused=True
+    # would be faster still but rounds differently, so results at a fixed seed would change.
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, eps=1e-5, foreach=True)
     if cfg.lr_schedule == "linear":
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: max(0.0, 1.0 - i / steps))
     else:

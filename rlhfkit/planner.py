@@ -16,6 +16,7 @@ plan (``zero3+lora+gc``), the algorithm's batch settings and the hardware.  The 
 - scoring: reference / reward / critic forwards of the rollout batch (logits copies tokens x vocab x 4 B);
 - training: activations of a minibatch (all layers, or only layer inputs + one layer under gradient
   checkpointing), logits copies, gradients; PPO keeps the policy's and the critic's graphs alive together;
+  the AdamW step's temporary (one fp32 copy of the trainable state) where it exceeds the freed activations;
 - frozen models (reference, reward model) replicated on every device, except under ZeRO-3, where the cell
   wraps them in inference-only ZeRO-3 engines (sharded like the trained ones, gathered layer by layer);
 - framework overhead: a constant per process (see docs/memory.md for how the CPU value was calibrated).
@@ -400,7 +401,13 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
     train_logits = rows_mb * (t_r + 1) * arch_p["vocab_size"] * 4 * TRAIN_LOGIT_COPIES
     if algo.needs_value_model:
         train_act += activations(arch_r, tokens_mb)
-    training = {"static": static, "activations": train_act, "logits": train_logits, "gradients": grads_peak}
+    # The AdamW step (foreach, as the cell builds it) runs after backward has freed the activations; its one
+    # temporary, sqrt of the second moments, is a copy of the model's trainable (ZeRO: partitioned) fp32 state.
+    step_temporary = max((m.trainable * 4 / (n if zero else 1) for m in trained), default=0.0)
+    if plan.offload_optimizer and gpu:
+        step_temporary = 0.0
+    training = {"static": static, "activations": train_act, "logits": train_logits, "gradients": grads_peak,
+                "optimizer_step_excess": max(0.0, step_temporary - train_act - train_logits)}
     if zero == 3:
         training["zero3_live_parameters"] = sum(live(m) for m in trained)
 

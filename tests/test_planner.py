@@ -48,7 +48,19 @@ def test_full_ppo_on_cpu_matches_hand_computation(recipe):
     per_token_layer = 4 * H + 3 * 64 + 3 * NKV * HD + 4 * I
     tokens = (8 // 2) * t
     assert train["activations"] == 2 * L * per_token_layer * tokens * 4  # policy + critic graphs
+    # AdamW's step temporary (4 * R, the critic's fp32 sqrt(v)) is below the activations freed before the step
+    assert train["optimizer_step_excess"] == max(0, 4 * R - train["activations"] - train["logits"]) == 0
     assert plan.peak_bytes == max(plan.phases.values())
+
+
+def test_adamw_step_temporary_counts_where_it_exceeds_the_freed_activations(small_recipe):
+    """One row per minibatch, one response token: activations are tiny; the step's sqrt(v) copy of the critic decides."""
+    path = small_recipe(algorithms=("ppo",))
+    text = path.read_text().replace("response_length = 8", "response_length = 1").replace("batch_size = 8", "batch_size = 2")
+    path.write_text(text)
+    plan = plan_cell(load_recipe(path), cell("full"), "cpu", 1)
+    train = plan.parts["training"]
+    assert train["optimizer_step_excess"] == int(4 * R - train["activations"] - train["logits"]) > 0
 
 
 def test_gradient_checkpointing_keeps_layer_inputs_and_one_layer(recipe):
