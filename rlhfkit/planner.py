@@ -47,8 +47,13 @@ GPU_FRAMEWORK_BYTES = 1 * GiB
 # CPU: resident memory a cell process adds beyond its tensors once its libraries are imported (allocator
 # arenas, autograd bookkeeping, thread pools, gloo/DeepSpeed state).  Calibrated from measured tiny cells
 # (benchmarks/bench_memory.py; see docs/memory.md).
-CPU_FRAMEWORK_BYTES = 39 * MiB
-CPU_DEEPSPEED_BYTES = 40 * MiB
+CPU_FRAMEWORK_BYTES = 30 * MiB
+CPU_DEEPSPEED_BYTES = 1 * MiB
+# ZeRO-3 bookkeeping per partitioned parameter tensor (its ds_* attributes, partition tensor and hooks), host
+# memory: 33 KiB measured by initialising ZeRO-3 engines over 100 and 400 one-parameter modules of the same
+# total size on this machine (+9.9 MiB for 300 more tensors).  It is why ZeRO-3 + LoRA (peft adds two tensors
+# per adapted layer) costs more host memory than ZeRO-3 on the same model.
+ZERO3_HOST_BYTES_PER_TENSOR = 33 * 1024
 
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 absmax blocks
 DS_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's default reduce/all-gather bucket (elements)
@@ -206,6 +211,16 @@ def largest_module_parameters(arch: dict) -> int:
     return max([arch["vocab_size"] * arch["hidden_size"], *linears])
 
 
+def parameter_tensors(arch: dict, is_causal_lm: bool = True, lora_targets=()) -> int:
+    """Weight tensors of a dense decoder (linear weights, two norms per layer, final norm, embedding, head),
+    plus LoRA's A and B per adapted linear layer."""
+    linears = arch.get("linear_layers") or ()
+    count = sum(int(n) for _, _, _, n in linears) + 2 * arch["num_layers"] + 2
+    count += (0 if arch["tied_embeddings"] else 1) if is_causal_lm else 1  # LM head / score head
+    count += 2 * sum(int(n) for name, _, _, n in linears if name in set(lora_targets))
+    return count
+
+
 def classifier_parameters(arch: dict) -> int:
     """A sequence classifier of the same backbone: no LM head, a one-output score head."""
     head = 0 if arch["tied_embeddings"] else arch["vocab_size"] * arch["hidden_size"]
@@ -233,6 +248,8 @@ class _Model:
     weight_bytes: float
     trainable: int
     kind: str  # "policy", "reference", "reward", "value"
+    tensors: int = 0
+    """Parameter tensors (ZeRO-3 keeps bookkeeping per tensor)."""
 
 
 def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = None, artifacts_root=None) -> CellPlan:
@@ -293,20 +310,23 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
     if plan.uses_lora:
         lp = lora_parameters(arch_p, lora.r, lora.target_modules or adapter_p.lora_target_modules)
         base = quantized_bytes(arch_p, P, True) if plan.quantization else P * frozen_b
-        models.append(_Model(arch_p, base + lp * train_w_b, lp, "policy"))
+        targets_p = lora.target_modules or adapter_p.lora_target_modules
+        models.append(_Model(arch_p, base + lp * train_w_b, lp, "policy", parameter_tensors(arch_p, True, targets_p)))
     else:
-        models.append(_Model(arch_p, P * train_w_b, P, "policy"))
-        models.append(_Model(arch_p, P * frozen_b, 0, "reference"))
-    models.append(_Model(arch_r, R * frozen_b, 0, "reward"))
+        models.append(_Model(arch_p, P * train_w_b, P, "policy", parameter_tensors(arch_p)))
+        models.append(_Model(arch_p, P * frozen_b, 0, "reference", parameter_tensors(arch_p)))
+    models.append(_Model(arch_r, R * frozen_b, 0, "reward", parameter_tensors(arch_r, False)))
     if algo.needs_value_model:
         value_lora = plan.value_model_lora if plan.value_model_lora is not None else plan.uses_lora
         if value_lora:
             lv = lora_parameters(arch_r, lora.r, lora.target_modules or adapter_r.lora_target_modules)
             lv += arch_r["hidden_size"]  # modules_to_save: a trainable copy of the score head
             base = quantized_bytes(arch_r, R, False) if plan.quantization else R * frozen_b
-            models.append(_Model(arch_r, base + lv * train_w_b, lv, "value"))
+            targets_r = lora.target_modules or adapter_r.lora_target_modules
+            tensors = parameter_tensors(arch_r, False, targets_r) + 1  # + the trainable copy of the score head
+            models.append(_Model(arch_r, base + lv * train_w_b, lv, "value", tensors))
         else:
-            models.append(_Model(arch_r, R * train_w_b, R, "value"))
+            models.append(_Model(arch_r, R * train_w_b, R, "value", parameter_tensors(arch_r, False)))
 
     trained = [m for m in models if m.trainable]
     frozen_total = 0.0
@@ -348,6 +368,8 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
                 hidden = m.arch["hidden_size"]  # one reduce bucket per dtype + the prefetch bucket
                 buffers += bucket * grad_b + 0.9 * hidden * hidden * train_w_b
     framework = GPU_FRAMEWORK_BYTES if gpu else CPU_FRAMEWORK_BYTES + (CPU_DEEPSPEED_BYTES if zero else 0)
+    if zero == 3 and not gpu:  # on a GPU this is host memory, not the device's
+        framework += sum(m.tensors for m in models) * ZERO3_HOST_BYTES_PER_TENSOR
 
     # Batch shapes.
     k = getattr(cfg, algo.samples_per_prompt_field, 1) if algo.samples_per_prompt_field else 1

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from conftest import REPO, run_cli
-from rlhfkit.planner import (CPU_DEEPSPEED_BYTES, CPU_FRAMEWORK_BYTES, GiB, NF4_BYTES, plan_cell, plan_recipe)
+from rlhfkit.planner import (CPU_DEEPSPEED_BYTES, CPU_FRAMEWORK_BYTES, GiB, NF4_BYTES, ZERO3_HOST_BYTES_PER_TENSOR, plan_cell,
+                             plan_recipe)
 from rlhfkit.recipe import Cell, load_recipe
 
 # llama:tiny with the synthetic task's 256-token vocabulary, by hand from the preset:
@@ -79,7 +80,11 @@ def test_zero3_shards_weights_and_states_and_gathers_policy_for_generation(recip
     assert parts["zero3_gather"] == 4 * P                 # a new full-size copy; the own shard stays
     bucket_and_prefetch = P * 4 + 0.9 * H * H * 4        # CPU: one reduce bucket, + prefetch bucket
     assert parts["zero_buffers"] == int(2 * bucket_and_prefetch)
-    assert parts["framework"] == CPU_FRAMEWORK_BYTES + CPU_DEEPSPEED_BYTES
+    # ZeRO-3 bookkeeping per parameter tensor: causal LM 2 x 7 linears + 2 x 2 norms + final norm + tied
+    # embedding = 20 (policy, reference); classifier 21 (+ score head; reward model, critic)
+    tensors = 20 + 20 + 21 + 21
+    assert parts["framework"] == CPU_FRAMEWORK_BYTES + CPU_DEEPSPEED_BYTES + tensors * ZERO3_HOST_BYTES_PER_TENSOR
+    assert plan_cell(recipe, cell("zero3"), "A100-40GB", 2).parts["generation"]["framework"] == GiB  # host memory
     assert plan.parts["training"]["gradients"] == 4 * max(P, R) // 2
     assert plan.parts["training"]["zero3_live_parameters"] == 4 * (P + R)  # both engines, under the live cap
 
