@@ -49,7 +49,8 @@ def build_context(recipe_path: str, artifacts_root: str, algorithm: str, seed: i
     accelerator = Accelerator(cpu=True, mixed_precision="no")
     device = accelerator.device
     seed_everything(cell.seed * 1000 + accelerator.process_index)
-    return_freed_memory_to_os()  # as run_cell does on the CPU
+    if recipe.run.cpu_memory == "live":  # as run_cell does
+        return_freed_memory_to_os()
     task = build_task(recipe)
     entry = recipe.models[model_name]
     tokenizer = load_tokenizer(artifact_dirs(recipe, entry, Path(artifacts_root)).tokenizer)

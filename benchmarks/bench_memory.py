@@ -65,6 +65,7 @@ k = 4
 [run]
 parallel_cells = 1
 threads_per_cell = 2
+cpu_memory = "live"
 """
 
 

@@ -349,8 +349,9 @@ def run_cell(spec: dict) -> dict:
     # Per-rank seeds: every process samples different completions (and prompts), reproducibly.
     seed = cell.seed * 1000 + accelerator.process_index
     seed_everything(seed)
-    if device.type != "cuda":
-        return_freed_memory_to_os()  # the resident set then tracks live memory (see memory_tracker)
+    measurement = "cuda-allocator" if device.type == "cuda" else f"cpu-{recipe.run.cpu_memory}"
+    if measurement == "cpu-live" and not return_freed_memory_to_os():  # resident set = live memory
+        measurement = "cpu-resident"  # not glibc: the allocator keeps what it keeps
     memory = PhaseMemory(device)
 
     task = build_task(recipe)
@@ -460,6 +461,7 @@ def run_cell(spec: dict) -> dict:
         "evaluations": ctx.evaluations,
         "memory_plan": plan.strategy,
         "device": str(device),
+        "memory_measurement": measurement,
         "num_processes": accelerator.num_processes,
         "rank_memory": rank_peaks,
         "planned_memory": planned,

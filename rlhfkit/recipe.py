@@ -90,6 +90,11 @@ class RunSettings:
     """Processes per cell (data parallel / ZeRO shards)."""
     data_seed: int = 0
     """Seed of the data set, tokenizer, SFT and reward-model stages (shared by every cell)."""
+    cpu_memory: str = "resident"
+    """How CPU cells measure memory.  ``resident``: the resident set with the allocator as it is (fast; glibc
+    keeps freed blocks resident, so peaks are upper bounds that depend on allocation history).  ``live``: glibc
+    returns every freed block of 64 KiB or more, so the resident set follows live memory (what the planner
+    predicts); each such allocation then maps fresh pages, ~1.6x slower steps on the tiny presets."""
 
     def __post_init__(self):
         if self.parallel_cells < 1:
@@ -104,6 +109,8 @@ class RunSettings:
             raise ValueError("precision must be one of: fp32, bf16, fp16")
         if self.num_processes < 1:
             raise ValueError("num_processes must be >= 1")
+        if self.cpu_memory not in ("resident", "live"):
+            raise ValueError("cpu_memory must be one of: resident, live")
 
 
 @dataclass

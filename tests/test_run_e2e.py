@@ -97,6 +97,7 @@ def test_sigkill_mid_cell_then_rerun_completes_without_redoing_finished_cells(sm
         ("[algorithms.rloo]\nk = 3\n", "batch_size (32) must be divisible by k (3)"),
         ('[[models]]\nname = "x"\npolicy = "llama:huge"\n', "no preset 'huge'; allowed presets: small, tiny"),
         ('[[models]]\nname = "x"\npolicy = "/no/such/ckpt"\n', "neither 'family:preset' nor an existing checkpoint"),
+        ('[run]\ncpu_memory = "exact"\n', "run: cpu_memory must be one of: resident, live"),
     ],
 )
 def test_bad_recipe_is_one_line_exit_2_and_writes_nothing(tmp_path, edit, message):

@@ -8,7 +8,9 @@ The resident set measures live tensors only if freed memory goes back to the OS.
 mmap threshold each time a large block is freed (up to 32 MiB), after which activations come from the heap
 and stay resident when freed: measured peaks then depend on allocation history (a LoRA cell measured 40%
 above its live peak, later phases inherited earlier phases' peaks).  :func:`return_freed_memory_to_os` fixes
-the threshold, so blocks of 64 KiB and more are mapped and unmapped per allocation; CPU cells call it first.
+the threshold, so blocks of 64 KiB and more are mapped and unmapped per allocation.  That costs page faults
+(RLOO steps on the tiny preset ~1.6x slower), so CPU cells call it only with ``[run] cpu_memory = "live"``;
+the default ``resident`` measures the allocator as it is (peaks are upper bounds).
 
 With several processes each rank has its own ``PhaseMemory``; the cell writes every rank's peaks to
 ``memory-rank<r>.json`` and gathers them to rank 0 (``rank_memory`` in result.json).
@@ -34,7 +36,7 @@ def return_freed_memory_to_os() -> bool:
     """Make glibc malloc hand freed memory back: fixed mmap threshold (no dynamic raise), 1 MiB trim threshold.
 
     Returns False where this is not glibc (macOS, musl): there the resident set keeps what the allocator
-    keeps, and measured CPU peaks are upper bounds.  No effect on speed measurable in benchmarks/bench_engine.py.
+    keeps, and measured CPU peaks are upper bounds.
     """
     import ctypes
     import ctypes.util
