@@ -428,8 +428,10 @@ def build_document(context):
                 "difference whose interval contains 0 is reported as not significant at the stated number of seeds.",
                 "With 2 seeds a bootstrap interval is exactly the range of the two values (the resampled mean takes "
                 "only 3 values), so \"significant\" at n=2 is indicative only; 5 or more seeds give intervals to rely on.",
-                "Peak memory: the largest of the generation, scoring and training phase peaks; throughput: episodes "
-                "per second of training time.",
+                "Peak memory: the largest of the generation, scoring and training phase peaks (CUDA: the allocator's "
+                "peak; CPU: the resident set above the cell's baseline, with `[run] cpu_memory = \"resident\"` "
+                "including memory the allocator keeps after freeing it, with `\"live\"` not, see docs/memory.md); "
+                "throughput: episodes per second of training time.",
             ]
         )
     )
