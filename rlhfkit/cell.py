@@ -136,7 +136,7 @@ def _optimizer(model, cfg, lr, steps):
 
     params = [p for p in model.parameters() if p.requires_grad]
     # foreach: one multi-tensor kernel per AdamW op instead of a Python loop over parameters (torch's default
-    # on CUDA, not on the CPU); bitwise the same updates, ~1.6x faster steps on the tiny presets.  fused=True
+    # on CUDA, not on the CPU); bitwise the same updates, ~1.6x faster optimizer steps on the tiny presets.  fused=True
     # would be faster still but rounds differently, so results at a fixed seed would change.
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, eps=1e-5, foreach=True)
     if cfg.lr_schedule == "linear":
