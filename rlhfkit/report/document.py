@@ -169,42 +169,51 @@ def comparison_table(comparisons) -> Table:
                  "The better side is highlighted only when its interval excludes 0.")
 
 
+PHASE_NAMES = ("generation", "scoring", "training")
+
+
 def memory_savings(results) -> list[dict]:
     """Per (model, memory strategy) and pair of algorithms with ``ok`` cells on both sides: the peak memory of A
     minus that of B, measured (mean over seeds, with its interval) and planned, overall and per phase.
 
     This is where RLOO's saving over PPO shows: PPO's critic (weights, gradients, AdamW states and its graph in
-    the update) is the part RLOO does not have.  Rows: ``{model, memory, a, b, measured, planned, phases}``.
+    the update) is the part RLOO does not have.  Rows: ``{model, memory, a, b, peak_a, peak_b, measured, planned,
+    phases}``; the differences are :func:`stats.comparisons` of the memory columns.
     """
-    ok = results[results["status"] == "ok"]
-    algorithms = list(dict.fromkeys(ok["algorithm"]))
+    wanted = ["peak_memory_bytes", "planned_memory_bytes"]
+    wanted += [f"{kind}{phase}_{suffix}" for phase in PHASE_NAMES
+               for kind, suffix in (("", "peak_bytes"), ("planned_", "bytes"))]
+    columns = [c for c in wanted if c in results]  # results of older runs may lack the planned columns
+    if "peak_memory_bytes" not in columns:
+        return []
+    peaks = {(g["model"], g["algorithm"], g["memory"]): g["peak_memory_bytes"]
+             for g in st.group_stats(results, metrics=("peak_memory_bytes",))}
+    pairs: dict[tuple, dict] = {}
+    for c in st.comparisons(results, metrics=columns):
+        pairs.setdefault((c["model"], c["memory"], c["a"], c["b"]), {})[c["metric"]] = c["difference"]
     rows = []
-    for (model, memory), group in ok.groupby(["model", "memory"], sort=False):
-        for a, b in st.algorithm_pairs(algorithms):
-            ga, gb = group[group["algorithm"] == a], group[group["algorithm"] == b]
-            measured = st.diff_ci(ga["peak_memory_bytes"].tolist(), gb["peak_memory_bytes"].tolist())
-            if measured is None:  # no memory measured on one side
-                continue
+    for (model, memory, a, b), differences in pairs.items():
+        measured, peak_a, peak_b = differences["peak_memory_bytes"], peaks[(model, a, memory)], peaks[(model, b, memory)]
+        if measured is None or peak_a is None or peak_b is None:  # no memory measured on one side
+            continue
 
-            def mean_diff(column):
-                if column not in group or ga[column].isna().all() or gb[column].isna().all():
-                    return None
-                return float(ga[column].mean() - gb[column].mean())
+        def diff(column):
+            difference = differences.get(column)
+            return difference.diff if difference is not None else None
 
-            rows.append(
-                {
-                    "model": model,
-                    "memory": memory,
-                    "a": a,
-                    "b": b,
-                    "peak_a": float(ga["peak_memory_bytes"].mean()),
-                    "peak_b": float(gb["peak_memory_bytes"].mean()),
-                    "measured": measured,
-                    "planned": mean_diff("planned_memory_bytes"),
-                    "phases": {phase: (mean_diff(f"{phase}_peak_bytes"), mean_diff(f"planned_{phase}_bytes"))
-                               for phase in ("generation", "scoring", "training")},
-                }
-            )
+        rows.append(
+            {
+                "model": model,
+                "memory": memory,
+                "a": a,
+                "b": b,
+                "peak_a": peak_a.mean,
+                "peak_b": peak_b.mean,
+                "measured": measured,
+                "planned": diff("planned_memory_bytes"),
+                "phases": {phase: (diff(f"{phase}_peak_bytes"), diff(f"planned_{phase}_bytes")) for phase in PHASE_NAMES},
+            }
+        )
     return rows
 
 
