@@ -147,13 +147,18 @@ def generation_vs_floor(recipe, artifacts, batch, length, repeats=5) -> dict:
     model = ctx.generation_model()
     model.eval()
 
-    @torch.no_grad()
-    def floor():
+    def prefill():
+        """The prompt forward with a fresh KV cache (part of every timed variant, as in sample())."""
         mask = query.attention_mask.long()
         positions = position_ids_from_mask(mask)
         cache = DynamicCache()
         out = model(input_ids=query.input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                     use_cache=True, logits_to_keep=1)
+        return out, cache, mask, positions
+
+    @torch.no_grad()
+    def floor():
+        out, cache, mask, positions = prefill()
         token = torch.full((batch, 1), 5, dtype=torch.long)
         ones = torch.ones(batch, 1, dtype=torch.long)
         nxt = positions[:, -1:] + 1
@@ -167,11 +172,7 @@ def generation_vs_floor(recipe, artifacts, batch, length, repeats=5) -> dict:
     def lean_floor():
         from rlhfkit.engine.rollout import _LlamaDecoder
 
-        mask = query.attention_mask.long()
-        positions = position_ids_from_mask(mask)
-        cache = DynamicCache()
-        out = model(input_ids=query.input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
+        _, cache, mask, positions = prefill()
         decoder = _LlamaDecoder(model, cache, mask, positions, length)
         token = torch.full((batch,), 5, dtype=torch.long)
         real = torch.ones(batch, dtype=torch.bool)
