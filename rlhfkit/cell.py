@@ -93,7 +93,6 @@ def build_models(spec: dict, recipe, plan, algorithm_spec, device, dtype, frozen
     load_kwargs = {**_load_kwargs(plan, frozen_dtype if plan.uses_lora else dtype), **remote}
 
     policy = AutoModelForCausalLM.from_pretrained(str(dirs.sft), **load_kwargs)
-    disable_dropout(policy)
     if plan.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reference = None
@@ -103,7 +102,10 @@ def build_models(spec: dict, recipe, plan, algorithm_spec, device, dtype, frozen
         if plan.quantization:
             policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=plan.gradient_checkpointing)
         policy = get_peft_model(policy, _lora_config(plan, adapter, "CAUSAL_LM"))
-    else:
+    # After peft: its LoRA dropout layers exist only now.  Switched off before them, a LoRA dropout > 0 stayed
+    # on in training forwards but off in sampling (inference mode), so rollout and training log-probs differed.
+    disable_dropout(policy)
+    if not plan.uses_lora:
         reference = _freeze(AutoModelForCausalLM.from_pretrained(str(dirs.sft), dtype=frozen_dtype, **remote)).to(device)
         disable_dropout(reference)
 
@@ -117,7 +119,6 @@ def build_models(spec: dict, recipe, plan, algorithm_spec, device, dtype, frozen
         value_lora = plan.value_model_lora if plan.value_model_lora is not None else plan.uses_lora
         value_kwargs = load_kwargs if value_lora else {"dtype": dtype, **remote}
         value_model = AutoModelForSequenceClassification.from_pretrained(str(dirs.reward_model), **value_kwargs)
-        disable_dropout(value_model)
         if plan.gradient_checkpointing:
             value_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if value_lora:
@@ -128,6 +129,7 @@ def build_models(spec: dict, recipe, plan, algorithm_spec, device, dtype, frozen
                     value_model, use_gradient_checkpointing=plan.gradient_checkpointing
                 )
             value_model = get_peft_model(value_model, _lora_config(plan, rm_adapter, "SEQ_CLS", modules_to_save=["score"]))
+        disable_dropout(value_model)  # after peft, as for the policy
     return policy, reference, reward_model, value_model, dirs
 
 

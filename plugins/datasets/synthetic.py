@@ -46,7 +46,7 @@ class SyntheticOptions:
     num_eval_pairs: int = 400
     """Held-out preference pairs (reward-model accuracy)."""
     num_eval_prompts: int = 64
-    """Held-out prompts for evaluating policies."""
+    """Held-out prompts for evaluating policies (at most the 12 style x topic pairs kept out of RL training)."""
     min_words: int = 4
     """Shortest base completion, in words."""
     max_words: int = 10
@@ -122,14 +122,30 @@ def _pairs(rng: random.Random, opts: SyntheticOptions, n: int) -> list[dict]:
     return pairs
 
 
+def split_prompts() -> tuple[list[str], list[str]]:
+    """RL training prompts and held-out evaluation prompts: disjoint style x topic pairs.
+
+    Every word of both sets appears in the SFT data (so the word tokenizer knows it), but no evaluation
+    prompt is ever an RL training prompt: a quarter of the 48 pairs (one topic per style in every four,
+    balanced over styles and topics) is kept out of RL.  Before, evaluation drew from the same 48 prompts
+    the policy was trained on.
+    """
+    train, held_out = [], []
+    for i, style in enumerate(STYLES):
+        for j, topic in enumerate(TOPICS):
+            prompt = f"write a {style} note about the {topic} :"
+            (held_out if (i + j) % 4 == 0 else train).append(prompt)
+    return train, held_out
+
+
 def build(options: SyntheticOptions, seed: int) -> PreferenceTask:
     """Build the task; everything is a function of ``options`` and ``seed``."""
     rng = random.Random(seed)
     sft = [{"prompt": _prompt(rng), "completion": _completion(rng, options)} for _ in range(options.num_sft)]
     pairs = _pairs(rng, options, options.num_pairs)
     eval_pairs = _pairs(rng, options, options.num_eval_pairs)
-    rl_prompts = [f"write a {s} note about the {t} :" for s in STYLES for t in TOPICS]
-    eval_prompts = [_prompt(rng) for _ in range(options.num_eval_prompts)]
+    rl_prompts, held_out = split_prompts()
+    eval_prompts = held_out[: options.num_eval_prompts]
     return PreferenceTask(
         name="synthetic",
         sft=sft,

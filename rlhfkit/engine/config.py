@@ -52,7 +52,10 @@ class RLConfig:
     eval_every: int = 10
     """Evaluate on held-out prompts every this many steps (and at the end)."""
     eval_batch_size: int = 64
-    """Held-out prompts per evaluation."""
+    """Completions sampled per evaluation (held-out prompts x ``eval_samples_per_prompt``)."""
+    eval_samples_per_prompt: int = 4
+    """Completions per held-out prompt at each evaluation: standard errors are taken over prompts, so
+    several samples per prompt shrink the within-prompt noise of each prompt's mean."""
     zero3_gather_for_generation: bool = True
     """Only matters under ZeRO-3 (TRL's ``ds3_gather_for_generation``).  True: gather the whole policy once per
     rollout and generate with DeepSpeed's hooks off: fast, but needs memory for a full copy of the model
@@ -60,7 +63,7 @@ class RLConfig:
     fetching layer by layer: slow, but the peak holds only one module's full parameters at a time."""
 
     def __post_init__(self):
-        positive_ints = ("steps", "batch_size", "num_minibatches", "num_epochs", "response_length", "eval_every", "eval_batch_size")
+        positive_ints = ("steps", "batch_size", "num_minibatches", "num_epochs", "response_length", "eval_every", "eval_batch_size", "eval_samples_per_prompt")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

@@ -28,11 +28,27 @@ def unwrap(model):
     return model
 
 
+DROPOUT_CONFIG_KEYS = ("attention_dropout", "hidden_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop", "dropout")
+"""Config fields that HF models read as functional dropout probabilities (not ``nn.Dropout`` modules)."""
+
+
 def disable_dropout(model) -> None:
-    """Dropout off everywhere: rollout log-probs must equal the training forward's log-probs."""
+    """Dropout off everywhere: rollout log-probs must equal the training forward's log-probs.
+
+    Call it after peft has added its layers (LoRA dropout is an ``nn.Dropout`` inside each adapter).
+    Attention dropout is no module: HF attention layers pass ``self.attention_dropout`` (copied from the
+    config at construction) to the attention function when training, so both the config and every module's
+    copy are zeroed.
+    """
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+        config = getattr(module, "config", None)
+        for key in DROPOUT_CONFIG_KEYS:
+            if isinstance(getattr(config, key, None), float):
+                setattr(config, key, 0.0)
 
 
 class _LlamaDecoder:
