@@ -45,10 +45,16 @@ def _cmd_plugins(args) -> int:
 def _load(path: str):
     from rlhfkit.recipe import RecipeError, load_recipe
 
+    from rlhfkit.references import check_recipe_references
+
     try:
-        return load_recipe(path)
-    except RecipeError as exc:
+        recipe = load_recipe(path)
+        # Imports what the cells will import, so a typo in a plugin's lazy "module:attr" fails here, not in a
+        # cell after the stages have trained.
+        check_recipe_references(recipe)
+    except (RecipeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    return recipe
 
 
 def _positive_int(text: str) -> int:
@@ -198,9 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from rlhfkit.registry import PluginError
+
     try:
         return args.func(args)
-    except UsageError as exc:
+    except (UsageError, PluginError) as exc:  # a user's recipe or installed plugin: one line, no traceback
         print(f"rlhfkit: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

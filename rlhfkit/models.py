@@ -123,7 +123,7 @@ def parse_model_spec(text: str, trust_remote_code: bool = False) -> ModelSpec:
     if sep and not Path(text).expanduser().exists() and "/" not in text:
         raise ValueError(f"model {text!r}: unknown model family {family!r}; allowed: {_families(registry)}")
     config = read_checkpoint_config(text)
-    detected = get_plugin_manager().hook.detect_model_family(model_config=config)
+    detected = detect_family(config, registry)
     if detected is None:
         raise ValueError(
             f"model {text!r}: model_type {config.get('model_type')!r} is not claimed by any model family; "
@@ -132,6 +132,19 @@ def parse_model_spec(text: str, trust_remote_code: bool = False) -> ModelSpec:
     adapter = registry.get("model_adapter", detected)
     adapter.check_loadable(config, trust_remote_code, text)
     return ModelSpec(family=detected, checkpoint=text, trust_remote_code=trust_remote_code)
+
+
+def detect_family(config: dict, registry) -> str | None:
+    """The family that claims a checkpoint's ``config.json``: a plugin's ``detect_model_family`` hook first (for
+    detection beyond ``model_type``), else the first registered adapter whose ``model_types`` (or an explicit
+    ``rlhfkit_family`` key) claims it, so that declaring ``model_types`` is enough for a third-party family."""
+    detected = get_plugin_manager().hook.detect_model_family(model_config=config)
+    if detected is not None:
+        return detected
+    for name in registry.names("model_adapter"):
+        if registry.get("model_adapter", name).claims(config):
+            return name
+    return None
 
 
 def adapter_for(spec: ModelSpec):

@@ -58,13 +58,83 @@ def _new_manager() -> pluggy.PluginManager:
     for module_name in BUILTIN_PLUGINS:
         if pm.is_blocked(module_name):
             continue
-        pm.register(importlib.import_module(module_name), name=module_name)
-    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        _register_checked(pm, importlib.import_module(module_name), module_name, f"built-in plugin {module_name!r}")
+    _import_entry_points(pm)
     try:
-        pm.check_pending()
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)  # modules already imported: records distributions
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin implements an unknown hook: {exc}") from None
+        raise PluginError(_validation_message(exc, f"plugin {exc.plugin!r}")) from None
+    _check_pending(pm)
     return pm
+
+
+def _import_entry_points(pm: pluggy.PluginManager) -> None:
+    """Import every entry point of the group first, so that one that raises is named in a one-line error.
+
+    pluggy's own loader lets the exception out with a traceback that names neither the entry point nor its
+    distribution; after this, its ``load_setuptools_entrypoints`` finds the modules already imported.
+    """
+    from importlib import metadata
+
+    for dist in metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group != ENTRY_POINT_GROUP or pm.is_blocked(ep.name):
+                continue
+            try:
+                ep.load()
+            except Exception as exc:  # any failure of third-party code at import is that plugin's error
+                dist_name = dist.metadata["name"]
+                raise PluginError(
+                    f"plugin entry point {ep.name!r} ({ep.value}) of distribution {dist_name!r} failed to load: "
+                    f"{type(exc).__name__}: {exc} (disable it with {DISABLE_ENV}={ep.name})"
+                ) from None
+
+
+def _hook_suggestion(name: str) -> str:
+    import difflib
+
+    known = [n for n in dir(hookspecs) if not n.startswith("_") and hasattr(getattr(hookspecs, n), "rlhfkit_spec")]
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known hooks: {', '.join(sorted(known))}"
+
+
+def _validation_message(exc: pluggy.PluginValidationError, who: str) -> str:
+    """One line for pluggy's PluginValidationError (a hookimpl whose arguments the hookspec does not have)."""
+    text = " ".join(str(exc).split())
+    return f"{who} does not fit rlhfkit's hooks: {text}"
+
+
+def _register_checked(pm: pluggy.PluginManager, plugin, name: str | None, who: str) -> str:
+    try:
+        return pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(_validation_message(exc, who)) from None
+    except ValueError as exc:  # pluggy: the same plugin or name registered twice
+        raise PluginError(f"{who}: {exc}") from None
+
+
+def _check_pending(pm: pluggy.PluginManager) -> None:
+    """Every hookimpl must name a known hook: a misspelt ``register_reporter`` would otherwise do nothing."""
+    for name in pm.hook.__dict__:
+        if name.startswith("_"):
+            continue
+        caller = getattr(pm.hook, name)
+        if caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.optionalhook:
+                continue
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} ({distribution_name(pm, impl.plugin)}) implements an unknown hook "
+                f"{name!r}{_hook_suggestion(name)}"
+            )
+
+
+def distribution_name(pm: pluggy.PluginManager, plugin) -> str:
+    for dist_plugin, dist in pm.list_plugin_distinfo():
+        if dist_plugin is plugin:
+            return f"distribution {dist.project_name!r}"
+    return "registered at runtime" if not getattr(plugin, "__name__", "").startswith("rlhfkit") else "built-in"
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -119,12 +189,12 @@ def register_plugin(plugin, name: str | None = None) -> str:
     """Register a plugin object at runtime (tests, notebooks); the registry is rebuilt on next use."""
     global _registry
     pm = get_plugin_manager()
-    plugin_name = pm.register(plugin, name=name)
+    plugin_name = _register_checked(pm, plugin, name, f"plugin {name or getattr(plugin, '__name__', plugin)!r}")
     try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
+        _check_pending(pm)
+    except PluginError:
         pm.unregister(plugin)
-        raise PluginError(f"plugin implements an unknown hook: {exc}") from None
+        raise
     _registry = None
     return plugin_name
 

@@ -422,3 +422,111 @@ def test_example_jsonl_reporter(tmp_path):
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["cell"] for line in lines] == ["tiny__ppo__lora__s0", "tiny__rloo__lora__s0"]
     assert lines[0]["gold_reward"] == 0.5 and lines[1]["gold_reward"] is None
+
+
+RAISING_MODULE_SOURCE = '''
+raise ImportError("No module named 'some_missing_dependency'")
+'''
+
+
+def test_an_entry_point_that_raises_at_import_is_named_in_one_line(make_dist):
+    make_dist("rlhfkit_fake_plugin_raising", RAISING_MODULE_SOURCE, dist="broken-plugin-dist", entry_point="broken")
+    with pytest.raises(PluginError) as excinfo:
+        plugins.get_registry()
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert "'broken'" in message and "'broken-plugin-dist'" in message
+    assert "some_missing_dependency" in message and "RLHFKIT_DISABLE_PLUGINS=broken" in message
+
+
+def test_cli_reports_a_broken_entry_point_in_one_line_exit_2(make_dist):
+    root = make_dist("rlhfkit_fake_plugin_raising2", RAISING_MODULE_SOURCE, dist="broken-plugin-dist", entry_point="broken")
+    out = subprocess.run([sys.executable, "-m", "rlhfkit", "plugins"], capture_output=True, text=True,
+                         env=subprocess_env(root), timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+    assert "entry point 'broken'" in out.stderr
+
+
+def test_misspelt_hook_gets_a_did_you_mean():
+    class Misspelt:
+        @hookimpl
+        def register_reporter(self, register):
+            pass
+
+    with pytest.raises(PluginError, match="did you mean 'register_reporters'"):
+        plugins.register_plugin(Misspelt(), name="misspelt-reporter")
+
+
+def test_a_hookimpl_with_arguments_the_hook_does_not_have_is_one_line():
+    class WrongArguments:
+        @hookimpl
+        def register_algorithms(self, register, extra):
+            pass
+
+    with pytest.raises(PluginError) as excinfo:
+        plugins.register_plugin(WrongArguments(), name="wrong-args")
+    assert "'wrong-args'" in str(excinfo.value) and "extra" in str(excinfo.value)
+    assert "\n" not in str(excinfo.value)
+
+
+def test_model_types_alone_are_enough_for_checkpoint_detection():
+    from rlhfkit.models import detect_family
+    from rlhfkit.registry import ModelAdapter
+
+    class FamilyWithoutHook:
+        @hookimpl
+        def register_model_adapters(self, register):
+            class Adapter(ModelAdapter):
+                name = "newfam"
+                model_types = ("newfam_arch",)
+
+            register(Adapter())
+
+    plugins.register_plugin(FamilyWithoutHook(), name="newfam-plugin")
+    registry = plugins.get_registry()
+    assert detect_family({"model_type": "newfam_arch"}, registry) == "newfam"
+    assert detect_family({"model_type": "llama"}, registry) == "llama"  # the built-in hook still answers first
+    assert detect_family({"model_type": "unheard_of"}, registry) is None
+
+
+TYPO_MODULE_SOURCE = '''
+from dataclasses import dataclass
+
+from rlhfkit.hookspecs import hookimpl
+from rlhfkit.registry import AlgorithmSpec
+
+
+@dataclass
+class TypoConfig:
+    steps: int = 2
+
+
+@hookimpl
+def register_algorithms(register):
+    register(AlgorithmSpec(name="typo-algo", config_class=TypoConfig, trainer="{module}:trian"))
+'''
+
+
+def test_validate_resolves_lazy_references_so_a_typo_fails_there(make_dist, tmp_path):
+    root = make_dist("rlhfkit_fake_plugin_typo", TYPO_MODULE_SOURCE, dist="typo-dist", entry_point="typo")
+    recipe = tmp_path / "typo.toml"
+    recipe.write_text('name = "typo"\n[data]\nname = "synthetic"\n[[models]]\nname = "m"\npolicy = "llama:tiny"\n'
+                      '[grid]\nalgorithms = ["typo-algo"]\n')
+    out = subprocess.run([sys.executable, "-m", "rlhfkit", "validate", str(recipe)], capture_output=True, text=True,
+                         env=subprocess_env(root), timeout=300)
+    assert out.returncode == 2, out.stdout + out.stderr
+    line = out.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "algorithm 'typo-algo'" in line and "'typo-dist'" in line and "trainer = 'rlhfkit_fake_plugin_typo:trian'" in line
+    assert not (tmp_path / "reports").exists()
+
+
+def test_the_recipes_shipped_resolve_every_reference():
+    from rlhfkit.recipe import load_recipe
+    from rlhfkit.references import check_recipe_references, recipe_entries
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "families.toml")
+    check_recipe_references(recipe)
+    kinds = {kind for kind, _ in recipe_entries(recipe, plugins.get_registry())}
+    assert kinds == {"dataset", "algorithm", "model_adapter", "memory_strategy", "reporter"}
