@@ -27,8 +27,13 @@ def _cmd_plugins(args) -> int:
         }
         for e in entries
     ]
+    if args.builtin:
+        rows = [row for row in rows if row["distribution"] == "rlhfkit"]
     if args.json:
         print(json.dumps(rows, indent=2))
+        return 0
+    if args.markdown:
+        print(plugins_markdown(rows) + plugin_modules_markdown(args.builtin), end="")
         return 0
     from rlhfkit.progress import make_console
     from rich.table import Table
@@ -40,6 +45,33 @@ def _cmd_plugins(args) -> int:
         table.add_row(row["kind"], row["name"], row["distribution"], row["plugin"], row["description"])
     make_console().print(table)
     return 0
+
+
+def plugins_markdown(rows: list[dict]) -> str:
+    """The registered entries as one Markdown table per kind (docs/plugins.md is this output, checked by a test)."""
+    lines = []
+    for kind in dict.fromkeys(row["kind"] for row in rows):
+        lines += [f"## {kind}", "", "| name | plugin | distribution | description |", "|---|---|---|---|"]
+        for row in (r for r in rows if r["kind"] == kind):
+            description = " ".join(str(row["description"] or "").split()).replace("|", "\\|")
+            lines.append(f"| `{row['name']}` | `{row['plugin']}` | {row['distribution']} | {description} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plugin_modules_markdown(builtin_only: bool) -> str:
+    """Every loaded plugin and the hooks it implements (lifecycle-only plugins such as trackers register nothing)."""
+    from rlhfkit.plugins import distribution_of, get_plugin_manager
+
+    pm = get_plugin_manager()
+    lines = ["## plugin modules", "", "| plugin | distribution | hooks |", "|---|---|---|"]
+    for name, plugin in pm.list_name_plugin():
+        distribution = distribution_of(plugin)
+        if plugin is None or (builtin_only and distribution != "rlhfkit"):
+            continue
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
+        lines.append(f"| `{name}` | {distribution} | {', '.join(f'`{h}`' for h in hooks)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _load(path: str):
@@ -170,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list registered model adapters, algorithms, memory strategies, data sets, reporters")
     p.add_argument("--json", action="store_true", help="print a JSON list of {kind, name, plugin, distribution}")
+    p.add_argument("--markdown", action="store_true", help="print Markdown tables, one per kind (docs/plugins.md)")
+    p.add_argument("--builtin", action="store_true", help="only what rlhfkit itself registers")
     p.set_defaults(func=_cmd_plugins)
 
     p = sub.add_parser("validate", help="check a recipe without running anything")

@@ -530,3 +530,18 @@ def test_the_recipes_shipped_resolve_every_reference():
     check_recipe_references(recipe)
     kinds = {kind for kind, _ in recipe_entries(recipe, plugins.get_registry())}
     assert kinds == {"dataset", "algorithm", "model_adapter", "memory_strategy", "reporter"}
+
+
+def test_docs_list_every_builtin_plugin_as_registered():
+    """docs/plugins.md is generated from the registry, so it names every built-in and cannot drift."""
+    from rlhfkit.cli import plugin_modules_markdown, plugins_markdown
+
+    rows = [
+        {"kind": e.kind, "name": e.name, "plugin": e.plugin, "distribution": e.distribution,
+         "description": getattr(e.obj, "description", "")}
+        for e in plugins.get_registry().all() if e.distribution == "rlhfkit"
+    ]
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    assert doc.endswith(plugins_markdown(rows) + plugin_modules_markdown(True)), "docs/plugins.md is stale: run `bash docs/plugins.sh`"
+    for module in plugins.builtin_plugin_names():  # every built-in plugin module is named, registry or not
+        assert f"| `{module}` | rlhfkit |" in doc
