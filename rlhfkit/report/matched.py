@@ -20,8 +20,7 @@ from rlhfkit.report import stats as st
 from rlhfkit.results import read_result
 
 FRACTIONS = (0.25, 0.5, 0.75)
-PHASE_TITLES = {"final": "tuned vs tuned (each algorithm's tuned setting, fresh seeds)",
-                "grid": "as configured", "tuning": "tuning seeds"}
+PHASE_TITLES = {"final": "tuned vs tuned", "grid": "as configured", "tuning": "tuning seeds"}
 
 
 def settings_text(value) -> str:
@@ -115,6 +114,8 @@ class Arena:
     @property
     def title(self) -> str:
         where = f"{self.model}, {self.memory}: " if self.several else ""
+        if self.phase == "grid" and not any(s for arm in self.arms for s in arm.settings):
+            return where + "default vs default"
         return where + PHASE_TITLES.get(self.phase, self.phase)
 
     def arm_label(self, arm: Arm) -> str:

@@ -215,9 +215,13 @@ def welch(a, b, level: float = LEVEL) -> Welch | None:
     if len(xa) < 2 or len(xb) < 2 or (np.ptp(xa) == 0 and np.ptp(xb) == 0):
         # one seed, or no spread on either side: no standard error, so neither interval nor p-value
         return Welch(diff, None, None, None, math.nan, len(xa), len(xb))
+    import warnings
+
     from scipy import stats
 
-    result = stats.ttest_ind(xa, xb, equal_var=False)
+    with warnings.catch_warnings():  # nearly identical seeds warn about precision; the result is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_ind(xa, xb, equal_var=False)
     ci = result.confidence_interval(level)
     return Welch(diff, float(ci.low), float(ci.high), float(result.df), float(result.pvalue), len(xa), len(xb))
 
