@@ -153,29 +153,38 @@ def test_html_is_self_contained_and_matches_markdown(built):
 
 
 def test_statistics_in_the_report_match_hand_computed_values(built):
+    from scipy import stats
+
     run_dir, _ = built
     md = (run_dir / "report.md").read_text()
-    assert "0.400 [0.300, 0.500]" in md  # PPO final gold
-    assert "0.150 [0.100, 0.200]" in md  # RLOO final gold
-    assert "+0.250 [0.100, 0.400]" in md  # PPO − RLOO gold
-    assert "ppo better: 95% CI excludes 0 at n=2 seeds" in md
-    assert "-0.250 [-1.500, 1.000]" in md  # KL difference crosses zero
-    assert "no significant difference at n=2 seeds" in md
+    # t intervals of a mean at n=2: mean ± t_{0.975, 1} · s/√2 = ± 12.7062 · 0.1 (PPO) and · 0.05 (RLOO)
+    assert "0.400 [-0.871, 1.671]" in md  # PPO final gold
+    assert "0.150 [-0.485, 0.785]" in md  # RLOO final gold
+    # Welch PPO − RLOO gold: se² = 0.02/2 + 0.005/2 = 0.0125, df = 0.0125² / (0.01² + 0.0025²) = 1.4706,
+    # t_{0.975, 1.4706} = 6.1881: 0.25 ± 0.6918
+    assert "+0.250 [-0.442, 0.942]" in md
+    # KL: PPO [1, 3] (var 2), RLOO [2, 2.5] (var 0.125): se² = 1 + 0.0625, df = 1.0625² / (1 + 0.0625²) = 1.12451
+    half = stats.t.ppf(0.975, 1.0625**2 / (1 + 0.0625**2)) * 1.0625**0.5
+    assert f"-0.250 [{-0.25 - half:.3f}, {-0.25 + half:.3f}]" in md
+    # two seeds per arm: no verdict in any direction
+    assert "too few seeds to compare: 2 per arm, 4 needed" in md
+    assert not re.search(r"\b(ppo|rloo) better\b", md) and "significant" not in md.replace("significance", "")
     assert "1, 2 (n=2)" in md  # how many seeds each figure rests on
 
 
 def test_report_shows_rloos_memory_saving_over_ppo(built):
-    """PPO peaks 301/302 MiB, RLOO 201/202 MiB (by seed); planned 280 vs 190 MiB.  The difference's bootstrap
-    takes 5 values, 99 (p=1/16) .. 101 (1/16), so its 2.5/97.5 percentiles are 99 and 101."""
+    """PPO peaks 301/302 MiB, RLOO 201/202 MiB (by seed); planned 280 vs 190 MiB."""
     run_dir, _ = built
     md = (run_dir / "report.md").read_text()
     assert "Memory saving between algorithms at equal settings" in md
     row = next(line for line in md.splitlines() if line.startswith("| tiny | full | ppo − rloo |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[3:7] == ["302 / 202", "+100.0 [99.0, 101.0]", "+33%", "+90.0"]
+    # Welch: each side's variance 0.5 MiB², se = √(0.25 + 0.25) = 0.7071, df = 0.5² / (0.25² + 0.25²) = 2,
+    # t_{0.975, 2} = 4.3027: 100 ± 3.04 MiB
+    assert cells[3:7] == ["302 / 202", "+100.0 [97.0, 103.0]", "+33%", "+90.0"]
     assert cells[7] == "+0.0 / -" and cells[9] == "+100.0 / +90.0"  # generation equal; training is the critic's
-    assert ("rloo over ppo (tiny, full): measured saving +100.0 [99.0, 101.0] MiB of peak memory (+33% of ppo's "
-            "peak); planned +90.0 MiB.") in md
+    assert ("rloo over ppo (tiny, full): measured saving +100.0 [97.0, 103.0] MiB of peak memory (+33% of ppo's "
+            "peak); planned +90.0 MiB; too few seeds to compare: 2 per arm, 4 needed.") in md
 
 
 def test_gold_peak_is_found(built):
@@ -227,7 +236,7 @@ def test_partial_run_marks_missing_cells(tmp_path):
     assert '<td class="muted text">pending (missing result)</td>' in page
     # statistics rest on the finished seeds only: RLOO has n=1, no interval
     assert "| tiny | rloo | full | 1 (n=1) | 0.100 |" in md
-    assert "n=2 and 1 seeds" in md
+    assert "too few seeds to compare: 2 and 1 per arm, 4 needed" in md
     assert len(list((out / "plots").glob("*.png"))) >= 4
 
 
@@ -239,19 +248,19 @@ def test_report_without_any_finished_cell(tmp_path):
     assert (out / "report.html").is_file() and context.results["status"].eq("pending").all()
 
 
-def test_console_summary_highlights_the_winner(run_dir):
+def test_console_summary_gives_no_winner_at_two_seeds(run_dir):
     from rich.console import Console
 
     console = Console(record=True, width=80, force_terminal=False, file=open("/dev/null", "w"))
     write_reports(run_dir, console=console, only=["console"])
     text = console.export_text(clear=False)
     assert console.width >= 140  # widened: not a terminal
-    assert "mean over seeds [95% bootstrap CI]" in text
-    assert "0.400 [0.300, 0.500]" in text
-    assert "no significant difference at n=2 seeds" in text
+    assert "mean over seeds [95% t interval]" in text
+    assert "0.400 [-0.871, 1.671]" in text
+    assert "too few seeds to compare: 2 per arm, 4 needed" in text
+    assert text.index("matched KL") < text.index("final values")
     styled = console.export_html(inline_styles=True)
-    # the significant winner (PPO on gold) is bold green
-    assert re.search(r'<span style="color: #008000[^"]*font-weight: bold">ppo</span>', styled), styled[-3000:]
+    assert not re.search(r'<span style="color: #008000[^"]*font-weight: bold">', styled)  # no green winner at n=2
 
 
 def test_a_third_party_reporter_registered_inline_runs(run_dir):

@@ -12,7 +12,7 @@ def print_console(context):
 
     from rlhfkit.progress import make_console, widen_for_logs
     from rlhfkit.report import stats as st
-    from rlhfkit.report.document import analysis, fmt_difference, fmt_estimate, mib, num, peak_sentence
+    from rlhfkit.report.document import analysis, fmt_difference, fmt_estimate, matched_findings, mib, num, peak_sentence
 
     console = widen_for_logs(context.console) if context.console is not None else make_console()
     a = analysis(context)
@@ -24,7 +24,7 @@ def print_console(context):
         # Columns that hold one value for every row go into the title instead (tables stay within 140 columns).
         keys = [k for k, values in (("model", models), ("algorithm", None), ("memory", memories)) if values is None or len(values) > 1]
         constant = [next(iter(v)) for k, v in (("model", models), ("memory", memories)) if len(v) == 1]
-        title = f"{context.recipe.name}" + (f" ({', '.join(constant)})" if constant else "") + ": mean over seeds [95% bootstrap CI]"
+        title = f"{context.recipe.name}" + (f" ({', '.join(constant)})" if constant else "") + ": mean over seeds [95% t interval]"
         table = Table(title=title, title_justify="left")
         for column in keys + ["n"]:
             table.add_column(column, justify="left" if column != "n" else "right", no_wrap=True)
@@ -52,23 +52,29 @@ def print_console(context):
             table.add_row(*[g[k] for k in keys], str(g["n"]), *cells)
         console.print(table)
 
+    # Matched-KL results lead, as in report.md (one line per budget and pair).
+    for m in a["matched"]:
+        for line in matched_findings(m):
+            console.print(f"[cyan]matched KL[/] {line.replace('**', '')}")
+
     if a["comparisons"]:
         several = {k: len({c[k] for c in a["comparisons"]}) > 1 for k in ("model", "memory")}
         columns = [k for k in ("model", "memory") if several[k]] + ["metric", "difference", "winner", "verdict"]
-        table = Table(title="comparisons: difference of means [95% CI]; winner green when the CI excludes 0", title_justify="left")
+        table = Table(title="final values: difference of means [95% Welch CI]; winner green only with a verdict "
+                      f"(>= {st.MIN_SEEDS} seeds per arm, Holm p < {st.ALPHA})", title_justify="left")
         for column in columns:
             table.add_column(column, justify="right" if column == "difference" else "left", no_wrap=column != "verdict")
         for c in a["comparisons"]:
             d = c["difference"]
-            winner = c["winner"] or "-"
-            if d is not None and d.significant:
-                winner = f"[bold green]{winner}[/]"
-            elif c["winner"]:
-                winner = f"[yellow]{winner} (n.s.)[/]"
-            direction = "higher" if c["higher_is_better"] else "lower"
+            if c["winner"]:
+                winner = f"[bold green]{c['winner']}[/]"
+            else:
+                winner = "-"
+            direction = {True: "higher", False: "lower", None: "no"}[c["higher_is_better"]]
+            verdict = c["verdict"] + (f"; [yellow]{c['censored']}[/]" if c.get("censored") else "")
             values = {"model": c["model"], "memory": c["memory"], "difference": fmt_difference(c["metric"], d),
                       "metric": f"{c['label']}, {c['a']} − {c['b']} ({direction} is better)", "winner": winner,
-                      "verdict": c["verdict"]}
+                      "verdict": verdict}
             table.add_row(*[values[k] for k in columns])
         console.print(table)
 

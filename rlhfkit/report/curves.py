@@ -50,26 +50,35 @@ class Series:
     n: int
 
 
+def _settings(cell) -> str:
+    return ",".join(f"{k}={v}" for k, v in getattr(cell, "settings", ()) or ())
+
+
 def finished_groups(context) -> dict[tuple, list]:
-    """(model, algorithm, memory) -> the ``ok`` cells of that group, in grid order."""
+    """(model, algorithm, memory, settings, phase) -> the ``ok`` cells of that group (its seeds), in grid order.
+    ``settings``/``phase`` are the cell's swept settings and phase ("" and "grid" without a sweep)."""
     ok = set(context.results.loc[context.results["status"] == "ok", "cell"])
     groups: dict[tuple, list] = {}
     for cell in context.cells():
         if cell.id in ok:
-            groups.setdefault((cell.model, cell.algorithm, cell.memory), []).append(cell)
+            key = (cell.model, cell.algorithm, cell.memory, _settings(cell), getattr(cell, "phase", "grid"))
+            groups.setdefault(key, []).append(cell)
     return groups
 
 
 def group_label(context, key) -> str:
-    """``ppo``, or ``model / ppo / memory`` when the grid has several models or memory strategies."""
+    """``ppo``, or ``model / ppo / memory`` when the grid has several models or memory strategies, with the
+    swept settings and a non-grid phase appended: ``ppo (kl_coef=0.1, tuning)``."""
     cells = context.cells()
-    model, algorithm, memory = key
+    model, algorithm, memory = key[:3]
+    settings, phase = (key[3], key[4]) if len(key) > 3 else ("", "grid")
     parts = [algorithm]
     if len({c.model for c in cells}) > 1:
         parts.insert(0, model)
     if len({c.memory for c in cells}) > 1:
         parts.append(memory)
-    return " / ".join(parts)
+    extra = [x for x in (settings, "" if phase == "grid" else phase) if x]
+    return " / ".join(parts) + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:

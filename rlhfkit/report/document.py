@@ -5,9 +5,11 @@ Markdown and HTML therefore say the same thing: same sections, tables, figures a
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
+from rlhfkit.report import matched as mk
 from rlhfkit.report import stats as st
 from rlhfkit.report.curves import eval_curves, gold_peak
 
@@ -113,19 +115,72 @@ def fmt_difference(metric: str, difference) -> str:
 
 # -- sections -------------------------------------------------------------------------------------------------
 
+FINAL_METRICS = ("gold_final", "score_final", "kl_final", "peak_memory_bytes", "episodes_per_s", "tokens_per_s",
+                 "ledger/cpu_s")
+FINAL_LABELS = {**{m: label for m, (label, _) in st.METRICS.items()}, "tokens_per_s": "throughput (tokens/s)",
+                "ledger/cpu_s": "training CPU seconds"}
+CENSORABLE = ("gold_final", "score_final")
+"""Final values that are "censored" when a cell was still improving: its final value is not where it would end."""
+
+
 def analysis(context) -> dict:
     """Statistics, comparisons and gold peaks, computed once per context."""
     cache = context.cache
     if "analysis" not in cache:
-        algorithms = list(context.recipe.grid.algorithms)
         curves = eval_curves(context)
+        arenas = mk.arenas(context)
+        matched = [m for m in (mk.matched_kl(arena) for arena in arenas) if m is not None]
+        finals = [(arena, final_comparisons(context, arena)) for arena in arenas]
         cache["analysis"] = {
             "groups": st.group_stats(context.results),
-            "comparisons": st.comparisons(context.results, algorithms),
+            "arenas": arenas,
+            "matched": matched,
+            "finals": finals,
+            "comparisons": [row for _, rows in finals for row in rows],
+            "tuning": mk.tuning_summary(context),
             "curves": curves,
-            "peaks": [p for p in (gold_peak(c) for c in curves) if p is not None],
+            "peaks": [p for p in (peak_info(c) for c in curves) if p is not None],
         }
     return cache["analysis"]
+
+
+def final_comparisons(context, arena) -> list[dict]:
+    """Final-value comparisons of one arena (only when each arm ran a single setting: across a sweep the final
+    values mix settings and the frontier is the comparison).  Rows of :func:`stats.comparisons` plus
+    ``censored`` (text, "" when no cell was still improving) and ``arena``."""
+    if len(arena.arms) < 2 or any(len(arm.settings) > 1 for arm in arena.arms):
+        return []
+    ids = {r.id for arm in arena.arms for r in arm.records}
+    frame = context.results[context.results["cell"].isin(ids)]
+    metrics = [m for m in FINAL_METRICS if m in frame and frame[m].notna().any()]
+    rows = st.comparisons(frame, [arm.algorithm for arm in arena.arms], metrics)
+    improving = {arm.algorithm: arm.improving() for arm in arena.arms}
+    for row in rows:
+        row["label"] = FINAL_LABELS.get(row["metric"], row["metric"])
+        row["arena"] = arena
+        flagged = [f"{alg} {k}/{n} seeds" for alg, (k, n) in improving.items() if alg in (row["a"], row["b"]) and k]
+        row["censored"] = ("censored: still improving (" + ", ".join(flagged) + ")") if (
+            row["metric"] in CENSORABLE and flagged) else ""
+    return rows
+
+
+@dataclass
+class PeakInfo:
+    peak: object
+    """:class:`curves.GoldPeak` of the group's mean curve."""
+    improving: int
+    """Seeds whose gold was still rising at the end (:func:`stats.still_improving`)."""
+    lr_zero: bool
+    """The LR had reached 0 (``eval/lr``) at the checkpoint where mean gold stops improving, in some seed."""
+
+
+def peak_info(curve) -> PeakInfo | None:
+    peak = gold_peak(curve)
+    if peak is None:
+        return None
+    improving = sum(1 for points in curve.per_cell if st.still_improving(points))
+    lr_zero = any(st.lr_exhausted(points, peak.step) for points in curve.per_cell)
+    return PeakInfo(peak, improving, lr_zero)
 
 
 def plots(context) -> list:
@@ -146,27 +201,33 @@ def group_table(groups) -> Table:
             [g["model"], g["algorithm"], g["memory"], f"{', '.join(map(str, g['seeds']))} (n={g['n']})"]
             + [fmt_estimate(m, g[m]) for m in st.METRICS]
         )
-    return Table(header, rows, "Mean over seeds [95% bootstrap CI]; a value without an interval rests on one seed.")
+    return Table(header, rows, "Mean over seeds [95% t interval: mean ± t(n−1) · s/√n]; a value without an interval "
+                 "rests on one seed. Groups pool every setting and phase of an algorithm.")
+
+
+def _p(value) -> str:
+    return f"{value:.3g}" if finite(value) else "-"
 
 
 def comparison_table(comparisons) -> Table:
-    header = ["model", "memory", "metric", "difference [95% CI]", "better", "verdict"]
+    header = ["model", "memory", "metric", "difference [95% Welch CI]", "P(A better)", "Welch p", "permutation p",
+              "Holm p", "better", "verdict"]
     rows = []
     for c in comparisons:
-        winner = c["winner"]
-        significant = c["difference"] is not None and c["difference"].significant
-        rows.append(
-            [
-                c["model"],
-                c["memory"],
-                f"{c['label']} ({c['a']} − {c['b']}, {'higher' if c['higher_is_better'] else 'lower'} is better)",
-                fmt_difference(c["metric"], c["difference"]),
-                TableCell(winner or "-", "win" if significant else ""),
-                c["verdict"],
-            ]
-        )
-    return Table(header, rows, "Difference of means, each algorithm's seeds resampled independently (10,000 resamples). "
-                 "The better side is highlighted only when its interval excludes 0.")
+        comp = c["comparison"]
+        direction = {True: "higher is better", False: "lower is better", None: "no direction"}[c["higher_is_better"]]
+        verdict = c["verdict"] + (f"; {c['censored']}" if c.get("censored") else "")
+        rows.append([
+            c["model"], c["memory"], f"{c['label']} ({c['a']} − {c['b']}, {direction})",
+            fmt_difference(c["metric"], c["difference"]), _p(comp.poi),
+            _p(c["difference"].p) if c["difference"] is not None else "-",
+            _p(comp.p_perm) + (" (exact)" if comp.perm_exact else ""), _p(comp.p_holm),
+            TableCell(c["winner"] or "-", "win" if c["winner"] else ""), verdict,
+        ])
+    return Table(header, rows, "Difference of means A − B with Welch's 95% interval; P(A better): probability that a run "
+                 f"of A beats a run of B (ties ½); Holm p: Welch p adjusted over the metrics compared for the pair. A "
+                 f"verdict needs ≥ {st.MIN_SEEDS} seeds per arm and Holm p < {st.ALPHA}; speed and memory only under "
+                 f"equal run conditions, memory only beyond {st.MEMORY_PRACTICAL:.0%} of the peak.")
 
 
 PHASE_NAMES = ("generation", "scoring", "training")
@@ -189,8 +250,11 @@ def memory_savings(results) -> list[dict]:
     peaks = {(g["model"], g["algorithm"], g["memory"]): g["peak_memory_bytes"]
              for g in st.group_stats(results, metrics=("peak_memory_bytes",))}
     pairs: dict[tuple, dict] = {}
+    verdicts: dict[tuple, str] = {}
     for c in st.comparisons(results, metrics=columns):
         pairs.setdefault((c["model"], c["memory"], c["a"], c["b"]), {})[c["metric"]] = c["difference"]
+        if c["metric"] == "peak_memory_bytes":
+            verdicts[(c["model"], c["memory"], c["a"], c["b"])] = c["verdict"]
     rows = []
     for (model, memory, a, b), differences in pairs.items():
         measured, peak_a, peak_b = differences["peak_memory_bytes"], peaks[(model, a, memory)], peaks[(model, b, memory)]
@@ -210,6 +274,7 @@ def memory_savings(results) -> list[dict]:
                 "peak_a": peak_a.mean,
                 "peak_b": peak_b.mean,
                 "measured": measured,
+                "verdict": verdicts.get((model, memory, a, b), ""),
                 "planned": diff("planned_memory_bytes"),
                 "phases": {phase: (diff(f"{phase}_peak_bytes"), diff(f"planned_{phase}_bytes")) for phase in PHASE_NAMES},
             }
@@ -245,8 +310,8 @@ def memory_saving_sentence(s) -> str:
         text += f" ({100 * measured.diff / s['peak_a']:+.0f}% of {s['a']}'s peak)"
     if finite(s["planned"]):
         text += f"; planned {s['planned'] / 2**20:+.1f} MiB"
-    if measured.has_interval and not measured.significant:
-        text += f"; the measured difference is not significant at n={measured.n_a}/{measured.n_b} seeds"
+    if s.get("verdict"):
+        text += f"; {s['verdict']}"
     return text + "."
 
 
@@ -278,28 +343,361 @@ def cell_table(results) -> Table:
     return Table(header, rows)
 
 
+
+
+# -- matched KL, budgets, tuning ------------------------------------------------------------------------------
+
+def matched_table(m) -> Table:
+    """Per arm: F(b) at each budget and the frontier area (mean [t interval], IQM [bootstrap])."""
+    names = {"eval/gold": "gold", "eval/score": "proxy"}
+    header = ["algorithm", "seeds (n)"]
+    header += [f"{names[k]} at KL ≤ {b:.3g}" for k in m.keys for b in m.budgets]
+    header += [f"{names[m.primary]} area on [0, {m.b_max:.3g}]", f"IQM of {names[m.primary]} area [bootstrap CI]",
+               "still improving"]
+    rows = []
+    for arm in m.arena.arms:
+        values = m.values[arm.algorithm]
+        k, n = arm.improving(m.primary)
+        row = [m.arena.arm_label(arm), f"{', '.join(map(str, arm.seeds))} (n={len(arm.seeds)})"]
+        row += [st.format_estimate(st.t_interval(values[(key, b)])) for key in m.keys for b in m.budgets]
+        area = values[(m.primary, "area")]
+        row += [st.format_estimate(st.t_interval(area)), st.format_estimate(st.iqm_ci([area])), f"{k}/{n} seeds"]
+        rows.append(row)
+    reach = ", ".join(f"{alg} {r:.3g}" for alg, r in m.reach.items())
+    return Table(header, rows, f"F(b) = best {names[m.primary]} among a seed's checkpoints (SFT point included, all the "
+                 f"arm's settings pooled) with KL ≤ b; budgets at {', '.join(f'{f:.0%}' for f in mk.FRACTIONS)} of the "
+                 f"common KL range [0, b_max = {m.b_max:.3g}], b_max = the smallest of the arms' reach (reach = smallest "
+                 f"over seeds of the largest KL reached: {reach}). Mean over seeds [95% t interval].")
+
+
+def matched_comparison_table(m) -> Table:
+    header = ["pair", "metric", "difference [95% Welch CI]", "P(A better)", "permutation p", "Holm p",
+              "smallest detectable effect", "verdict"]
+    rows = []
+    for c in m.comparisons:
+        mde = f"{c.mde:.3g} ({c.mde_sd:.2f} SD)" if c.mde is not None else "-"
+        rows.append([f"{c.a} − {c.b}", c.label, st.format_difference(c.difference), _p(c.poi),
+                     _p(c.p_perm) + (" (exact)" if c.perm_exact else ""), _p(c.p_holm), mde,
+                     TableCell(c.verdict, "win" if c.winner else "")])
+    return Table(header, rows, "Holm's correction over the budgets and the area compared for each pair; the smallest "
+                 "detectable effect is the true difference a two-sided test at α = 0.05 finds with power 0.8 at these "
+                 "seed counts (in the metric's units and in pooled standard deviations).")
+
+
+LEDGER_MODELS = ("policy", "reference", "reward", "critic")
+LEDGER_ROWS = (
+    [("ledger/episodes", "episodes (completions generated)"), ("ledger/prompts", "distinct prompts"),
+     ("ledger/generated_tokens", "generated tokens")]
+    + [(f"ledger/{m}/{q}", f"{m}: {q.replace('_', ' ')}") for m in LEDGER_MODELS
+       for q in ("optimizer_steps", "forward_tokens", "backward_tokens")]
+    + [("ledger/updates", "policy updates"), ("updates_per_batch", "policy updates per rollout batch"),
+       ("ledger/flops", "FLOPs (estimated)"), ("ledger/wall_s", "training wall s"), ("ledger/cpu_s", "training CPU s")]
+)
+LEGACY_ROWS = (("episodes", "episodes"), ("train_s", "training s"), ("wall_s", "wall s"))
+
+
+def quantity(value) -> str:
+    if not finite(value):
+        return "-"
+    value = float(value)
+    if abs(value) >= 1e6:
+        return f"{value:.3g}"
+    return f"{value:,.0f}" if value == int(value) else f"{value:.3g}"
+
+
+def updates_per_batch(context, record) -> float | None:
+    """Policy optimizer steps per rollout batch: ledger updates / (ledger episodes / the arm's batch size)."""
+    row = record.row
+    updates = row.get("ledger/policy/optimizer_steps", row.get("ledger/updates"))
+    episodes = row.get("ledger/episodes")
+    recipe = context.recipe
+    try:
+        config = recipe.config_for(record.cell) if hasattr(recipe, "config_for") else recipe.algorithms[record.algorithm]
+        batch = float(config.batch_size)
+    except (KeyError, AttributeError, TypeError):
+        return None
+    if not finite(updates) or not finite(episodes) or float(episodes) <= 0:
+        return None
+    return float(updates) / (float(episodes) / batch)
+
+
+def budget_table(context, arena) -> Table:
+    """What each arm got: the ledger per arm (mean over its cells, min–max when they differ)."""
+    records = {arm.algorithm: arm.records for arm in arena.arms}
+    columns = set(context.results.columns)
+    has_ledger = any(c.startswith("ledger/") for c in columns)
+    wanted = LEDGER_ROWS if has_ledger else LEGACY_ROWS
+    rows = []
+    for key, label in wanted:
+        per_arm = []
+        for arm in arena.arms:
+            if key == "updates_per_batch":
+                values = [updates_per_batch(context, r) for r in records[arm.algorithm]]
+            else:
+                values = [r.row.get(key) for r in records[arm.algorithm]]
+            values = [float(v) for v in values if finite(v)]
+            text = quantity(sum(values) / len(values)) if values else "-"
+            if values and max(values) != min(values):
+                text += f" ({quantity(min(values))}–{quantity(max(values))})"
+            per_arm.append(text)
+        if any(t != "-" for t in per_arm):
+            rows.append([label] + per_arm)
+    conditions = [", ".join(sorted({str(r.row.get("run_conditions")) for r in records[arm.algorithm]
+                                    if isinstance(r.row.get("run_conditions"), str)})) or "-" for arm in arena.arms]
+    rows.append(["run conditions"] + conditions)
+    caption = ("Compute ledger (engine-counted), mean over the arm's cells (min–max when they differ)." if has_ledger
+               else "This run has no compute ledger (older rlhfkit): only episodes and times are known.")
+    return Table(["what each arm got"] + [f"{arena.arm_label(a)} (n={len(a.records)} cells)" for a in arena.arms],
+                 rows, caption)
+
+
+def tuning_table(summary) -> Table:
+    rows = []
+    for t in summary:
+        for s in t["settings"]:
+            tuned = s["settings"] in t["tuned"]
+            rows.append([t["algorithm"], TableCell(s["settings"] or "(defaults)", "win" if tuned else ""), str(s["n"]),
+                         st.format_estimate(s["gold"]), st.format_estimate(s["kl"])])
+    return Table(["algorithm", "setting (tuned one highlighted)", "tuning seeds", "final gold [95% t]", "final KL [95% t]"],
+                 rows, "Tuning cells (phase \"tuning\"): their seeds are not reused for the tuned-vs-tuned comparison.")
+
+
+def tuning_sentence(t) -> str:
+    keys = ", ".join(f"`{k}`" for k in t["keys"]) or "nothing"
+    tuned = "; tuned setting: " + " / ".join(f"`{s}`" for s in t["tuned"]) if t["tuned"] else "; no final (tuned) cells yet"
+    return (f"{t['algorithm']}: tuned {keys} over {len(t['settings'])} settings on seeds "
+            f"{', '.join(map(str, t['seeds']))}{tuned}.")
+
+
+# -- over-optimisation ----------------------------------------------------------------------------------------
+
 def peak_table(peaks) -> Table:
     header = ["group", "seeds", "gold SFT", "KL where gold stops improving", "step", "gold there", "gold peak (step)",
               "KL at peak", "gold final", "gold drop after peak", "proxy change after peak", "KL final"]
     rows = []
-    for p in peaks:
-        kl = num(p.kl) if p.reached else f"not reached (> {num(p.kl_final)})"
+    for info in peaks:
+        p = info.peak
+        shown = p.reached and not info.improving and not info.lr_zero
+        if info.improving:
+            kl = f"not reached (> {num(p.kl_final)}): still improving in {info.improving}/{p.n} seeds"
+        elif p.reached and info.lr_zero:
+            kl = f"not identified: the LR had reached 0 at step {p.step}"
+        else:
+            kl = num(p.kl) if p.reached else f"not reached (> {num(p.kl_final)})"
         drop = num(p.gold_drop) if p.gold_drop > 0 else "-"
         change = f"{p.score_change_after:+.3f}" if p.gold_drop > 0 else "-"
-        rows.append([p.label, str(p.n), num(p.gold_start), kl, str(p.step) if p.reached else "-", num(p.gold) if p.reached else "-",
+        rows.append([p.label, str(p.n), num(p.gold_start), kl, str(p.step) if shown else "-", num(p.gold) if shown else "-",
                      f"{num(p.gold_peak)} ({p.peak_step})", num(p.peak_kl), num(p.gold_final), drop, change, num(p.kl_final)])
-    return Table(header, rows, "Mean over seeds at each evaluation step; tolerance = 5% of the best gain over SFT.")
+    return Table(header, rows, "Mean over seeds at each evaluation step; tolerance = 5% of the best gain over SFT. Not "
+                 "reported where a seed was still improving (censored) or the LR had reached 0 there.")
 
 
-def peak_sentence(p) -> str:
+def peak_sentence(info) -> str:
+    p = info.peak
+    if info.improving:
+        return (f"{p.label}: gold still improving at the end of training in {info.improving}/{p.n} seeds (censored: "
+                f"where gold stops improving is not observed; final KL {num(p.kl_final)}).")
+    if p.reached and info.lr_zero:
+        return (f"{p.label}: gold levels off at step {p.step}, where the learning rate had reached 0: the end of the "
+                f"LR schedule, not a KL limit of the algorithm (n={p.n}).")
     if p.reached:
-        text = (f"{p.label}: gold stops improving at KL {num(p.kl)} (step {p.step}, gold {num(p.gold)}, n={p.n})")
+        text = f"{p.label}: gold stops improving at KL {num(p.kl)} (step {p.step}, gold {num(p.gold)}, n={p.n})"
     else:
         text = f"{p.label}: gold still improving at the last evaluation (KL {num(p.kl_final)}, n={p.n})"
     if p.gold_drop > 0:
         text += (f"; after its peak (KL {num(p.peak_kl)}, step {p.peak_step}) gold falls by {num(p.gold_drop)} while the "
                  f"proxy changes by {p.score_change_after:+.3f}")
     return text + "."
+
+
+# -- findings -------------------------------------------------------------------------------------------------
+
+def _arm_mean(context, arm, key) -> float | None:
+    values = [float(r.row[key]) for r in arm.records if finite(r.row.get(key))]
+    return sum(values) / len(values) if values else None
+
+
+def budget_sentence(context, arena) -> str:
+    parts = []
+    for arm in arena.arms:
+        items = []
+        for key, label in (("ledger/policy/optimizer_steps", "policy updates"), ("ledger/critic/optimizer_steps",
+                           "critic updates"), ("ledger/episodes", "episodes"), ("ledger/flops", "FLOPs"),
+                           ("ledger/cpu_s", "CPU s")):
+            value = _arm_mean(context, arm, key)
+            if value is not None:
+                items.append(f"{quantity(value)} {label}")
+        if not items and _arm_mean(context, arm, "episodes") is not None:
+            items.append(f"{quantity(_arm_mean(context, arm, 'episodes'))} episodes (no ledger)")
+        parts.append(f"{arm.algorithm}: " + ", ".join(items or ["-"]))
+    return f"Budget ({arena.title}): " + "; ".join(parts) + "."
+
+
+def matched_findings(m) -> list[str]:
+    title = m.arena.title
+    if m.b_max <= st.KL_ZERO:
+        return [f"**Matched KL** ({title}): no arm moved away from the SFT policy; nothing to compare."]
+    reach = ", ".join(f"{alg} {r:.3g}" for alg, r in m.reach.items())
+    items = [f"**Matched KL** ({title}): common KL range [0, {m.b_max:.3g}], the smallest of the arms' reach ({reach})."]
+    for budget in m.budgets + ["area"]:
+        label = mk.metric_label(m.primary, budget, m.b_max)
+        values = ", ".join(f"{arm.algorithm} {st.format_estimate(st.t_interval(m.values[arm.algorithm][(m.primary, budget)]))}"
+                           f" (n={len(arm.seeds)})" for arm in m.arena.arms)
+        verdicts = " ".join(f"{c.a} − {c.b} = {st.format_difference(c.difference)}: {c.verdict}." for c in m.comparisons
+                            if c.label == label)
+        items.append(f"{label}: {values}. {verdicts}".rstrip())
+    return items
+
+
+def findings(context, a) -> list[str]:
+    """Matched-KL results first, then budgets and tuning, then final values (censored marked), then peaks."""
+    items = [text for m in a["matched"] for text in matched_findings(m)]
+    items += [budget_sentence(context, arena) for arena in a["arenas"] if len(arena.arms) > 1]
+    items += [tuning_sentence(t) for t in a["tuning"]]
+    for arena, rows in a["finals"]:
+        if len(arena.arms) > 1 and not rows:
+            items.append(f"Final values ({arena.title}) are not compared: an arm ran several settings, so its final "
+                         "values mix them; the frontier above is the comparison.")
+        for c in rows:
+            if c["metric"] in ("gold_final", "score_final", "kl_final", "peak_memory_bytes", "episodes_per_s"):
+                censored = f" ({c['censored']})" if c["censored"] else ""
+                items.append(f"{c['label'][0].upper() + c['label'][1:]}{censored} ({arena.title}): {c['a']} − {c['b']} = "
+                             f"{fmt_difference(c['metric'], c['difference'])}: {c['verdict']}.")
+    items += [peak_sentence(p) for p in a["peaks"]]
+    return items
+
+
+# -- methods: statistics, effective configuration, samples ----------------------------------------------------
+
+METHODS = [
+    "Final values are the last evaluation on held-out prompts (eval/gold, eval/score, eval/kl); the same prompts and "
+    "sampling random numbers for every cell and checkpoint.",
+    "Mean [95% t interval]: mean ± t(n−1)·s/√n over seeds (scipy.stats.t), honest at small n where a bootstrap "
+    "interval of 2 seeds is just their range.",
+    "Difference A − B: Welch's t test and interval (scipy.stats.ttest_ind, equal_var=False; degrees of freedom by "
+    "Welch–Satterthwaite), which does not assume equal spread across algorithms.",
+    "Permutation p: scipy.stats.permutation_test of the difference of means over seed labels, exact (every split "
+    f"enumerated) when there are at most {st.PERMUTATIONS:,} splits; it assumes nothing about the distribution.",
+    "IQM: mean of the middle 50% of runs with fractional weights at the quartile cuts, with a stratified percentile "
+    f"bootstrap ({st.IQM_RESAMPLES:,} resamples, strata resampled on their own; rliable's aggregate), robust to one "
+    "outlying seed.",
+    "P(A better): probability that a run of A beats a run of B, ties counting ½ (Mann–Whitney U / (n_A·n_B), rliable's "
+    "probability of improvement), a scale-free effect size.",
+    "Holm: the Welch p-values of all metrics compared for one pair of arms are Holm-adjusted, so testing several "
+    "metrics or budgets does not inflate false verdicts.",
+    f"Verdicts: \"X better\" only with ≥ {st.MIN_SEEDS} seeds per arm and Holm-adjusted Welch p < {st.ALPHA}; speed and "
+    f"memory only between cells with the same run conditions; a memory difference under {st.MEMORY_PRACTICAL:.0%} of "
+    "the peak is never called better (simulated with no true difference: ≤ 7% false verdicts at 5 seeds, 0 below 4).",
+    f"Smallest detectable effect: the true difference a two-sided t test at α = {st.ALPHA} finds with power "
+    f"{st.POWER} at the seeds used (noncentral t), so a \"no difference detected\" can be read for what it rules out.",
+    "Matched KL: F(b) = best gold among a seed's checkpoints (SFT point included; an algorithm's settings pooled) with "
+    "KL ≤ b; compared at 25/50/75% of [0, b_max] and by the area under the step function F on [0, b_max], b_max "
+    "being the smallest KL every seed of every arm reached, so no arm is credited for KL it never visited.",
+    "Still improving (censored): over a cell's last max(3, ⌈T/4⌉) checkpoints the least-squares slope of gold against "
+    "step exceeds its standard error, or its last checkpoint has its best gold; final values are then marked censored.",
+    "Gold stops improving: not stated where the LR (eval/lr) had reached 0 (≤ 0.1% of its peak) at that checkpoint, "
+    "nor where a seed was still improving.",
+    "Peak memory: the largest of the generation, scoring and training phase peaks (CUDA: the allocator's peak; CPU: "
+    "the resident set above the cell's baseline, see docs/memory.md); throughput: episodes per second of training time.",
+]
+
+
+def config_blocks(context, a) -> list:
+    """The effective configuration of every arm from ``resolved.json`` ({cell id or algorithm: {key: value}})."""
+    from rlhfkit.results import read_json
+
+    resolved = read_json(context.output_dir / "resolved.json")
+    if not resolved:
+        return [Paragraph("No `resolved.json` in the run directory: the effective configuration of each arm was not "
+                          "recorded; the recipe below is what was written, defaults not included.")]
+    columns = {}
+    for arena in a["arenas"]:
+        for arm in arena.arms:
+            for record in arm.records:
+                config = resolved.get(record.id) or resolved.get(record.algorithm)
+                label = f"{record.algorithm} ({record.settings})" if record.settings else record.algorithm
+                if config is not None and label not in columns:
+                    columns[label] = config
+    if not columns:
+        columns = {name: config for name, config in resolved.items() if isinstance(config, dict)}
+    keys = sorted({k for config in columns.values() for k in config})
+    differs = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in columns.values()}) > 1]
+    rows = [[TableCell(k, "win" if k in differs else "")] + [str(c.get(k, "-")) for c in columns.values()]
+            for k in differs + [k for k in keys if k not in differs]]
+    return [Table(["key (differing keys first, highlighted)"] + list(columns), rows,
+                  "Every setting each arm trained with, defaults included (`resolved.json`).")]
+
+
+def _clip(text, limit: int = 160) -> str:
+    text = str(text).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def samples_table(a) -> Table | None:
+    """The same held-out prompts answered by each algorithm at the first and the last evaluation (one cell each)."""
+    arenas = [arena for arena in a["arenas"] if arena.arms]
+    if not arenas:
+        return None
+    picks = [(arm.algorithm, arm.records[0]) for arm in arenas[0].arms if arm.records and arm.records[0].evals]
+    if not picks:
+        return None
+
+    def completions(evaluation):
+        return {s.get("prompt"): s.get("completion") for s in (evaluation.get("samples") or []) if isinstance(s, dict)}
+
+    prompts = list(completions(picks[0][1].evals[0]))[:3]
+    rows = []
+    for prompt in prompts:
+        for algorithm, record in picks:
+            start, end = completions(record.evals[0]), completions(record.evals[-1])
+            rows.append([_clip(prompt, 80), f"{algorithm} (`{record.id}`)", _clip(start.get(prompt, "-")),
+                         _clip(end.get(prompt, "-"))])
+    if not rows:
+        return None
+    first, last = picks[0][1].evals[0].get("eval/step"), picks[0][1].evals[-1].get("eval/step")
+    return Table(["held-out prompt", "algorithm (cell)", f"start (step {first})", f"end (step {last})"], rows,
+                 "Samples stored with the first and last evaluation of one seed per algorithm, same prompts.")
+
+
+# -- the document ---------------------------------------------------------------------------------------------
+
+def header_blocks(context) -> list:
+    results = context.results
+    counts = results["status"].value_counts().to_dict()
+    total = len(results)
+    blocks = [Paragraph("Cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" (of {total}).")]
+    pending = results[results["status"] == "pending"]
+    if not pending.empty:
+        blocks.append(Paragraph(
+            f"**Partial run**: {total - len(pending)} of {total} cells have a result; {len(pending)} pending/missing "
+            "(not run yet, interrupted, or result.json missing): " + ", ".join(f"`{c}`" for c in pending["cell"])
+            + ". Statistics and figures use finished cells only; rerun `rlhfkit run` with the same recipe and "
+            "--output to finish them.", kind="warning"))
+    return blocks
+
+
+def comparison_blocks(context, a, figures) -> list:
+    """Matched KL (with the budget each arm got), then tuning, then final values: the order of the Findings."""
+    blocks = [Heading("Matched-KL results")]
+    if not a["matched"]:
+        blocks.append(Paragraph("No evaluation checkpoints with eval/kl yet: nothing to compare at matched KL."))
+    for m in a["matched"]:
+        blocks += [Heading(f"Gold at matched KL: {m.arena.title}", 3), matched_table(m)]
+        if m.comparisons:
+            blocks.append(matched_comparison_table(m))
+        blocks += [Heading(f"What each arm got: {m.arena.title}", 4), budget_table(context, m.arena)]
+    blocks.append(Heading("Reward against KL"))
+    if "reward_vs_kl" in figures:
+        blocks.append(Figure(figures["reward_vs_kl"]))
+    if a["tuning"]:
+        blocks += [Heading("Tuning"), BulletList([tuning_sentence(t) for t in a["tuning"]]), tuning_table(a["tuning"])]
+    blocks.append(Heading("Final values"))
+    for arena, rows in a["finals"]:
+        if rows:
+            blocks += [Heading(f"Final values: {arena.title}", 3), budget_table(context, arena), comparison_table(rows)]
+    blocks.append(Heading("Results over seeds", 3))
+    blocks.append(group_table(a["groups"]) if a["groups"] else Paragraph("No cell has finished ok yet."))
+    return blocks
 
 
 def build_document(context):
@@ -312,51 +710,16 @@ def build_document(context):
     doc = Document(f"rlhfkit report: {recipe.name}")
     if recipe.description:
         doc.add(Paragraph(recipe.description))
+    doc.add(*header_blocks(context))
 
-    counts = results["status"].value_counts().to_dict()
-    total = len(results)
-    finished = total - counts.get("pending", 0)
-    doc.add(Paragraph("Cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" (of {total})."))
-    pending = results[results["status"] == "pending"]
-    if not pending.empty:
-        doc.add(
-            Paragraph(
-                f"**Partial run**: {finished} of {total} cells have a result; {len(pending)} pending/missing "
-                f"(not run yet, interrupted, or result.json missing): "
-                + ", ".join(f"`{c}`" for c in pending["cell"])
-                + ". Statistics and figures use finished cells only; rerun `rlhfkit run` with the same recipe and "
-                "--output to finish them.",
-                kind="warning",
-            )
-        )
-
-    # Key findings: one sentence per comparison of the main metrics.
     doc.add(Heading("Findings"))
-    findings = []
-    for c in a["comparisons"]:
-        if c["metric"] in ("gold_final", "score_final", "kl_final", "peak_memory_bytes", "episodes_per_s"):
-            where = f"{c['model']}, {c['memory']}"
-            findings.append(
-                f"{c['label']} ({where}): {c['a']} − {c['b']} = {fmt_difference(c['metric'], c['difference'])}: {c['verdict']}."
-            )
-    for p in a["peaks"]:
-        findings.append(peak_sentence(p))
-    doc.add(BulletList(findings) if findings else Paragraph("No finished cells to compare yet."))
-
-    doc.add(Heading("Results over seeds"))
-    if a["groups"]:
-        doc.add(group_table(a["groups"]))
-    else:
-        doc.add(Paragraph("No cell has finished ok yet."))
-    if a["comparisons"]:
-        doc.add(Heading("Comparisons", 3), comparison_table(a["comparisons"]))
+    items = findings(context, a)
+    doc.add(BulletList(items) if items else Paragraph("No finished cells to compare yet."))
+    doc.add(*comparison_blocks(context, a, figures))
 
     doc.add(Heading("Reward during training"))
     if "reward_curves" in figures:
         doc.add(Figure(figures["reward_curves"]))
-    doc.add(Heading("Reward against KL"))
-    if "reward_vs_kl" in figures:
-        doc.add(Figure(figures["reward_vs_kl"]))
 
     doc.add(Heading("Over-optimisation"))
     if a["peaks"]:
@@ -365,9 +728,9 @@ def build_document(context):
                 "**Where gold stops improving**: per algorithm, eval/gold and eval/kl are averaged over seeds at each "
                 "evaluation step (step 0 = SFT policy). With tolerance = 5% of the best mean gain over SFT, gold stops "
                 "improving at the earliest evaluation after which it never gains more than the tolerance; the KL there "
-                "is reported. If that is the last evaluation, gold was still improving and it is \"not reached\" "
-                "(KL > final KL). The gold peak is the earliest step with the highest mean gold; gold drop = peak gold "
-                "− final gold, proxy change = final − peak proxy score (over-optimisation shows as proxy up, gold down)."
+                "is reported, unless a seed was still improving at the end (censored) or the LR had reached 0 at that "
+                "checkpoint (then the plateau is the schedule's end). The gold peak is the earliest step with the highest "
+                "mean gold; gold drop = peak gold − final gold, proxy change = final − peak proxy score."
             ),
             peak_table(a["peaks"]),
         )
@@ -389,21 +752,24 @@ def build_document(context):
     problems = results[results["status"].isin(PROBLEM_STATUSES)]
     if not problems.empty:
         doc.add(Heading("Problems", 3), BulletList([f"`{r['cell']}`: {r['status']}: {r['error']}" for _, r in problems.iterrows()]))
+    doc.add(*context_blocks(context))
+    doc.add(Heading("Methods"), BulletList(METHODS), Heading("Effective configuration", 3), *config_blocks(context, a))
+    samples = samples_table(a)
+    if samples is not None:
+        doc.add(Heading("Sample completions at the start and end of training", 3), samples)
+    context.cache["document"] = doc
+    return doc
 
+
+def context_blocks(context) -> list:
+    """Stages, environment and the recipe text."""
+    blocks = []
     if context.stages:
-        doc.add(Heading("Stages (SFT and reward model)"))
-        doc.add(
-            Table(
-                ["model", "status", "SFT eval loss", "RM held-out accuracy", "seconds"],
-                [
-                    [name, info.get("status", "-"), num(info.get("sft/eval_loss")), num(info.get("reward/eval_accuracy")),
-                     num(info.get("wall_s"), 0)]
-                    for name, info in sorted(context.stages.items())
-                ],
-            )
-        )
-
-    doc.add(Heading("Environment"))
+        blocks += [Heading("Stages (SFT and reward model)"), Table(
+            ["model", "status", "SFT eval loss", "RM held-out accuracy", "seconds"],
+            [[name, info.get("status", "-"), num(info.get("sft/eval_loss")), num(info.get("reward/eval_accuracy")),
+              num(info.get("wall_s"), 0)] for name, info in sorted(context.stages.items())])]
+    blocks.append(Heading("Environment"))
     info = context.run_info
     if info:
         versions = ", ".join(f"{k} {v}" for k, v in (info.get("versions") or {}).items() if v)
@@ -417,35 +783,12 @@ def build_document(context):
         ]
         if info.get("command"):
             items.append("command: `" + " ".join(str(x) for x in info["command"]) + "`")
-        doc.add(BulletList(items))
+        blocks.append(BulletList(items))
     else:
-        doc.add(Paragraph("run.json is missing: no environment recorded."))
-
-    doc.add(Heading("Recipe"))
-    recipe_text = (context.output_dir / "recipe.toml").read_text() if (context.output_dir / "recipe.toml").is_file() else ""
-    doc.add(Code(recipe_text, "toml"))
-
-    doc.add(Heading("Methods"))
-    doc.add(
-        BulletList(
-            [
-                "Final values are the last evaluation on held-out prompts (eval/gold, eval/score, eval/kl); the same "
-                "prompts and sampling random numbers for every cell and checkpoint.",
-                f"Intervals: percentile bootstrap of the mean over seeds, {st.RESAMPLES:,} resamples, numpy "
-                f"default_rng({st.SEED}), 95%; with one seed the value is shown without an interval.",
-                "Differences: each algorithm's seeds resampled independently, difference of resample means; a "
-                "difference whose interval contains 0 is reported as not significant at the stated number of seeds.",
-                "With 2 seeds a bootstrap interval is exactly the range of the two values (the resampled mean takes "
-                "only 3 values), so \"significant\" at n=2 is indicative only; 5 or more seeds give intervals to rely on.",
-                "Peak memory: the largest of the generation, scoring and training phase peaks (CUDA: the allocator's "
-                "peak; CPU: the resident set above the cell's baseline, with `[run] cpu_memory = \"resident\"` "
-                "including memory the allocator keeps after freeing it, with `\"live\"` not, see docs/memory.md); "
-                "throughput: episodes per second of training time.",
-            ]
-        )
-    )
-    context.cache["document"] = doc
-    return doc
+        blocks.append(Paragraph("run.json is missing: no environment recorded."))
+    recipe_path = context.output_dir / "recipe.toml"
+    blocks += [Heading("Recipe"), Code(recipe_path.read_text() if recipe_path.is_file() else "", "toml")]
+    return blocks
 
 
 # -- Markdown ---------------------------------------------------------------------------------------------------

@@ -85,36 +85,63 @@ def reward_curves(context, directory: Path) -> Plot | None:
     )
 
 
+def _frontier_on(points, grid: np.ndarray) -> np.ndarray:
+    """F(b) of one seed's pooled checkpoints on a grid of budgets (nan where no checkpoint qualifies)."""
+    from rlhfkit.report.stats import frontier_steps
+
+    kls, values = frontier_steps(points)
+    index = np.searchsorted(kls, grid, side="right") - 1
+    return np.where(index >= 0, values[np.clip(index, 0, None)] if len(values) else np.nan, np.nan)
+
+
 def reward_vs_kl(context, directory: Path) -> Plot | None:
-    curves = eval_curves(context)
-    if not curves:
+    """One step-function frontier F(b) per algorithm (its settings pooled per seed; mean over seeds, band min–max),
+    for the leading arena of each (model, memory): tuned vs tuned when there is one, else the grid."""
+    from rlhfkit.report.document import analysis
+
+    matched, seen = [], set()
+    for m in analysis(context)["matched"]:
+        if (m.arena.model, m.arena.memory) not in seen:
+            seen.add((m.arena.model, m.arena.memory))
+            matched.append(m)
+    if not matched:
         return None
-    has_gold = any(c.gold is not None for c in curves)
-    panels = (["gold"] if has_gold else []) + ["score"]
+    keys = matched[0].keys
     plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    colors = _colors([c.label for c in curves])
-    for ax, what in zip(axes[0], panels):
-        key = "eval/gold" if what == "gold" else "eval/score"
-        for c in curves:
-            ys = c.gold if what == "gold" else c.score
-            if ys is None:
-                continue
-            for points in c.per_cell:
-                ax.scatter([p["eval/kl"] for p in points], [p[key] for p in points], color=colors[c.label], alpha=0.35, s=14)
-            ax.plot(c.kl, ys, "-o", color=colors[c.label], label=f"{c.label} (n={c.n})", markersize=4)
-        ax.set_xlabel("KL(policy ‖ SFT) on held-out prompts (eval/kl)")
-        ax.set_ylabel(key)
-        ax.set_title("gold reward against KL" if what == "gold" else "proxy score against KL")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Reward–KL frontier (evaluation checkpoints; dots: seeds, line: mean over seeds)")
+    fig, axes = plt.subplots(len(matched), len(keys), figsize=(6.5 * len(keys), 4.2 * len(matched)), squeeze=False)
+    colors = _colors(list(dict.fromkeys(arm.algorithm for m in matched for arm in m.arena.arms)))
+    for row, m in zip(axes, matched):
+        for ax, key in zip(row, keys):
+            for arm in m.arena.arms:
+                reach = max(max((k for k, _ in arm.points(s, key)), default=0.0) for s in arm.seeds)
+                grid = np.linspace(0.0, max(reach, 1e-9), 400)
+                curves = np.vstack([_frontier_on(arm.points(s, key), grid) for s in arm.seeds])
+                color = colors[arm.algorithm]
+                for s in arm.seeds:
+                    pts = arm.points(s, key)
+                    ax.scatter([k for k, _ in pts], [v for _, v in pts], color=color, alpha=0.25, s=10)
+                ax.step(grid, np.nanmean(curves, 0), where="post", color=color, linewidth=2,
+                        label=f"{m.arena.arm_label(arm)} (n={len(arm.seeds)})")
+                if len(arm.seeds) > 1:
+                    ax.fill_between(grid, np.nanmin(curves, 0), np.nanmax(curves, 0), step="post", color=color,
+                                    alpha=0.15, linewidth=0)
+            ax.axvline(m.b_max, color="grey", linestyle="--", linewidth=1)
+            ax.annotate(f"b_max={m.b_max:.3g}", (m.b_max, 0.93), xycoords=("data", "axes fraction"), fontsize=8,
+                        xytext=(3, 0), textcoords="offset points")
+            ax.set_xlabel("KL budget b (eval/kl of the checkpoints)")
+            ax.set_ylabel(f"F(b): best {'gold' if key == 'eval/gold' else 'proxy score'} with KL ≤ b")
+            ax.set_title(f"{m.arena.title}: {'gold' if key == 'eval/gold' else 'proxy'} frontier")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    fig.suptitle("Reward–KL frontier per algorithm (step function F(b); line: mean over seeds, band: min–max, dots: checkpoints)")
+    fig.tight_layout()
     path = _save(fig, directory / "reward_vs_kl.png")
     return Plot(
         "reward_vs_kl",
         "Reward against KL (frontier)",
-        "Each evaluation checkpoint (step 0 = SFT policy) placed at its KL to the SFT policy: dots are single seeds, "
-        "the line joins the means over seeds in step order; further up at the same KL is better.",
+        "F(b) = the best reward among an algorithm's checkpoints (SFT point included, all its swept settings pooled per "
+        "seed) with KL to the SFT policy ≤ b, as a step function; line = mean over seeds, band = min–max over seeds, "
+        "dots = the checkpoints. Compare algorithms left of the dashed line (b_max, the KL every seed of every arm reached).",
         path,
     )
 
