@@ -3,10 +3,12 @@
 import json
 
 import pandas as pd
+import pytest
 
 from conftest import REPO, run_cli
 
 
+@pytest.mark.slow
 def test_default_recipe_learns(tmp_path):
     out_dir = tmp_path / "main"
     out = run_cli("run", REPO / "recipes" / "ppo_vs_rloo.toml", "--output", out_dir, timeout=900)
