@@ -485,25 +485,7 @@ def parse_recipe(raw: dict, path: Path | None = None) -> Recipe:
         sft = build_dataclass(SFTStageConfig, raw.get("sft"), "sft")
         reward_model = build_dataclass(RewardStageConfig, raw.get("reward_model"), "reward_model")
 
-        shared = raw.get("rl", {})
-        if not isinstance(shared, dict):
-            fail("rl: expected a table")
-        algo_tables = raw.get("algorithms", {})
-        if not isinstance(algo_tables, dict):
-            fail("algorithms: expected a table of [algorithms.<name>] tables")
-        for algo in algo_tables:
-            _choose(algo, registry.names("algorithm"), "algorithms")
-        from rlhfkit.engine.config import RLConfig
-
-        shared_keys = {f.name for f in config_fields(RLConfig)}
-        for key in shared:
-            if key not in shared_keys:
-                fail(f"rl: unknown key {key!r}; allowed: {', '.join(sorted(shared_keys))}")
-        algorithms, tables = {}, {}
-        for algo in grid.algorithms:
-            spec = registry.get("algorithm", algo)
-            tables[algo] = {**shared, **(algo_tables.get(algo) or {})}
-            algorithms[algo] = build_dataclass(spec.config_class, tables[algo], f"algorithms.{algo}")
+        shared, algorithms, tables = _parse_algorithms(raw, grid)
         sweeps, tuning = _parse_sweeps_and_tuning(raw, grid, tables)
 
         run = build_dataclass(RunSettings, raw.get("run"), "run")
@@ -533,6 +515,32 @@ def parse_recipe(raw: dict, path: Path | None = None) -> Recipe:
         tuning=tuning,
         algorithm_tables=tables,
     )
+
+
+def _parse_algorithms(raw: dict, grid: GridSettings):
+    """``[rl]`` checked against the shared config, then each grid algorithm's config built from ``[rl]``
+    under ``[algorithms.<name>]``; returns the shared table, the configs and the tables they came from."""
+    from rlhfkit.engine.config import RLConfig
+
+    registry = get_registry()
+    shared = raw.get("rl", {})
+    if not isinstance(shared, dict):
+        raise RecipeError("rl: expected a table")
+    algo_tables = raw.get("algorithms", {})
+    if not isinstance(algo_tables, dict):
+        raise RecipeError("algorithms: expected a table of [algorithms.<name>] tables")
+    for algo in algo_tables:
+        _choose(algo, registry.names("algorithm"), "algorithms")
+    shared_keys = {f.name for f in config_fields(RLConfig)}
+    for key in shared:
+        if key not in shared_keys:
+            raise RecipeError(f"rl: unknown key {key!r}; allowed: {', '.join(sorted(shared_keys))}")
+    algorithms, tables = {}, {}
+    for algo in grid.algorithms:
+        spec = registry.get("algorithm", algo)
+        tables[algo] = {**shared, **(algo_tables.get(algo) or {})}
+        algorithms[algo] = build_dataclass(spec.config_class, tables[algo], f"algorithms.{algo}")
+    return shared, algorithms, tables
 
 
 def _parse_sweeps_and_tuning(raw: dict, grid: GridSettings, tables: dict[str, dict]):
