@@ -107,7 +107,7 @@ def _cmd_run(args) -> int:
         raise UsageError(f"--output {output_dir} exists and is not a directory")
     console = make_console()
     for line in recipe.warnings():
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)  # one line, even when piped
     console.print(f"[bold]rlhfkit run[/] {args.recipe}: {len(recipe.cells())} cells -> {output_dir}")
     try:
         with RichProgress(console) as progress:

@@ -136,6 +136,13 @@ def test_confounded_arms_warn_in_validate(tmp_path):
     assert "warning: arms differ in learning rate (ppo 0.001, rloo 0.0003) and it is not swept" in out.stdout
     assert "warning: arms differ in KL coefficient (beta) (ppo 0.05, rloo 0.1)" in out.stdout
 
+    # `rlhfkit run` prints them before starting (here it then stops at an output dir of another recipe)
+    out_dir = tmp_path / "taken"
+    out_dir.mkdir()
+    (out_dir / "run.json").write_text(json.dumps({"results_fingerprint": "another"}))
+    out = run_cli("run", recipe_from(tmp_path, CONFOUNDED), "--output", out_dir)
+    assert out.returncode == 2 and UPDATE_WARNING in out.stdout.splitlines()
+
     swept = CONFOUNDED + "[grid.sweep.ppo]\nnum_epochs = [1, 4]\n"
     out = run_cli("validate", recipe_from(tmp_path, swept))
     assert out.returncode == 0 and "warning:" not in out.stdout
