@@ -316,7 +316,7 @@ def run_cell(spec: dict) -> dict:
     cell_dir = Path(spec["cell_dir"])
     registry = get_registry()
     algorithm = registry.get("algorithm", cell.algorithm)
-    config = recipe.algorithms[cell.algorithm]
+    config = recipe.config_for(cell)
     plan = build_memory_plan(cell.memory)
 
     want_cuda = recipe.run.device == "cuda" or (recipe.run.device == "auto" and torch.cuda.is_available())

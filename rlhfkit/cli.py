@@ -105,8 +105,25 @@ def _cmd_validate(args) -> int:
     print(
         f"{args.recipe}: ok: {len(cells)} cells ({len(recipe.models)} model(s) x {len(recipe.grid.algorithms)} "
         f"algorithm(s) x {len(recipe.grid.memory)} memory strateg(ies) x {len(recipe.grid.seeds)} seed(s))"
+        + _sweep_summary(recipe)
     )
+    for line in recipe.warnings():
+        print(line)
     return 0
+
+
+def _sweep_summary(recipe) -> str:
+    """What the sweep adds to the cell count: settings per algorithm, and the tuning phase."""
+    counts = {algo: len(recipe.settings_for(algo)) for algo in recipe.grid.algorithms}
+    if all(n == 1 for n in counts.values()):
+        return ""
+    text = "; settings swept: " + ", ".join(f"{algo} {n}" for algo, n in counts.items())
+    if recipe.tuning is not None:
+        text += (
+            f"; tuning on seed(s) {', '.join(map(str, recipe.tuning.seeds))} by {recipe.tuning.metric}, then "
+            f"{len(recipe.default_cells())} more cells for the tuned settings"
+        )
+    return text
 
 
 def _cmd_run(args) -> int:
@@ -127,6 +144,8 @@ def _cmd_run(args) -> int:
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output {output_dir} exists and is not a directory")
     console = make_console()
+    for line in recipe.warnings():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)  # one line, even when piped
     console.print(f"[bold]rlhfkit run[/] {args.recipe}: {len(recipe.cells())} cells -> {output_dir}")
     try:
         with RichProgress(console) as progress:

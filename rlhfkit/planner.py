@@ -260,7 +260,7 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
 
     plan = build_memory_plan(cell.memory)
     algo = get_registry().get("algorithm", cell.algorithm)
-    cfg = recipe.algorithms[cell.algorithm]
+    cfg = recipe.config_for(cell)
     n = num_devices or recipe.run.num_processes
     precision = recipe.run.precision
     gpu = hardware != "cpu" and not hardware.startswith("cpu")

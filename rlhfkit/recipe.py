@@ -18,13 +18,21 @@ from typing import Any
 
 from rlhfkit.plugins import get_registry
 from rlhfkit.registry import config_fields
+from rlhfkit.sweeps import confounder_warnings, freeze, setting_combinations, settings_text, thaw
+
+TUNING_FILE = "tuning.json"
+RUN_RECIPE_COPY = "recipe.toml"
 
 
 class RecipeError(ValueError):
     """The recipe is wrong; the message is one line naming the key and what is allowed."""
 
 
-TOP_LEVEL_KEYS = ("name", "description", "data", "models", "grid", "sft", "reward_model", "rl", "algorithms", "run", "report")
+TOP_LEVEL_KEYS = (
+    "name", "description", "data", "models", "grid", "tuning", "sft", "reward_model", "rl", "algorithms", "run", "report",
+)
+PHASES = ("grid", "tuning", "final")
+TUNING_METRICS = ("gold_at_kl", "gold_final")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -128,6 +136,35 @@ class ReportSettings:
                 raise ValueError(f"unknown tracker {name!r}; allowed: tensorboard, wandb, trackio")
 
 
+@dataclass
+class TuningSettings:
+    """The recipe's ``[tuning]`` table: pick each arm's best swept setting on seeds of its own."""
+
+    seeds: list[int]
+    """Tuning seeds; never reused by the final comparison (disjoint from ``[grid] seeds``)."""
+    metric: str = "gold_at_kl"
+    """``gold_at_kl``: mean over tuning seeds of the best eval gold among checkpoints with eval KL <= kl_budget;
+    ``gold_final``: mean over tuning seeds of the last evaluation's gold."""
+    kl_budget: float | None = None
+    """KL budget of ``gold_at_kl`` (required there)."""
+    allow_unequal: bool = False
+    """Allow algorithms to get different numbers of settings tried (unequal tuning effort)."""
+
+    def __post_init__(self):
+        if not self.seeds:
+            raise ValueError("seeds must not be empty")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds lists a value twice")
+        if self.metric not in TUNING_METRICS:
+            raise ValueError(f"metric must be one of: {', '.join(TUNING_METRICS)}")
+        if self.metric == "gold_at_kl" and self.kl_budget is None:
+            raise ValueError("kl_budget is required for metric gold_at_kl (e.g. kl_budget = 1.0)")
+        if self.kl_budget is not None and self.metric != "gold_at_kl":
+            raise ValueError("kl_budget only applies to metric gold_at_kl")
+        if self.kl_budget is not None and self.kl_budget <= 0:
+            raise ValueError("kl_budget must be > 0")
+
+
 @dataclass(frozen=True)
 class Cell:
     """One point of the grid."""
@@ -136,11 +173,30 @@ class Cell:
     algorithm: str
     memory: str
     seed: int
+    settings: tuple = ()
+    """Swept config keys of this cell, sorted by key: ``(("kl_coef", 0.1),)``."""
+    phase: str = "grid"
+    """``grid`` (plain grid), ``tuning`` (tuning seeds) or ``final`` (the tuned setting on fresh seeds)."""
+
+    def __post_init__(self):
+        # Settings come back from JSON as lists of lists: normalise so equal cells compare and hash equal.
+        settings = tuple(sorted((str(k), freeze(v)) for k, v in self.settings))
+        object.__setattr__(self, "settings", settings)
+        if self.phase not in PHASES:
+            raise ValueError(f"phase must be one of: {', '.join(PHASES)}")
+
+    @property
+    def settings_text(self) -> str:
+        return settings_text(self.settings)
 
     @property
     def id(self) -> str:
         memory = self.memory.replace("+", "-")
-        return f"{self.model}__{self.algorithm}__{memory}__s{self.seed}"
+        parts = [self.model, self.algorithm, memory]
+        if self.settings or self.phase != "grid":
+            parts.append(self.settings_text or "default")  # a final/tuning cell never shares a grid cell's id
+        cell_id = "__".join(parts) + f"__s{self.seed}"
+        return "tune__" + cell_id if self.phase == "tuning" else cell_id
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -165,16 +221,85 @@ class Recipe:
     """Algorithm name -> its validated config dataclass (``[rl]`` merged under ``[algorithms.<name>]``)."""
     run: RunSettings
     report: ReportSettings
+    sweeps: dict[str, dict[str, list]] = field(default_factory=dict)
+    """Algorithm -> swept key -> values (``[grid.sweep]`` merged with ``[grid.sweep.<algorithm>]``)."""
+    tuning: TuningSettings | None = None
+    algorithm_tables: dict[str, dict] = field(default_factory=dict)
+    """Algorithm -> the table its config is built from (``[rl]`` under ``[algorithms.<name>]``)."""
+    tuned: dict[tuple, tuple] = field(default_factory=dict)
+    """(model, algorithm, memory) -> the setting tuning picked; filled from the run's ``tuning.json``."""
+    _configs: dict = field(default_factory=dict, repr=False)
+
+    def settings_for(self, algorithm: str) -> list[tuple]:
+        """Every swept setting of one algorithm, in sweep order (``[()]`` when it sweeps nothing)."""
+        return setting_combinations(self.sweeps.get(algorithm, {}))
+
+    def config_for(self, cell: Cell):
+        """The cell's algorithm config with its swept settings applied (validated like the recipe)."""
+        if not cell.settings:
+            return self.algorithms[cell.algorithm]
+        key = (cell.algorithm, cell.settings)
+        if key not in self._configs:
+            spec = get_registry().get("algorithm", cell.algorithm)
+            table = {**self.algorithm_tables.get(cell.algorithm, {}), **{k: thaw(v) for k, v in cell.settings}}
+            where = f"algorithms.{cell.algorithm} ({cell.settings_text})"
+            self._configs[key] = build_dataclass(spec.config_class, table, where)
+        return self._configs[key]
+
+    def arms(self) -> list[tuple[str, str, str]]:
+        """(model, algorithm, memory) of every arm compared."""
+        model_names = self.grid.models or list(self.models)
+        return [(m, a, mem) for m in model_names for a in self.grid.algorithms for mem in self.grid.memory]
 
     def cells(self) -> list[Cell]:
-        model_names = self.grid.models or list(self.models)
+        """Without ``[tuning]``: every arm x swept setting x seed.  With it: the tuning cells (arms with more
+        than one setting, tuning seeds), the defaults on the grid seeds, and, once tuning has picked them
+        (:attr:`tuned`), each arm's tuned setting on the grid seeds."""
+        if self.tuning is None:
+            return [
+                Cell(m, a, mem, s, settings=settings)
+                for m, a, mem in self.arms()
+                for settings in self.settings_for(a)
+                for s in self.grid.seeds
+            ]
+        return self.tuning_cells() + self.default_cells() + self.final_cells()
+
+    def tuning_cells(self) -> list[Cell]:
+        if self.tuning is None:
+            return []
         return [
-            Cell(model=m, algorithm=a, memory=mem, seed=s)
-            for m in model_names
-            for a in self.grid.algorithms
-            for mem in self.grid.memory
+            Cell(m, a, mem, s, settings=settings, phase="tuning")
+            for m, a, mem in self.arms()
+            if len(self.settings_for(a)) > 1
+            for settings in self.settings_for(a)
+            for s in self.tuning.seeds
+        ]
+
+    def default_cells(self) -> list[Cell]:
+        return [Cell(m, a, mem, s) for m, a, mem in self.arms() for s in self.grid.seeds]
+
+    def final_cells(self) -> list[Cell]:
+        return [
+            Cell(m, a, mem, s, settings=self.tuned[(m, a, mem)], phase="final")
+            for m, a, mem in self.arms()
+            if (m, a, mem) in self.tuned
             for s in self.grid.seeds
         ]
+
+    def warnings(self) -> list[str]:
+        """One line per way the arms differ that is not the algorithm and is not swept."""
+        return confounder_warnings(self.algorithms, self.sweeps)
+
+    def load_tuned(self, output_dir: Path) -> None:
+        """Take the tuned settings from a run directory's ``tuning.json`` (nothing when absent)."""
+        from rlhfkit.results import read_json
+
+        info = read_json(Path(output_dir) / TUNING_FILE) if self.tuning is not None else None
+        self.tuned = {}
+        for arm in (info or {}).get("arms", []):
+            if arm.get("winner_settings") is not None:
+                key = (arm["model"], arm["algorithm"], arm["memory"])
+                self.tuned[key] = Cell(*key, 0, settings=tuple(arm["winner_settings"].items())).settings
 
     def output_dir(self, override: str | None = None) -> Path:
         if override:
@@ -295,7 +420,11 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise RecipeError(f"{path}: not a UTF-8 text file") from None
-    return parse_recipe(raw, path)
+    recipe = parse_recipe(raw, path)
+    if path.name == RUN_RECIPE_COPY and (path.parent / "run.json").is_file():
+        # The copy inside a run directory: cells, the report and resumes all see the tuned settings.
+        recipe.load_tuned(path.parent)
+    return recipe
 
 
 def parse_recipe(raw: dict, path: Path | None = None) -> Recipe:
@@ -342,7 +471,7 @@ def parse_recipe(raw: dict, path: Path | None = None) -> Recipe:
             _check_model_ref(entry.policy, entry.trust_remote_code, f"models[{i}].policy")
             _check_model_ref(entry.reward, entry.trust_remote_code, f"models[{i}].reward")
 
-        grid = build_dataclass(GridSettings, raw.get("grid"), "grid")
+        grid = build_dataclass(GridSettings, raw.get("grid"), "grid", skip=("sweep",))
         for i, model in enumerate(grid.models):
             _choose(model, list(models), f"grid.models[{i}]")
         for i, algo in enumerate(grid.algorithms):
@@ -356,25 +485,8 @@ def parse_recipe(raw: dict, path: Path | None = None) -> Recipe:
         sft = build_dataclass(SFTStageConfig, raw.get("sft"), "sft")
         reward_model = build_dataclass(RewardStageConfig, raw.get("reward_model"), "reward_model")
 
-        shared = raw.get("rl", {})
-        if not isinstance(shared, dict):
-            fail("rl: expected a table")
-        algo_tables = raw.get("algorithms", {})
-        if not isinstance(algo_tables, dict):
-            fail("algorithms: expected a table of [algorithms.<name>] tables")
-        for algo in algo_tables:
-            _choose(algo, registry.names("algorithm"), "algorithms")
-        from rlhfkit.engine.config import RLConfig
-
-        shared_keys = {f.name for f in config_fields(RLConfig)}
-        for key in shared:
-            if key not in shared_keys:
-                fail(f"rl: unknown key {key!r}; allowed: {', '.join(sorted(shared_keys))}")
-        algorithms = {}
-        for algo in grid.algorithms:
-            spec = registry.get("algorithm", algo)
-            table = {**shared, **(algo_tables.get(algo) or {})}
-            algorithms[algo] = build_dataclass(spec.config_class, table, f"algorithms.{algo}")
+        shared, algorithms, tables = _parse_algorithms(raw, grid)
+        sweeps, tuning = _parse_sweeps_and_tuning(raw, grid, tables)
 
         run = build_dataclass(RunSettings, raw.get("run"), "run")
         report = build_dataclass(ReportSettings, raw.get("report"), "report")
@@ -399,7 +511,64 @@ def parse_recipe(raw: dict, path: Path | None = None) -> Recipe:
         algorithms=algorithms,
         run=run,
         report=report,
+        sweeps=sweeps,
+        tuning=tuning,
+        algorithm_tables=tables,
     )
+
+
+def _parse_algorithms(raw: dict, grid: GridSettings):
+    """``[rl]`` checked against the shared config, then each grid algorithm's config built from ``[rl]``
+    under ``[algorithms.<name>]``; returns the shared table, the configs and the tables they came from."""
+    from rlhfkit.engine.config import RLConfig
+
+    registry = get_registry()
+    shared = raw.get("rl", {})
+    if not isinstance(shared, dict):
+        raise RecipeError("rl: expected a table")
+    algo_tables = raw.get("algorithms", {})
+    if not isinstance(algo_tables, dict):
+        raise RecipeError("algorithms: expected a table of [algorithms.<name>] tables")
+    for algo in algo_tables:
+        _choose(algo, registry.names("algorithm"), "algorithms")
+    shared_keys = {f.name for f in config_fields(RLConfig)}
+    for key in shared:
+        if key not in shared_keys:
+            raise RecipeError(f"rl: unknown key {key!r}; allowed: {', '.join(sorted(shared_keys))}")
+    algorithms, tables = {}, {}
+    for algo in grid.algorithms:
+        spec = registry.get("algorithm", algo)
+        tables[algo] = {**shared, **(algo_tables.get(algo) or {})}
+        algorithms[algo] = build_dataclass(spec.config_class, tables[algo], f"algorithms.{algo}")
+    return shared, algorithms, tables
+
+
+def _parse_sweeps_and_tuning(raw: dict, grid: GridSettings, tables: dict[str, dict]):
+    """``[grid.sweep]`` (validated value by value) and ``[tuning]`` (seeds apart, equal effort)."""
+    from rlhfkit.sweeps import check_tuning_effort, parse_sweeps
+
+    registry = get_registry()
+    classes = {algo: registry.get("algorithm", algo).config_class for algo in grid.algorithms}
+
+    def builder(algo):
+        return lambda overrides, where: build_dataclass(classes[algo], {**tables[algo], **overrides}, where)
+
+    grid_table = raw.get("grid") or {}
+    sweeps = parse_sweeps(
+        grid_table.get("sweep") if isinstance(grid_table, dict) else None,
+        grid.algorithms, {algo: builder(algo) for algo in grid.algorithms}, classes,
+    )
+    tuning = None
+    if "tuning" in raw:
+        tuning = build_dataclass(TuningSettings, raw["tuning"], "tuning")
+        for i, seed in enumerate(tuning.seeds):
+            if seed in grid.seeds:
+                raise RecipeError(
+                    f"tuning.seeds[{i}]: {seed} is also a grid seed; tuning seeds must be disjoint from "
+                    "[grid] seeds (the final comparison runs fresh seeds)"
+                )
+        check_tuning_effort(sweeps, tuning)
+    return sweeps, tuning
 
 
 def _check_model_ref(text: str, trust_remote_code: bool, where: str) -> None:

@@ -14,6 +14,8 @@ COLUMNS = [
     "algorithm",
     "memory",
     "seed",
+    "phase",
+    "settings",
     "status",
     "gold_sft",
     "gold_final",
@@ -70,15 +72,25 @@ def read_metrics(output_dir: Path, cell: Cell) -> list[dict]:
 
 
 def results_table(output_dir: Path, cells: list[Cell], stages: dict | None = None, planned: dict | None = None):
-    """One row per cell; cells without a result are ``pending``."""
+    """One row per cell; cells without a result are ``pending``.
+
+    Each swept key gets a column named as the key (after ``settings``): the cell's swept value, else its
+    effective value from ``resolved.json`` (the default an unswept cell ran with), so a sweep's frontier
+    includes the default point."""
     import pandas as pd
 
     stages = stages or {}
     planned = planned or {}
+    resolved = (read_json(Path(output_dir) / "resolved.json") or {}).get("cells", {})
+    swept = sorted({key for cell in cells for key, _ in cell.settings})
     rows = []
     for cell in cells:
         result = read_result(output_dir, cell)
-        row = {"cell": cell.id, **cell.as_dict()}
+        row = {"cell": cell.id, **cell.as_dict(), "settings": cell.settings_text}
+        config = (resolved.get(cell.id) or {}).get("config") or {}
+        own = dict(cell.settings)
+        for key in swept:
+            row[key] = _cell_value(own[key]) if key in own else config.get(key)
         row["status"] = result["status"] if result else "pending"
         if result:
             row.update(result.get("summary") or {})
@@ -90,7 +102,16 @@ def results_table(output_dir: Path, cells: list[Cell], stages: dict | None = Non
             row["planned_memory_bytes"] = planned[cell.id]
         rows.append(row)
     frame = pd.DataFrame(rows)
-    for column in COLUMNS:
+    first = COLUMNS[: COLUMNS.index("settings") + 1] + swept
+    columns = first + [c for c in COLUMNS if c not in first]
+    for column in columns:
         if column not in frame.columns:
             frame[column] = None
-    return frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]]
+    return frame[columns + [c for c in frame.columns if c not in columns]]
+
+
+def _cell_value(value):
+    """Swept list values are tuples inside a cell; a table cell shows them as the recipe wrote them."""
+    from rlhfkit.sweeps import thaw
+
+    return thaw(value)

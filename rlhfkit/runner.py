@@ -22,7 +22,8 @@ from importlib import metadata
 from pathlib import Path
 
 from rlhfkit.artifacts import artifact_dirs, is_complete
-from rlhfkit.recipe import Cell, Recipe, fingerprint
+from rlhfkit.cell import write_json_atomic
+from rlhfkit.recipe import TUNING_FILE, Cell, Recipe, fingerprint
 from rlhfkit.results import TERMINAL_STATUSES, cell_dir, read_json, read_result
 
 RECIPE_COPY = "recipe.toml"
@@ -39,9 +40,17 @@ class RunError(Exception):
 
 
 def results_fingerprint(raw: dict) -> str:
-    """Hash of everything a cell's numbers depend on; the grid lists may grow without changing it."""
-    relevant = {k: v for k, v in raw.items() if k not in ("name", "description", "grid", "report")}
-    relevant["run"] = {k: v for k, v in (raw.get("run") or {}).items() if k not in NON_RESULT_RUN_KEYS}
+    """Hash of everything a cell's numbers depend on; the grid lists may grow without changing it.
+
+    Grid lists, sweep values and ``[tuning]`` are left out: a cell's swept settings and phase are in its id
+    and its result.json (checked on resume), so adding a sweep value or a seed reuses the finished cells.
+    """
+    relevant = {k: v for k, v in raw.items() if k not in ("name", "description", "grid", "tuning", "report")}
+    run = raw.get("run") or {}
+    relevant["run"] = {k: v for k, v in run.items() if k not in NON_RESULT_RUN_KEYS}
+    if not run.get("threads_per_cell"):
+        # threads_per_cell = 0 means CPU cores / parallel_cells: the thread count then depends on it.
+        relevant["run"]["parallel_cells"] = run.get("parallel_cells", 1)
     return fingerprint(relevant)
 
 
@@ -93,12 +102,6 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
-
-
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -160,7 +163,7 @@ def _record_run(recipe: Recipe, output_dir: Path) -> None:
     tmp = recipe_copy.with_name(recipe_copy.name + ".tmp")
     tmp.write_text(recipe.path.read_text())
     os.replace(tmp, recipe_copy)
-    _write_json_atomic(
+    write_json_atomic(
         info_path,
         {
             "recipe": recipe.name,
@@ -203,7 +206,7 @@ class Runner:
             spec_path = self.artifacts_root / f"stages-{name}.spec.json"
             result_path = self.artifacts_root / f"stages-{name}.result.json"
             log_path = self.artifacts_root / f"stages-{name}.log"
-            _write_json_atomic(
+            write_json_atomic(
                 spec_path,
                 {
                     "recipe": str(self.output_dir / RECIPE_COPY),
@@ -226,7 +229,7 @@ class Runner:
                 tail = log_path.read_text()[-2000:].strip().splitlines()
                 stages[name] = {"status": "failed", "error": tail[-1] if tail else f"exit code {rc}"}
             stages[name]["wall_s"] = time.perf_counter() - started
-            _write_json_atomic(self.output_dir / STAGES_FILE, stages)
+            write_json_atomic(self.output_dir / STAGES_FILE, stages)
             if self.progress:
                 self.progress.stage_finished(name, stages[name])
         return stages
@@ -263,7 +266,7 @@ class Runner:
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
         spec_path = directory / "spec.json"
-        _write_json_atomic(
+        write_json_atomic(
             spec_path,
             {
                 "recipe": str(self.output_dir / RECIPE_COPY),
@@ -271,6 +274,7 @@ class Runner:
                 "cell_dir": str(directory),
                 "artifacts_root": str(self.artifacts_root),
                 "threads": self.threads,
+                "parallel_cells": self.recipe.run.parallel_cells,
             },
         )
         self.hook.cell_started(cell=cell, cell_dir=directory)
@@ -288,7 +292,7 @@ class Runner:
         if timed_out:
             result = {"cell": run.cell.as_dict(), "status": "timeout",
                       "error": f"still running after {self.recipe.run.cell_timeout_s:g} s"}
-            _write_json_atomic(directory / "result.json", result)
+            write_json_atomic(directory / "result.json", result)
         elif result is None:
             rc = run.proc.returncode
             if rc is not None and rc < 0:
@@ -299,7 +303,7 @@ class Runner:
                 lines = (directory / "log.txt").read_text()[-2000:].strip().splitlines()
                 status, error = "failed", (lines[-1] if lines else f"exit code {rc}")
             result = {"cell": run.cell.as_dict(), "status": status, "error": error}
-            _write_json_atomic(directory / "result.json", result)
+            write_json_atomic(directory / "result.json", result)
         self.hook.cell_finished(cell=run.cell, cell_dir=directory, result=result)
         return result
 
@@ -321,10 +325,28 @@ class Runner:
                 self.progress.cell_step(run.cell, run.steps_done, last)
 
     def run_cells(self, stages: dict[str, dict]) -> RunOutcome:
+        """Tuning and default cells first; then, with ``[tuning]``, each arm's tuned setting on the grid seeds."""
         outcome = RunOutcome(self.output_dir)
+        self._run_batch([c for c in self.recipe.cells() if c.phase != "final"], stages, outcome)
+        if self.recipe.tuning is not None:
+            from rlhfkit.tuning import TuningError, select_tuning, write_resolved
+
+            try:
+                select_tuning(self.recipe, self.output_dir)
+            except TuningError as exc:
+                raise RunError(str(exc)) from None
+            write_resolved(self.recipe, self.output_dir)
+            self._run_batch(self.recipe.final_cells(), stages, outcome)
+        return outcome
+
+    def _pending(self, cells: list[Cell], stages: dict[str, dict], outcome: RunOutcome) -> deque[Cell]:
+        """Cells to run; finished ones are kept (same settings and phase in their result), and cells whose
+        stages failed are marked failed without running."""
         todo: deque[Cell] = deque()
-        for cell in self.recipe.cells():
+        for cell in cells:
             result = read_result(self.output_dir, cell)
+            if result is not None and not _same_cell(result, cell):
+                result = None  # a result left by other settings under this id: rerun
             keep = result is not None and (result["status"] == "ok" or not self.retry_failed)
             if keep:
                 outcome.kept.append(cell)
@@ -334,13 +356,20 @@ class Runner:
                 directory.mkdir(parents=True, exist_ok=True)
                 error = (stages.get(cell.model) or {}).get("error", "stages did not run")
                 result = {"cell": cell.as_dict(), "status": "failed", "error": f"SFT/reward-model stage failed: {error}"}
-                _write_json_atomic(directory / "result.json", result)
+                write_json_atomic(directory / "result.json", result)
                 outcome.statuses[cell.id] = "failed"
                 outcome.ran.append(cell)
             else:
                 todo.append(cell)
+        return todo
+
+    def _run_batch(self, cells: list[Cell], stages: dict[str, dict], outcome: RunOutcome) -> None:
+        kept_before = len(outcome.kept)
+        todo = self._pending(cells, stages, outcome)
+        if not cells:
+            return
         if self.progress:
-            self.progress.cells_planned(list(self.recipe.cells()), outcome.kept, self.recipe)
+            self.progress.cells_planned(cells, outcome.kept[kept_before:], self.recipe)
         running: dict[str, Running] = {}
         try:
             while todo or running:
@@ -367,13 +396,25 @@ class Runner:
             for run in running.values():  # interrupted: stop children, leave their cells unfinished
                 _kill_tree(run.proc)
                 run.log.close()
-        return outcome
+
+
+def _same_cell(result: dict, cell: Cell) -> bool:
+    try:
+        return Cell(**result["cell"]) == cell
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def run_recipe(recipe: Recipe, output_dir: Path, progress=None, retry_failed: bool = False) -> RunOutcome:
+    from rlhfkit.tuning import write_resolved
+
     prepare_output(recipe, output_dir)
     with OutputLock(output_dir):
         _record_run(recipe, output_dir)
+        # A tuning.json of an earlier run may not match this recipe's sweep: tuning picks again below.
+        (output_dir / TUNING_FILE).unlink(missing_ok=True)
+        recipe.tuned = {}
+        write_resolved(recipe, output_dir)
         runner = Runner(recipe, output_dir, progress=progress, retry_failed=retry_failed)
         stages = runner.run_stages()
         return runner.run_cells(stages)

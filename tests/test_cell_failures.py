@@ -5,6 +5,7 @@ import os
 import textwrap
 
 import pandas as pd
+import pytest
 
 from conftest import run_cli
 
@@ -44,6 +45,7 @@ def install_fake_distribution(root):
     return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
 
 
+@pytest.mark.slow
 def test_failing_cells_get_their_status_and_the_grid_goes_on(small_recipe, tmp_path):
     plugin_root = tmp_path / "site"
     plugin_root.mkdir()
@@ -69,6 +71,7 @@ def test_failing_cells_get_their_status_and_the_grid_goes_on(small_recipe, tmp_p
     assert failed_result.stat().st_mtime_ns != stamp
 
 
+@pytest.mark.slow
 def test_a_cell_past_its_timeout_is_stopped(small_recipe, tmp_path):
     plugin_root = tmp_path / "site"
     plugin_root.mkdir()

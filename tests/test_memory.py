@@ -76,6 +76,7 @@ def shared_tmp(tmp_path_factory):
     return tmp_path_factory.mktemp("memory-cells")
 
 
+@pytest.mark.slow
 def test_qlora_and_zero2_cells_run_ok_with_planned_beside_measured(small_recipe, shared_tmp):
     recipe = _with_memory(small_recipe(algorithms=("ppo",), parallel=1), ["qlora", "zero2"], 'cpu_memory = "live"\n')
     out_dir = shared_tmp / "one"
@@ -100,6 +101,7 @@ def test_qlora_and_zero2_cells_run_ok_with_planned_beside_measured(small_recipe,
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_zero3_with_two_processes_shards_the_trainable_parameters(small_recipe, shared_tmp):
     recipe = _with_memory(small_recipe(algorithms=("ppo",), parallel=1), ["zero3"])
     out_dir = shared_tmp / "two"
@@ -138,6 +140,7 @@ if os.environ.get("RANK") == "1":
 """
 
 
+@pytest.mark.slow
 def test_zero3_without_gathering_for_generation_runs_with_two_processes(small_recipe, shared_tmp):
     """``zero3_gather_for_generation = false``: the policy generates with ZeRO-3's per-module hooks on (each
     rank's sampling loop synced with the other's, since every forward all-gathers), here with rank 1

@@ -19,6 +19,7 @@ REQUIRED_COLUMNS = [
 NUMBERS = ["gold_sft", "gold_final", "score_final", "kl_final"]
 
 
+@pytest.mark.slow
 def test_run_writes_results_and_is_reproducible(small_recipe, tmp_path):
     recipe = small_recipe()
     first, second = tmp_path / "a", tmp_path / "b"
@@ -44,6 +45,7 @@ def test_run_writes_results_and_is_reproducible(small_recipe, tmp_path):
     pd.testing.assert_frame_equal(table[NUMBERS], again[NUMBERS])
 
 
+@pytest.mark.slow
 def test_rerun_keeps_finished_cells(small_recipe, tmp_path):
     recipe = small_recipe(algorithms=("rloo",))
     out_dir = tmp_path / "run"
@@ -56,6 +58,7 @@ def test_rerun_keeps_finished_cells(small_recipe, tmp_path):
     assert "1 kept" in out.stdout
 
 
+@pytest.mark.slow
 def test_sigkill_mid_cell_then_rerun_completes_without_redoing_finished_cells(small_recipe, tmp_path):
     recipe = small_recipe(algorithms=("rloo",), seeds=(1, 2), steps=12, parallel=1)
     out_dir = tmp_path / "run"
