@@ -4,7 +4,6 @@ eval/kl, eval/gold, eval/gold_se, eval/lr and samples.  No training."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rlhfkit import plugins
-from rlhfkit.recipe import Recipe
+from rlhfkit.recipe import Cell, Recipe
 from rlhfkit.report import write_reports
 
 RECIPE = """
@@ -34,29 +33,7 @@ eval_every = 2
 """
 
 
-@dataclasses.dataclass(frozen=True)
-class SweepCell:
-    """The recipe branch's Cell (CONTRACT §1): settings and phase, ids with the settings and a tune__ prefix."""
-
-    model: str
-    algorithm: str
-    memory: str
-    seed: int
-    settings: tuple = ()
-    phase: str = "grid"
-
-    @property
-    def id(self) -> str:
-        if not self.settings and self.phase == "grid":
-            return f"{self.model}__{self.algorithm}__{self.memory}__s{self.seed}"
-        keys = ",".join(f"{k}={v}" for k, v in self.settings)
-        prefix = "tune__" if self.phase == "tuning" else ""
-        return f"{prefix}{self.model}__{self.algorithm}__{self.memory}__{keys}__s{self.seed}"
-
-    def as_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["settings"] = ",".join(f"{k}={v}" for k, v in self.settings)  # results.csv: a string column
-        return out
+SweepCell = Cell  # settings and phase (CONTRACT §1): ids with the settings and a tune__ prefix
 
 
 TUNED = {"ppo": (("kl_coef", 0.05),), "rloo": (("kl_coef", 0.1),)}
