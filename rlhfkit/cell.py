@@ -292,11 +292,74 @@ def _planned(recipe, cell, num_processes: int, cuda: bool, artifacts_root) -> di
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def build_context(config, accelerator, plan, models, tokenizer, task, memory, logger, seed: int):
+    """Optimizers, accelerate/DeepSpeed preparation and the :class:`TrainContext` of built models.
+
+    ``models`` is ``(policy, reference, reward_model, value_model)`` as :func:`build_models` returns them;
+    ``seed`` seeds the sampling generator and the prompt order.  Shared by ``run_cell`` and in-process tests,
+    so a test trains exactly what a cell trains.
+    """
+    import torch
+
+    from rlhfkit.engine.context import PromptSampler, TrainContext
+
+    policy, reference, reward_model, value_model = models
+    device = accelerator.device
+    distributed = accelerator.num_processes > 1
+    policy_optimizer, policy_scheduler = _optimizer(policy, config, config.learning_rate, config.steps)
+    value_optimizer = value_scheduler = None
+    if value_model is not None:
+        value_lr = getattr(config, "value_learning_rate", None) or config.learning_rate
+        value_optimizer, value_scheduler = _optimizer(value_model, config, value_lr, config.steps)
+    if plan.zero_stage or not distributed:
+        # One DeepSpeed engine per trained model (accelerate refuses two models in one prepare call; the
+        # engines step themselves in TrainContext.optimizer_step, not through accelerator.backward).
+        policy, policy_optimizer = accelerator.prepare(policy, policy_optimizer)
+        if value_model is not None:
+            value_model, value_optimizer = accelerator.prepare(value_model, value_optimizer)
+    else:
+        # Several processes without ZeRO: replicas on the device, gradients averaged over processes by
+        # TrainContext.optimizer_step (an explicit all-reduce: the critic's forward bypasses a DDP wrapper).
+        policy = policy.to(device)
+        policy_optimizer = accelerator.prepare_optimizer(policy_optimizer, device_placement=False)
+        if value_model is not None:
+            value_model = value_model.to(device)
+            value_optimizer = accelerator.prepare_optimizer(value_optimizer, device_placement=False)
+
+    if plan.zero_stage == 3:
+        reward_model = _zero3_inference(reward_model, accelerator)
+        if reference is not None:
+            reference = _zero3_inference(reference, accelerator)
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+    ctx = TrainContext(
+        config=config,
+        accelerator=accelerator,
+        policy=policy,
+        policy_optimizer=policy_optimizer,
+        policy_scheduler=policy_scheduler,
+        reference=reference,
+        reward_model=reward_model,
+        tokenizer=tokenizer,
+        task=task,
+        memory=memory,
+        logger=logger,
+        generator=generator,
+        prompt_sampler=PromptSampler(task.rl_prompts, seed),
+        value_model=value_model,
+        value_optimizer=value_optimizer,
+        value_scheduler=value_scheduler,
+        plan=plan,
+        is_main=accelerator.is_main_process,
+    )
+    return ctx
+
+
 def run_cell(spec: dict) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from rlhfkit.engine.context import MetricsLogger, PromptSampler, TrainContext
+    from rlhfkit.engine.context import MetricsLogger
     from rlhfkit.engine.memory_tracker import PhaseMemory, return_freed_memory_to_os
     from rlhfkit.memory import build_memory_plan
     from rlhfkit.plugins import get_plugin_manager, get_registry
@@ -345,7 +408,6 @@ def run_cell(spec: dict) -> dict:
     else:
         accelerator = Accelerator(cpu=not want_cuda, mixed_precision=mixed)
     device = accelerator.device
-    distributed = accelerator.num_processes > 1
     # Per-rank seeds: every process samples different completions (and prompts), reproducibly.
     seed = cell.seed * 1000 + accelerator.process_index
     seed_everything(seed)
@@ -365,53 +427,10 @@ def run_cell(spec: dict) -> dict:
         spec, recipe, plan, algorithm, device, dtype, frozen_dtype=frozen_dtype
     )
 
-    policy_optimizer, policy_scheduler = _optimizer(policy, config, config.learning_rate, config.steps)
-    value_optimizer = value_scheduler = None
-    if value_model is not None:
-        value_lr = getattr(config, "value_learning_rate", None) or config.learning_rate
-        value_optimizer, value_scheduler = _optimizer(value_model, config, value_lr, config.steps)
-    if plan.zero_stage or not distributed:
-        # One DeepSpeed engine per trained model (accelerate refuses two models in one prepare call; the
-        # engines step themselves in TrainContext.optimizer_step, not through accelerator.backward).
-        policy, policy_optimizer = accelerator.prepare(policy, policy_optimizer)
-        if value_model is not None:
-            value_model, value_optimizer = accelerator.prepare(value_model, value_optimizer)
-    else:
-        # Several processes without ZeRO: replicas on the device, gradients averaged over processes by
-        # TrainContext.optimizer_step (an explicit all-reduce: the critic's forward bypasses a DDP wrapper).
-        policy = policy.to(device)
-        policy_optimizer = accelerator.prepare_optimizer(policy_optimizer, device_placement=False)
-        if value_model is not None:
-            value_model = value_model.to(device)
-            value_optimizer = accelerator.prepare_optimizer(value_optimizer, device_placement=False)
-
-    if plan.zero_stage == 3:
-        reward_model = _zero3_inference(reward_model, accelerator)
-        if reference is not None:
-            reference = _zero3_inference(reference, accelerator)
-
-    generator = torch.Generator(device=device).manual_seed(seed)
     logger = MetricsLogger(cell_dir / "metrics.jsonl", cell, get_plugin_manager().hook, accelerator.is_main_process)
-    ctx = TrainContext(
-        config=config,
-        accelerator=accelerator,
-        policy=policy,
-        policy_optimizer=policy_optimizer,
-        policy_scheduler=policy_scheduler,
-        reference=reference,
-        reward_model=reward_model,
-        tokenizer=tokenizer,
-        task=task,
-        memory=memory,
-        logger=logger,
-        generator=generator,
-        prompt_sampler=PromptSampler(task.rl_prompts, seed),
-        value_model=value_model,
-        value_optimizer=value_optimizer,
-        value_scheduler=value_scheduler,
-        plan=plan,
-        is_main=accelerator.is_main_process,
-    )
+    ctx = build_context(config, accelerator, plan, (policy, reference, reward_model, value_model), tokenizer, task,
+                        memory, logger, seed)
+    policy = ctx.policy
     # ZeRO-3 leaves partitioned parameters empty; ds_numel is the full size.
     trainable = sum(getattr(p, "ds_numel", p.numel()) for p in policy.parameters() if p.requires_grad)
     sft_eval = ctx.evaluate(0)
