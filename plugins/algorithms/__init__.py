@@ -2,6 +2,12 @@
 
 from rlhfkit.hookspecs import hookimpl
 from rlhfkit.registry import AlgorithmSpec
+from rlhfkit_plugins.algorithms.metrics import register_metrics  # noqa: F401  (hookimpls of this plugin)
+from rlhfkit_plugins.algorithms.parts import (  # noqa: F401
+    register_advantage_estimators,
+    register_kl_estimators,
+    register_policy_losses,
+)
 from rlhfkit_plugins.algorithms.ppo_config import PPOConfig
 from rlhfkit_plugins.algorithms.rloo_config import RLOOConfig
 
