@@ -131,6 +131,17 @@ def build_models(spec: dict, recipe, plan, algorithm_spec, device, dtype, frozen
     return policy, reference, reward_model, value_model, dirs
 
 
+class LinearDecay:
+    """LR multiplier 1 - i / horizon, floored at 0.  ``horizon`` is the arm's own planned steps; the engine may
+    re-plan it (flops/seconds budgets) once the cost of a step is known."""
+
+    def __init__(self, horizon: int):
+        self.horizon = horizon
+
+    def __call__(self, i: int) -> float:
+        return max(0.0, 1.0 - i / self.horizon)
+
+
 def _optimizer(model, cfg, lr, steps):
     import torch
 
@@ -140,7 +151,7 @@ def _optimizer(model, cfg, lr, steps):
     # would be faster still but rounds differently, so results at a fixed seed would change.
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, eps=1e-5, foreach=True)
     if cfg.lr_schedule == "linear":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: max(0.0, 1.0 - i / steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LinearDecay(steps))
     else:
         scheduler = None
     return optimizer, scheduler
@@ -292,7 +303,8 @@ def _planned(recipe, cell, num_processes: int, cuda: bool, artifacts_root) -> di
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def build_context(config, accelerator, plan, models, tokenizer, task, memory, logger, seed: int):
+def build_context(config, accelerator, plan, models, tokenizer, task, memory, logger, seed: int,
+                  algorithm: str = ""):
     """Optimizers, accelerate/DeepSpeed preparation and the :class:`TrainContext` of built models.
 
     ``models`` is ``(policy, reference, reward_model, value_model)`` as :func:`build_models` returns them;
@@ -306,11 +318,12 @@ def build_context(config, accelerator, plan, models, tokenizer, task, memory, lo
     policy, reference, reward_model, value_model = models
     device = accelerator.device
     distributed = accelerator.num_processes > 1
-    policy_optimizer, policy_scheduler = _optimizer(policy, config, config.learning_rate, config.steps)
+    horizon = config.planned_steps()  # this arm's own budget, never a step count shared across arms
+    policy_optimizer, policy_scheduler = _optimizer(policy, config, config.learning_rate, horizon)
     value_optimizer = value_scheduler = None
     if value_model is not None:
         value_lr = getattr(config, "value_learning_rate", None) or config.learning_rate
-        value_optimizer, value_scheduler = _optimizer(value_model, config, value_lr, config.steps)
+        value_optimizer, value_scheduler = _optimizer(value_model, config, value_lr, horizon)
     if plan.zero_stage or not distributed:
         # One DeepSpeed engine per trained model (accelerate refuses two models in one prepare call; the
         # engines step themselves in TrainContext.optimizer_step, not through accelerator.backward).
@@ -351,6 +364,7 @@ def build_context(config, accelerator, plan, models, tokenizer, task, memory, lo
         value_scheduler=value_scheduler,
         plan=plan,
         is_main=accelerator.is_main_process,
+        algorithm=algorithm,
     )
     return ctx
 
@@ -429,7 +443,7 @@ def run_cell(spec: dict) -> dict:
 
     logger = MetricsLogger(cell_dir / "metrics.jsonl", cell, get_plugin_manager().hook, accelerator.is_main_process)
     ctx = build_context(config, accelerator, plan, (policy, reference, reward_model, value_model), tokenizer, task,
-                        memory, logger, seed)
+                        memory, logger, seed, algorithm=cell.algorithm)
     policy = ctx.policy
     # ZeRO-3 leaves partitioned parameters empty; ds_numel is the full size.
     trainable = sum(getattr(p, "ds_numel", p.numel()) for p in policy.parameters() if p.requires_grad)

@@ -78,7 +78,8 @@ def tiny_context(algorithm: str, seed: int = 1000, **overrides):
     torch.manual_seed(seed)
     logger = MetricsLogger(None, None, None)
     memory = PhaseMemory(accelerator.device)
-    ctx = build_context(config, accelerator, build_memory_plan("full"), models, tokenizer, task, memory, logger, seed)
+    ctx = build_context(config, accelerator, build_memory_plan("full"), models, tokenizer, task, memory, logger, seed,
+                        algorithm=algorithm)
     return ctx, spec
 
 
