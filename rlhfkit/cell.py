@@ -451,7 +451,9 @@ def run_cell(spec: dict) -> dict:
     train_start = time.perf_counter()
     resolve(algorithm.trainer)(ctx)
     train_seconds = time.perf_counter() - train_start
-    final_eval = ctx.evaluations[-1] if ctx.evaluations[-1]["eval/step"] == config.steps else ctx.evaluate(config.steps)
+    # The budget decides the last step (ctx.last_step), not config.steps.
+    last = ctx.last_step
+    final_eval = ctx.evaluations[-1] if ctx.evaluations[-1]["eval/step"] == last else ctx.evaluate(last)
     memory.close()
     logger.close()
     rank_peaks = _gather_rank_peaks(accelerator, memory)
@@ -482,7 +484,12 @@ def run_cell(spec: dict) -> dict:
         "train_s": train_seconds,
         "trainable_parameters": trainable,
         "wall_s": time.perf_counter() - started,
+        "steps_run": ctx.last_step,
+        **ctx.ledger.as_metrics(),
     }
+    conditions = {"device": str(device), "threads": torch.get_num_threads(),
+                  "parallel_cells": int(spec.get("parallel_cells", 1)), "num_processes": accelerator.num_processes}
+    summary["run_conditions"] = "{device}/threads={threads}/parallel={parallel_cells}/procs={num_processes}".format(**conditions)
     if planned and "error" not in planned:
         summary["planned_memory_bytes"] = planned["peak_bytes"]
         for phase in ("generation", "scoring", "training"):
@@ -500,6 +507,7 @@ def run_cell(spec: dict) -> dict:
         "planned_memory": planned,
         "threads": torch.get_num_threads(),
         "artifacts": dirs.as_dict(),
+        "run_conditions": conditions,
         "is_main": accelerator.is_main_process,
     }
 
