@@ -1,6 +1,5 @@
 """The trainer contract (ctx.steps()), the compute ledger, budgets and the KL fixes of issue 11 §7, in-process."""
 
-import dataclasses
 import inspect
 import math
 

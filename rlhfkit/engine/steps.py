@@ -59,8 +59,9 @@ class StepScope:
         self._rollout = rollout
         self._kl_penalty = None if kl_penalty is None else float(kl_penalty.mean().item())
 
-    def finish(self) -> None:
-        """Metrics line, KL controller, schedulers, evaluation, log: in the order the built-ins always used."""
+    def finish(self) -> dict:
+        """The step's metrics, then the KL controller and every scheduler advanced (in the order the built-ins
+        always used); :func:`run_steps` then evaluates if due, adds the ledger and logs the line."""
         ctx = self.ctx
         seconds = time.perf_counter() - self.started
         metrics = self._objective_metrics(seconds) if self._rollout is not None else {"perf/step_seconds": seconds}
