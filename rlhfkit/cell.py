@@ -133,6 +133,17 @@ def build_models(spec: dict, recipe, plan, algorithm_spec, device, dtype, frozen
     return policy, reference, reward_model, value_model, dirs
 
 
+class LinearDecay:
+    """LR multiplier 1 - i / horizon, floored at 0.  ``horizon`` is the arm's own planned steps; the engine may
+    re-plan it (flops/seconds budgets) once the cost of a step is known."""
+
+    def __init__(self, horizon: int):
+        self.horizon = horizon
+
+    def __call__(self, i: int) -> float:
+        return max(0.0, 1.0 - i / self.horizon)
+
+
 def _optimizer(model, cfg, lr, steps):
     import torch
 
@@ -142,7 +153,7 @@ def _optimizer(model, cfg, lr, steps):
     # would be faster still but rounds differently, so results at a fixed seed would change.
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, eps=1e-5, foreach=True)
     if cfg.lr_schedule == "linear":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: max(0.0, 1.0 - i / steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LinearDecay(steps))
     else:
         scheduler = None
     return optimizer, scheduler
@@ -294,11 +305,77 @@ def _planned(recipe, cell, num_processes: int, cuda: bool, artifacts_root) -> di
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
+def build_context(config, accelerator, plan, models, tokenizer, task, memory, logger, seed: int,
+                  algorithm: str = ""):
+    """Optimizers, accelerate/DeepSpeed preparation and the :class:`TrainContext` of built models.
+
+    ``models`` is ``(policy, reference, reward_model, value_model)`` as :func:`build_models` returns them;
+    ``seed`` seeds the sampling generator and the prompt order.  Shared by ``run_cell`` and in-process tests,
+    so a test trains exactly what a cell trains.
+    """
+    import torch
+
+    from rlhfkit.engine.context import PromptSampler, TrainContext
+
+    policy, reference, reward_model, value_model = models
+    device = accelerator.device
+    distributed = accelerator.num_processes > 1
+    horizon = config.planned_steps()  # this arm's own budget, never a step count shared across arms
+    policy_optimizer, policy_scheduler = _optimizer(policy, config, config.learning_rate, horizon)
+    value_optimizer = value_scheduler = None
+    if value_model is not None:
+        value_lr = getattr(config, "value_learning_rate", None) or config.learning_rate
+        value_optimizer, value_scheduler = _optimizer(value_model, config, value_lr, horizon)
+    if plan.zero_stage or not distributed:
+        # One DeepSpeed engine per trained model (accelerate refuses two models in one prepare call; the
+        # engines step themselves in TrainContext.optimizer_step, not through accelerator.backward).
+        policy, policy_optimizer = accelerator.prepare(policy, policy_optimizer)
+        if value_model is not None:
+            value_model, value_optimizer = accelerator.prepare(value_model, value_optimizer)
+    else:
+        # Several processes without ZeRO: replicas on the device, gradients averaged over processes by
+        # TrainContext.optimizer_step (an explicit all-reduce: the critic's forward bypasses a DDP wrapper).
+        policy = policy.to(device)
+        policy_optimizer = accelerator.prepare_optimizer(policy_optimizer, device_placement=False)
+        if value_model is not None:
+            value_model = value_model.to(device)
+            value_optimizer = accelerator.prepare_optimizer(value_optimizer, device_placement=False)
+
+    if plan.zero_stage == 3:
+        reward_model = _zero3_inference(reward_model, accelerator)
+        if reference is not None:
+            reference = _zero3_inference(reference, accelerator)
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+    ctx = TrainContext(
+        config=config,
+        accelerator=accelerator,
+        policy=policy,
+        policy_optimizer=policy_optimizer,
+        policy_scheduler=policy_scheduler,
+        reference=reference,
+        reward_model=reward_model,
+        tokenizer=tokenizer,
+        task=task,
+        memory=memory,
+        logger=logger,
+        generator=generator,
+        prompt_sampler=PromptSampler(task.rl_prompts, seed),
+        value_model=value_model,
+        value_optimizer=value_optimizer,
+        value_scheduler=value_scheduler,
+        plan=plan,
+        is_main=accelerator.is_main_process,
+        algorithm=algorithm,
+    )
+    return ctx
+
+
 def run_cell(spec: dict) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from rlhfkit.engine.context import MetricsLogger, PromptSampler, TrainContext
+    from rlhfkit.engine.context import MetricsLogger
     from rlhfkit.engine.memory_tracker import PhaseMemory, return_freed_memory_to_os
     from rlhfkit.memory import build_memory_plan
     from rlhfkit.plugins import get_plugin_manager, get_registry
@@ -347,7 +424,6 @@ def run_cell(spec: dict) -> dict:
     else:
         accelerator = Accelerator(cpu=not want_cuda, mixed_precision=mixed)
     device = accelerator.device
-    distributed = accelerator.num_processes > 1
     # Per-rank seeds: every process samples different completions (and prompts), reproducibly.
     seed = cell.seed * 1000 + accelerator.process_index
     seed_everything(seed)
@@ -367,60 +443,19 @@ def run_cell(spec: dict) -> dict:
         spec, recipe, plan, algorithm, device, dtype, frozen_dtype=frozen_dtype
     )
 
-    policy_optimizer, policy_scheduler = _optimizer(policy, config, config.learning_rate, config.steps)
-    value_optimizer = value_scheduler = None
-    if value_model is not None:
-        value_lr = getattr(config, "value_learning_rate", None) or config.learning_rate
-        value_optimizer, value_scheduler = _optimizer(value_model, config, value_lr, config.steps)
-    if plan.zero_stage or not distributed:
-        # One DeepSpeed engine per trained model (accelerate refuses two models in one prepare call; the
-        # engines step themselves in TrainContext.optimizer_step, not through accelerator.backward).
-        policy, policy_optimizer = accelerator.prepare(policy, policy_optimizer)
-        if value_model is not None:
-            value_model, value_optimizer = accelerator.prepare(value_model, value_optimizer)
-    else:
-        # Several processes without ZeRO: replicas on the device, gradients averaged over processes by
-        # TrainContext.optimizer_step (an explicit all-reduce: the critic's forward bypasses a DDP wrapper).
-        policy = policy.to(device)
-        policy_optimizer = accelerator.prepare_optimizer(policy_optimizer, device_placement=False)
-        if value_model is not None:
-            value_model = value_model.to(device)
-            value_optimizer = accelerator.prepare_optimizer(value_optimizer, device_placement=False)
-
-    if plan.zero_stage == 3:
-        reward_model = _zero3_inference(reward_model, accelerator)
-        if reference is not None:
-            reference = _zero3_inference(reference, accelerator)
-
-    generator = torch.Generator(device=device).manual_seed(seed)
     logger = MetricsLogger(cell_dir / "metrics.jsonl", cell, get_plugin_manager().hook, accelerator.is_main_process)
-    ctx = TrainContext(
-        config=config,
-        accelerator=accelerator,
-        policy=policy,
-        policy_optimizer=policy_optimizer,
-        policy_scheduler=policy_scheduler,
-        reference=reference,
-        reward_model=reward_model,
-        tokenizer=tokenizer,
-        task=task,
-        memory=memory,
-        logger=logger,
-        generator=generator,
-        prompt_sampler=PromptSampler(task.rl_prompts, seed),
-        value_model=value_model,
-        value_optimizer=value_optimizer,
-        value_scheduler=value_scheduler,
-        plan=plan,
-        is_main=accelerator.is_main_process,
-    )
+    ctx = build_context(config, accelerator, plan, (policy, reference, reward_model, value_model), tokenizer, task,
+                        memory, logger, seed, algorithm=cell.algorithm)
+    policy = ctx.policy
     # ZeRO-3 leaves partitioned parameters empty; ds_numel is the full size.
     trainable = sum(getattr(p, "ds_numel", p.numel()) for p in policy.parameters() if p.requires_grad)
     sft_eval = ctx.evaluate(0)
     train_start = time.perf_counter()
     resolve(algorithm.trainer)(ctx)
     train_seconds = time.perf_counter() - train_start
-    final_eval = ctx.evaluations[-1] if ctx.evaluations[-1]["eval/step"] == config.steps else ctx.evaluate(config.steps)
+    # The budget decides the last step (ctx.last_step), not config.steps.
+    last = ctx.last_step
+    final_eval = ctx.evaluations[-1] if ctx.evaluations[-1]["eval/step"] == last else ctx.evaluate(last)
     memory.close()
     logger.close()
     rank_peaks = _gather_rank_peaks(accelerator, memory)
@@ -451,7 +486,12 @@ def run_cell(spec: dict) -> dict:
         "train_s": train_seconds,
         "trainable_parameters": trainable,
         "wall_s": time.perf_counter() - started,
+        "steps_run": ctx.last_step,
+        **ctx.ledger.as_metrics(),
     }
+    conditions = {"device": str(device), "threads": torch.get_num_threads(),
+                  "parallel_cells": int(spec.get("parallel_cells", 1)), "num_processes": accelerator.num_processes}
+    summary["run_conditions"] = "{device}/threads={threads}/parallel={parallel_cells}/procs={num_processes}".format(**conditions)
     if planned and "error" not in planned:
         summary["planned_memory_bytes"] = planned["peak_bytes"]
         for phase in ("generation", "scoring", "training"):
@@ -469,6 +509,7 @@ def run_cell(spec: dict) -> dict:
         "planned_memory": planned,
         "threads": torch.get_num_threads(),
         "artifacts": dirs.as_dict(),
+        "run_conditions": conditions,
         "is_main": accelerator.is_main_process,
     }
 

@@ -73,6 +73,46 @@ def register_reporters(register):
     """
 
 
+@hookspec
+def register_advantage_estimators(register):
+    """Register advantage estimators (the parts of a policy-gradient composition, as in verl).
+
+    Called once when the registry is first built.  ``register(spec)`` takes a
+    :class:`rlhfkit.registry.AdvantageEstimatorSpec`; its ``fn`` is best a lazy ``"module:attr"`` string so
+    loading plugins never imports torch.  Algorithms name estimators in ``PolicyGradient(advantage=...)``.
+    """
+
+
+@hookspec
+def register_policy_losses(register):
+    """Register policy losses and loss aggregations.
+
+    Called once when the registry is first built.  ``register(spec)`` takes a
+    :class:`rlhfkit.registry.PolicyLossSpec` (``token_clip``, ``sequence_clip``...) or a
+    :class:`rlhfkit.registry.LossAggregationSpec` (``token_mean``...); both kinds go through this one hook.
+    """
+
+
+@hookspec
+def register_kl_estimators(register):
+    """Register per-token KL estimators (``k1``, ``k2``, ``k3``).
+
+    Called once when the registry is first built.  ``register(spec)`` takes a
+    :class:`rlhfkit.registry.KLEstimatorSpec`, which says in which KL placements its gradient is a KL to the
+    reference; recipe validation refuses the other pairs (unless ``kl_monitor_only``).
+    """
+
+
+@hookspec
+def register_metrics(register):
+    """Describe metric keys (label, unit, higher-is-better) for reports.
+
+    Called once when the registry is first built.  ``register(spec)`` takes a
+    :class:`rlhfkit.registry.MetricSpec`; a report's verdict direction comes from ``higher_is_better``
+    (``None``: no verdict).  Algorithms register the statistics they log under their own names here.
+    """
+
+
 @hookspec(firstresult=True)
 def detect_model_family(model_config):
     """Claim a checkpoint for a model family.

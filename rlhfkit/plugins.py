@@ -35,6 +35,10 @@ REGISTRATION_HOOKS = {
     "register_memory_strategies": "memory_strategy",
     "register_datasets": "dataset",
     "register_reporters": "reporter",
+    "register_advantage_estimators": "advantage_estimator",
+    "register_policy_losses": "policy_loss",
+    "register_kl_estimators": "kl_estimator",
+    "register_metrics": "metric",
 }
 
 _lock = threading.RLock()
@@ -157,6 +161,14 @@ def distribution_of(plugin) -> str:
     return "(registered at runtime)"
 
 
+def kind_of(obj, hook_kind: str) -> str:
+    """The registry kind of ``obj``: the hook's, except that ``register_policy_losses`` also takes loss
+    aggregations (one hook for the two halves of a loss)."""
+    from rlhfkit.registry import LossAggregationSpec
+
+    return "loss_aggregation" if isinstance(obj, LossAggregationSpec) else hook_kind
+
+
 def _build_registry(pm: pluggy.PluginManager) -> Registry:
     registry = Registry()
     for hook_name, kind in REGISTRATION_HOOKS.items():
@@ -169,7 +181,7 @@ def _build_registry(pm: pluggy.PluginManager) -> Registry:
             distribution = distribution_of(impl.plugin)
 
             def register(obj, _plugin=plugin_name, _dist=distribution, _kind=kind):
-                registry.add(_kind, getattr(obj, "name", None), obj, _plugin, _dist)
+                registry.add(kind_of(obj, _kind), getattr(obj, "name", None), obj, _plugin, _dist)
 
             impl.function(register=register)
     return registry

@@ -13,7 +13,18 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-KINDS = ("model_adapter", "algorithm", "memory_strategy", "dataset", "reporter")
+KINDS = (
+    "model_adapter",
+    "algorithm",
+    "memory_strategy",
+    "dataset",
+    "reporter",
+    "advantage_estimator",
+    "policy_loss",
+    "loss_aggregation",
+    "kl_estimator",
+    "metric",
+)
 
 
 class PluginError(Exception):
@@ -48,6 +59,78 @@ class AlgorithmSpec:
     """True when the algorithm trains a critic (PPO); the runner then builds one from the reward model."""
     samples_per_prompt_field: str | None = None
     """Name of the config field holding k (completions per prompt), if the algorithm samples several."""
+
+
+@dataclass
+class AdvantageEstimatorSpec:
+    """How advantages are computed from rewards (``gae``, ``rloo``, ``grpo``...), as in verl's registry.
+
+    ``fn(**inputs) -> (advantages, returns | None)`` (object or lazy ``"module:attr"``): the loop passes
+    ``token_rewards`` (B, T) or ``seq_rewards`` (B,) (per ``reward_level``), ``values``, ``mask``,
+    ``baseline_rewards``, ``k``, ``gamma``, ``lam``; the function takes what it needs and ignores the rest.
+    """
+
+    name: str
+    fn: Any
+    reward_level: str = "sequence"
+    """``"token"``: needs per-token rewards (B, T); ``"sequence"``: one reward per completion (B,)."""
+    needs_critic: bool = False
+    """Reads ``values`` from a critic (GAE)."""
+    needs_groups: bool = False
+    """Needs k > 1 samples per prompt, consecutive (RLOO, GRPO)."""
+    needs_greedy_baseline: bool = False
+    """Needs the reward of a greedy completion of each prompt as ``baseline_rewards`` (ReMax)."""
+    description: str = ""
+
+
+@dataclass
+class PolicyLossSpec:
+    """A policy loss: ``fn(logprobs, old_logprobs, advantages, mask, cliprange) -> (losses, stats)``.
+
+    ``losses`` is (B, T) for ``level == "token"`` (aggregated by the loss aggregation) or (B,) for
+    ``"sequence"`` (averaged over completions); ``stats`` maps statistic names to scalar tensors.
+    """
+
+    name: str
+    fn: Any
+    level: str = "token"
+    description: str = ""
+
+
+@dataclass
+class LossAggregationSpec:
+    """How (B, T) per-token loss terms become one scalar: ``fn(losses, mask) -> scalar``."""
+
+    name: str
+    fn: Any
+    description: str = ""
+
+
+@dataclass
+class KLEstimatorSpec:
+    """A per-token estimator of KL(policy || reference): ``fn(logprobs, ref_logprobs, mask) -> (B, T)``."""
+
+    name: str
+    fn: Any
+    placements: tuple[str, ...] = ()
+    """KL placements where this estimator's gradient is that of a KL to the reference (others are refused
+    unless ``kl_monitor_only``)."""
+    gradient_label: str = ""
+    """What the penalty's gradient is, for reports (``"KL(pi||ref)"``, ``"reverse-KL gradient (GRPO)"``)."""
+    description: str = ""
+
+
+@dataclass
+class MetricSpec:
+    """What a metric key means, for reports: label, unit and which direction is better."""
+
+    name: str
+    """The key as written in metrics.jsonl / result.json summary (``objective/gold``, ``gold_final``)."""
+    label: str
+    unit: str = ""
+    higher_is_better: bool | None = None
+    """True/False: the report may say which arm is better; None: no verdict (e.g. KL, which is a budget)."""
+    description: str = ""
 
 
 @dataclass

@@ -107,10 +107,3 @@ def test_adaptive_kl_controller_by_hand():
     assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 0.1))
     ctl.update(current_kl=5.7, n_steps=10000)  # error -0.05
     assert ctl.value == pytest.approx(0.1 * 1.02 * 0.95)
-
-
-def test_mean_stats_names_every_statistic_as_a_metric():
-    from rlhfkit.engine.core import mean_stats
-
-    out = mean_stats({"pg_loss": [1.0, 3.0], "clipfrac": [0.5], "vf_loss": []})
-    assert out == {"loss/policy": 2.0, "policy/clipfrac": 0.5}

@@ -1,7 +1,14 @@
-"""Built-in RL algorithms: one readable file each (ppo.py, rloo.py); configs import no torch."""
+"""Built-in RL algorithms: compositions over the shared loop (rlhfkit/engine/pg_loop.py); configs import no torch."""
 
 from rlhfkit.hookspecs import hookimpl
 from rlhfkit.registry import AlgorithmSpec
+from rlhfkit_plugins.algorithms.metrics import register_metrics  # noqa: F401  (hookimpls of this plugin)
+from rlhfkit_plugins.algorithms.parts import (  # noqa: F401
+    register_advantage_estimators,
+    register_kl_estimators,
+    register_policy_losses,
+)
+from rlhfkit_plugins.algorithms.new_configs import GRPOConfig, ReinforcePPConfig, ReMaxConfig
 from rlhfkit_plugins.algorithms.ppo_config import PPOConfig
 from rlhfkit_plugins.algorithms.rloo_config import RLOOConfig
 
@@ -24,5 +31,30 @@ def register_algorithms(register):
             trainer="rlhfkit_plugins.algorithms.rloo:train",
             description="REINFORCE leave-one-out: k samples per prompt, no critic",
             samples_per_prompt_field="k",
+        )
+    )
+    register(
+        AlgorithmSpec(
+            name="grpo",
+            config_class=GRPOConfig,
+            trainer="rlhfkit_plugins.algorithms.grpo:train",
+            description="GRPO: k samples, group mean/std advantages, token clip, k3 KL in the loss (reverse-KL)",
+            samples_per_prompt_field="k",
+        )
+    )
+    register(
+        AlgorithmSpec(
+            name="reinforce_pp",
+            config_class=ReinforcePPConfig,
+            trainer="rlhfkit_plugins.algorithms.reinforce_pp:train",
+            description="REINFORCE++: k1 KL in token rewards, token-level returns whitened over the batch",
+        )
+    )
+    register(
+        AlgorithmSpec(
+            name="remax",
+            config_class=ReMaxConfig,
+            trainer="rlhfkit_plugins.algorithms.remax:train",
+            description="ReMax: REINFORCE with a greedy completion's reward as baseline (extra generation)",
         )
     )

@@ -18,7 +18,11 @@ class PPOConfig(RLConfig):
     lam: float = 0.95
     """Lambda of GAE."""
     vf_coef: float = 0.1
-    """Weight of the value loss."""
+    """Scale of the value loss.  The critic has its own AdamW optimizer, and Adam's update is invariant to a
+    constant scale of the loss (up to its eps and to gradient clipping, which a smaller loss reaches less
+    often), so this is almost a no-op (10x vf_coef: a 1.18x larger critic update on the tiny test models, through
+    eps alone): it does NOT trade the critic off against the policy as it does with one shared optimizer.  Kept as a loss scale so results stay the same; tune ``value_learning_rate`` to change
+    how fast the critic learns (tests/test_engine_steps.py shows the two effects)."""
     cliprange_value: float = 0.2
     """Clip range of the value prediction around its rollout value."""
     value_learning_rate: float | None = None

@@ -11,14 +11,13 @@ from rlhfkit.engine.config import RLConfig
 class RLOOConfig(RLConfig):
     k: int = 4
     """Completions sampled per prompt; each one's baseline is the mean reward of the other k - 1."""
+    kl_placement: str = "sequence_reward"
+    """RLOO puts beta * sequence KL on each completion's reward (see ``RLConfig.kl_placement``)."""
     kl_in_reward: bool = True
-    """Subtract beta * sequence KL from the reward (as in the RLOO paper); otherwise no KL term at all."""
+    """Kept for old recipes: False is ``kl_placement = "none"`` (no KL term at all)."""
 
     def __post_init__(self):
+        if not self.kl_in_reward:
+            self.kl_placement = "none"
         super().__post_init__()
-        if self.k < 2:
-            raise ValueError("k must be >= 2 (the leave-one-out baseline needs another sample)")
-        if self.batch_size % self.k:
-            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by k ({self.k})")
-        if (self.batch_size // self.num_minibatches) % self.k:
-            raise ValueError("each minibatch must hold whole groups of k completions")
+        self.check_groups(self.k)

@@ -6,7 +6,17 @@ algorithm-specific knobs in ``[algorithms.<name>]``.  Nothing here imports torch
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+KL_PLACEMENTS = ("token_reward", "sequence_reward", "loss", "none")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+ALLOWED_KL_PAIRS = {"k1": ("token_reward", "sequence_reward"), "k2": ("loss",), "k3": ("loss",)}
+"""Estimator -> placements where the penalty's gradient is that of a KL to the reference (issue 11 §7)."""
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean")
+BUDGETS = ("episodes", "updates", "flops", "seconds")
+ADAPTIVE_KL_HORIZON_FRACTION = 4
+"""Default adaptive-KL horizon = planned episodes / this: the controller can act within the run."""
 
 
 @dataclass
@@ -36,11 +46,33 @@ class RLConfig:
     kl_coef: float = 0.05
     """beta: weight of the KL penalty to the reference (SFT) policy."""
     kl_estimator: str = "k1"
-    """Per-token KL estimator in the reward: ``"k1"`` (log-ratio) or ``"k3"`` (Schulman's unbiased, >= 0)."""
+    """Per-token KL estimator of the penalty: ``"k1"`` (log-ratio), ``"k2"`` (0.5 log-ratio^2) or ``"k3"``
+    ((r-1) - log r, clamped as verl).  Allowed with ``kl_placement``: k1 in a reward placement, k2 or k3 in
+    the loss (k3 in the loss is the reverse-KL gradient of GRPO); other pairs only with ``kl_monitor_only``."""
+    kl_placement: str = "token_reward"
+    """Where the KL penalty goes: ``"token_reward"`` (-beta KL_t at every token), ``"sequence_reward"``
+    (-beta sum_t KL_t on the completion's reward), ``"loss"`` (+beta KL term in the policy loss, aggregated
+    like it) or ``"none"`` (no penalty; the KL is still measured as ``objective/kl``)."""
+    kl_monitor_only: bool = False
+    """Allow an estimator/placement pair whose gradient is not that of a KL to the reference (e.g. k3 in the
+    reward, whose detached value gives about zero gradient).  The run is labelled: it only monitors KL."""
     adaptive_kl_target: float | None = None
-    """If set, beta is adapted (Ziegler et al.) to keep the sequence KL near this value."""
-    adaptive_kl_horizon: int = 10000
-    """Episodes over which the adaptive controller reacts."""
+    """If set, beta is adapted (Ziegler et al.) to keep the KL penalty's sequence value near this value."""
+    adaptive_kl_horizon: int = 0
+    """Episodes over which the adaptive controller reacts; 0 = the run's planned episodes / 4
+    (ADAPTIVE_KL_HORIZON_FRACTION), so a run can move beta by up to about e^(0.2*4) = 2.2x either way.  The
+    old fixed 10,000 episodes could move beta by at most 3% in a 1,280-episode run."""
+    loss_agg: str = "token_mean"
+    """How per-token loss terms become one number: ``"token_mean"``, ``"seq_mean_token_sum"`` or
+    ``"seq_mean_token_mean"`` (a sequence-level policy loss is always averaged over completions)."""
+    budget: str = "episodes"
+    """What is matched across arms: ``"episodes"``, ``"updates"`` (policy optimizer steps), ``"flops"`` or
+    ``"seconds"`` (training wall time, evaluation excluded).  The run ends when it is spent."""
+    budget_amount: float = 0
+    """Total of ``budget`` per cell; 0 = derived from ``steps``: ``steps * batch_size`` episodes or
+    ``steps * num_epochs * num_minibatches`` updates (refused for flops and seconds)."""
+    num_evals: int = 0
+    """Evaluations at budget fractions 1/num_evals, 2/num_evals, ..., 1; 0 = every ``eval_every`` steps."""
     missing_eos_penalty: float = 1.0
     """Subtracted from the score of completions that never emit EOS (the 'EOS trick')."""
     whiten_rewards: bool = False
@@ -75,8 +107,10 @@ class RLConfig:
             raise ValueError("learning_rate must be > 0")
         if self.kl_coef < 0:
             raise ValueError("kl_coef must be >= 0")
-        if self.kl_estimator not in ("k1", "k3"):
-            raise ValueError("kl_estimator must be one of: k1, k3")
+        self._check_kl()
+        self._check_budget()
+        if self.loss_agg not in LOSS_AGGREGATIONS:
+            raise ValueError(f"loss_agg must be one of: {', '.join(LOSS_AGGREGATIONS)} (got {self.loss_agg!r})")
         if self.lr_schedule not in ("linear", "constant"):
             raise ValueError("lr_schedule must be one of: linear, constant")
         if self.cliprange <= 0:
@@ -85,3 +119,67 @@ class RLConfig:
             raise ValueError("adaptive_kl_target must be > 0")
         if self.top_k < 0:
             raise ValueError("top_k must be >= 0")
+
+    def _check_kl(self) -> None:
+        if self.kl_placement not in KL_PLACEMENTS:
+            raise ValueError(f"kl_placement must be one of: {', '.join(KL_PLACEMENTS)} (got {self.kl_placement!r})")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator must be one of: {', '.join(KL_ESTIMATORS)} (got {self.kl_estimator!r})")
+        if self.adaptive_kl_horizon < 0:
+            raise ValueError("adaptive_kl_horizon must be >= 0 (0 = planned episodes / 4)")
+        if self.kl_placement == "none" or self.kl_monitor_only:
+            return
+        if self.kl_placement not in ALLOWED_KL_PAIRS[self.kl_estimator]:
+            pairs = ", ".join(f"{e} in {p}" for e, ps in ALLOWED_KL_PAIRS.items() for p in ps)
+            raise ValueError(
+                f"kl_estimator {self.kl_estimator!r} with kl_placement {self.kl_placement!r} does not penalise "
+                f"KL to the reference; allowed: {pairs} (or set kl_monitor_only = true)"
+            )
+
+    def _check_budget(self) -> None:
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget must be one of: {', '.join(BUDGETS)} (got {self.budget!r})")
+        if self.budget_amount < 0:
+            raise ValueError("budget_amount must be >= 0")
+        if self.budget in ("flops", "seconds") and self.budget_amount == 0:
+            raise ValueError(f"budget {self.budget!r} needs budget_amount > 0 (it cannot be derived from steps)")
+        if self.num_evals < 0:
+            raise ValueError("num_evals must be >= 0")
+
+    @property
+    def updates_per_step(self) -> int:
+        """Policy optimizer steps per training step (epochs x minibatches)."""
+        return self.num_epochs * self.num_minibatches
+
+    def budget_total(self) -> float:
+        """The budget in its own unit (``budget_amount``, or derived from ``steps``)."""
+        if self.budget_amount:
+            return float(self.budget_amount)
+        if self.budget == "updates":
+            return float(self.steps * self.updates_per_step)
+        return float(self.steps * self.batch_size)
+
+    def planned_steps(self) -> int:
+        """Steps this arm plans to run: the LR schedule's horizon.  For flops/seconds budgets, ``steps`` until
+        the first step's cost is known (the engine then re-plans)."""
+        if self.budget == "episodes":
+            return max(1, math.ceil(self.budget_total() / self.batch_size))
+        if self.budget == "updates":
+            return max(1, math.ceil(self.budget_total() / self.updates_per_step))
+        return self.steps
+
+    def kl_horizon(self) -> int:
+        """Episodes over which the adaptive KL controller reacts (``adaptive_kl_horizon`` or its default)."""
+        if self.adaptive_kl_horizon:
+            return self.adaptive_kl_horizon
+        return max(1, self.planned_steps() * self.batch_size // ADAPTIVE_KL_HORIZON_FRACTION)
+
+    def check_groups(self, k: int) -> None:
+        """Cross-field checks of an algorithm that samples k completions per prompt."""
+        if k < 2:
+            raise ValueError("k must be >= 2 (a group baseline needs another sample of the same prompt)")
+        if self.batch_size % k:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by k ({k})")
+        if (self.batch_size // self.num_minibatches) % k:
+            raise ValueError(f"each minibatch (batch_size / num_minibatches = {self.batch_size // self.num_minibatches}) "
+                             f"must hold whole groups of k = {k} completions")

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 
 from rlhfkit.engine.core import AdaptiveKLController, FixedKLController, masked_mean
+from rlhfkit.engine.ledger import Ledger, non_embedding_parameters
 from rlhfkit.engine.rollout import make_rollout
+from rlhfkit.engine.steps import Phase, run_steps
 
 
 class DivergedError(RuntimeError):
@@ -99,14 +101,59 @@ class TrainContext:
     train_seconds: float = 0.0
     episodes: int = 0
     tokens: int = 0
+    algorithm: str = ""
+    """The algorithm's registered name: bare statistic names are logged as ``<algorithm>/<name>``."""
+    ledger: Any = None
+    """:class:`rlhfkit.engine.ledger.Ledger`, built from the models when not given."""
+    last_step: int = 0
+    """Steps finished so far (``ctx.steps()`` advances it)."""
 
     def __post_init__(self):
         if self.kl_controller is None:
             cfg = self.config
             if cfg.adaptive_kl_target is not None:
-                self.kl_controller = AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.adaptive_kl_horizon)
+                self.kl_controller = AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, cfg.kl_horizon())
             else:
                 self.kl_controller = FixedKLController(cfg.kl_coef)
+        if self.ledger is None:
+            policy_n = non_embedding_parameters(self.policy)
+            self.ledger = Ledger({
+                "policy": policy_n,
+                # Under LoRA the reference is the policy's base with adapters off: the same compute.
+                "reference": non_embedding_parameters(self.reference) if self.reference is not None else policy_n,
+                "reward": non_embedding_parameters(self.reward_model),
+                "critic": non_embedding_parameters(self.value_model),
+            })
+
+    # ---- the trainer contract -------------------------------------------------------------------------------
+    def steps(self):
+        """``for step in ctx.steps(): ...``: the steps of the run, until its budget is spent.  Each step is a
+        :class:`rlhfkit.engine.steps.StepScope` that logs, steps schedulers, evaluates and keeps the ledger when
+        the loop body ends (see rlhfkit/engine/steps.py)."""
+        return run_steps(self)
+
+    def phase(self, phase: Phase):
+        """Measure memory of one phase (``Phase.GENERATION``/``SCORING``/``TRAINING``)."""
+        return self.memory.phase(Phase(phase).value)
+
+    def schedulers(self) -> list:
+        """Every LR scheduler the context owns (stepped once per step by the step scope, never by a trainer)."""
+        return [s for s in (self.policy_scheduler, self.value_scheduler) if s is not None]
+
+    def current_lr(self) -> float:
+        scheduler = self.policy_scheduler
+        return scheduler.get_last_lr()[0] if scheduler is not None else self.config.learning_rate
+
+    def replan(self, steps: int) -> None:
+        """Set the LR schedules' horizon to ``steps`` (flops/seconds budgets, once the first step's cost is known)."""
+        for scheduler in self.schedulers():
+            for fn in getattr(scheduler, "lr_lambdas", ()):
+                if hasattr(fn, "horizon"):
+                    fn.horizon = steps
+
+    def budget_fraction(self) -> float:
+        """Share of the budget spent so far (0 before training)."""
+        return min(1.0, self.ledger.spent(self.config.budget) / self.config.budget_total())
 
     @property
     def device(self) -> torch.device:
@@ -159,8 +206,9 @@ class TrainContext:
         while sync.others_generating():
             model(input_ids=dummy, attention_mask=torch.ones_like(dummy), use_cache=False)
 
-    def rollout(self, prompts: list[str]):
-        return make_rollout(self, prompts)
+    def rollout(self, prompts: list[str], greedy: bool = False):
+        """Sample, score and get reference log-probs for ``prompts`` (counted in the ledger)."""
+        return make_rollout(self, prompts, greedy=greedy)
 
     def gold(self, prompts: list[str], completions: list[str]) -> torch.Tensor | None:
         if self.task.gold_reward is None:
@@ -169,24 +217,34 @@ class TrainContext:
 
     def check_finite(self, step: int, **values) -> None:
         for name, value in values.items():
-            value = float(value)
+            value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
             if not math.isfinite(value):
                 raise DivergedError(f"{name} is {value} at step {step}")
 
-    def optimizer_step(self, loss, optimizer, scheduler, model) -> float:
-        """Backward, clip, step; returns the gradient norm before clipping.
+    def _optimizer_of(self, model):
+        if model is self.policy:
+            return "policy", self.policy_optimizer
+        if model is self.value_model and model is not None:
+            return "critic", self.value_optimizer
+        raise ValueError("optimizer_step: the model is neither ctx.policy nor ctx.value_model")
 
-        A DeepSpeed engine (ZeRO-2/3) runs its own backward and step (reduce-scatter of gradients, clipping by
-        the config's ``gradient_clipping``, sharded optimizer); each trained model is its own engine, so this
-        calls the engine given rather than ``accelerator.backward`` (which knows only the first engine).
-        With several processes and no ZeRO, gradients are averaged over processes by an all-reduce here.
+    def optimizer_step(self, loss, model, tokens: int = 0) -> float:
+        """Backward, clip, step the optimizer of ``model`` (``ctx.policy`` or ``ctx.value_model``); returns the
+        gradient norm before clipping.  ``tokens``: real tokens of the minibatch (the ledger's backward tokens).
+
+        It takes no scheduler: LR schedules advance once per step, in the step scope.  A DeepSpeed engine
+        (ZeRO-2/3) runs its own backward and step (reduce-scatter of gradients, clipping by the config's
+        ``gradient_clipping``, sharded optimizer); each trained model is its own engine, so this calls the
+        engine given rather than ``accelerator.backward`` (which knows only the first engine).  With several
+        processes and no ZeRO, gradients are averaged over processes by an all-reduce here.
         """
+        name, optimizer = self._optimizer_of(model)
+        self.ledger.backward(name, tokens)
+        self.ledger.optimizer_step(name)
         if hasattr(model, "backward") and hasattr(model, "get_global_grad_norm"):  # deepspeed.DeepSpeedEngine
             model.backward(loss)
             model.step()
             grad_norm = model.get_global_grad_norm()
-            if scheduler is not None:
-                scheduler.step()
             return float(grad_norm) if grad_norm is not None else float("nan")
         self.accelerator.backward(loss)
         if self.accelerator.num_processes > 1 and not hasattr(model, "require_backward_grad_sync"):
@@ -194,58 +252,21 @@ class TrainContext:
         grad_norm = self.accelerator.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if scheduler is not None:
-            scheduler.step()
         return float(grad_norm) if grad_norm is not None else float("nan")
 
     def evaluate(self, step: int) -> dict:
         """Held-out prompts, sampled with a fixed generator: the same draws for every cell and checkpoint."""
         from rlhfkit.engine.evaluate import evaluate_policy
 
-        result = evaluate_policy(self, step)
+        with self.ledger.paused():  # evaluation is not training compute or time
+            result = evaluate_policy(self, step)
+        # Where in its budget the cell is (CONTRACT §4); evaluate_policy may already say so.
+        result.setdefault("eval/episodes", self.ledger.episodes)
+        result.setdefault("eval/fraction", self.budget_fraction())
+        result.setdefault("eval/lr", self.current_lr())
         samples = result.pop("eval/samples")
         self.evaluations.append({**result, "samples": samples})
         return result
-
-    def rollout_metrics(self, step: int, rollout, kl: torch.Tensor, step_seconds: float, extra: dict) -> dict:
-        """Metric keys shared by every algorithm (``objective/*``, ``perf/*``, ``memory/*``)."""
-        mask = rollout.mask
-        seq_kl = (kl * mask).sum(1)
-        gold = self.gold(rollout.prompts, rollout.completions)
-        n_tokens = int(mask.sum())
-        self.episodes += rollout.responses.size(0)
-        self.tokens += n_tokens
-        metrics = {
-            "episode": self.episodes,
-            "objective/scores": rollout.scores.mean().item(),
-            "objective/raw_scores": rollout.raw_scores.mean().item(),
-            "objective/kl": seq_kl.mean().item(),
-            "objective/non_score_reward": (-self.kl_controller.value * seq_kl).mean().item(),
-            "objective/rlhf_reward": (rollout.scores - self.kl_controller.value * seq_kl).mean().item(),
-            "objective/entropy": (-rollout.logprobs * mask).sum(1).mean().item(),
-            "objective/eos_rate": rollout.contains_eos.float().mean().item(),
-            "objective/length": mask.sum(1).mean().item(),
-            "objective/kl_coef": self.kl_controller.value,
-            "perf/step_seconds": step_seconds,
-            "perf/episodes_per_s": rollout.responses.size(0) / step_seconds,
-            "perf/tokens_per_s": n_tokens / step_seconds,
-            "lr": self.policy_scheduler.get_last_lr()[0] if self.policy_scheduler is not None else self.config.learning_rate,
-        }
-        if gold is not None:
-            metrics["objective/gold"] = gold.mean().item()
-        metrics.update(extra)
-        metrics.update(self.memory.summary())
-        return metrics
-
-    def end_step(self, step: int, metrics: dict, seq_kl_mean: float, batch: int) -> None:
-        """Advance the KL controller and learning-rate schedules, evaluate when due, log the step."""
-        self.kl_controller.update(seq_kl_mean, batch)
-        for scheduler in (self.policy_scheduler, self.value_scheduler):
-            if scheduler is not None:
-                scheduler.step()
-        if (step + 1) % self.config.eval_every == 0 or step + 1 == self.config.steps:
-            metrics.update(self.evaluate(step + 1))
-        self.logger.log(step, metrics)
 
 
 class _GenerationSync:

@@ -163,21 +163,3 @@ class FixedKLController:
 
     def update(self, current_kl: float, n_steps: int) -> None:
         pass
-
-
-STAT_METRIC_KEYS = {
-    "pg_loss": "loss/policy",
-    "vf_loss": "loss/value",
-    "clipfrac": "policy/clipfrac",
-    "approxkl": "policy/approxkl",
-    "entropy": "policy/entropy",
-    "ratio": "policy/ratio",
-    "grad_norm": "policy/grad_norm",
-    "vf_clipfrac": "val/clipfrac",
-}
-"""Per-minibatch statistics an algorithm collects -> the namespaced metric key every algorithm logs."""
-
-
-def mean_stats(stats: dict[str, list[float]]) -> dict[str, float]:
-    """Average each minibatch statistic over the update and name it as a metric."""
-    return {STAT_METRIC_KEYS[name]: sum(values) / len(values) for name, values in stats.items() if values}

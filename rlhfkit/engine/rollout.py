@@ -417,8 +417,12 @@ def _generation_model(ctx):
     return model
 
 
-def make_rollout(ctx, prompts: list[str]) -> Rollout:
-    """Sample one completion per prompt (repeat prompts for k samples), score it, get reference log-probs."""
+def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
+    """Sample one completion per prompt (repeat prompts for k samples), score it, get reference log-probs.
+
+    ``greedy``: argmax decoding (a ReMax baseline) from a throwaway generator, so the cell's own random draws
+    are untouched; its completions are generated compute in the ledger but not episodes.
+    """
     cfg = ctx.config
     tok = ctx.tokenizer
     query = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(ctx.device)
@@ -433,8 +437,8 @@ def make_rollout(ctx, prompts: list[str]) -> Rollout:
             cfg.temperature,
             tok.eos_token_id,
             tok.pad_token_id,
-            ctx.generator,
-            top_k=cfg.top_k,
+            torch.Generator(device=ctx.device).manual_seed(0) if greedy else ctx.generator,
+            top_k=1 if greedy else cfg.top_k,
         )
     # Out of inference mode (cheap copies): these feed autograd graphs in the update.
     responses, logprobs = responses.clone(), logprobs.clone()
@@ -450,6 +454,12 @@ def make_rollout(ctx, prompts: list[str]) -> Rollout:
     # Clone out of inference mode: these tensors are used in autograd graphs later.
     ref_logprobs, raw_scores = ref_logprobs.clone(), raw_scores.clone()
     scores = raw_scores - cfg.missing_eos_penalty * (~contains_eos).float()
+    ledger = getattr(ctx, "ledger", None)
+    if ledger is not None:
+        real_tokens = int(attention_mask.sum())
+        ledger.generated(len(prompts), len(set(prompts)), int(mask.sum()), int(query.attention_mask.sum()), not greedy)
+        ledger.forward("reference", real_tokens)
+        ledger.forward("reward", real_tokens)
     completions = tok.batch_decode(responses, skip_special_tokens=True)
     return Rollout(
         query_ids=query.input_ids,
