@@ -153,7 +153,11 @@ CONFOUNDERS = (
     ("learning rate", ("learning_rate",), lambda c: c.learning_rate, "the learning rate"),
     ("LR schedule", ("lr_schedule",), lambda c: c.lr_schedule, "the LR schedule"),
     ("KL coefficient (beta)", ("kl_coef",), lambda c: c.kl_coef, "the KL coefficient"),
-    ("KL placement", ("kl_placement",), lambda c: c.kl_placement, "where the KL penalty is applied"),
+    # token_reward and sequence_reward are one placement here: both subtract beta * k1 from the return, whose
+    # sum over a completion is the same; spreading it over tokens is how a critic-based algorithm (PPO) must
+    # take it, so PPO vs RLOO at their defaults is not a confound.  Reward vs loss vs none changes the gradient.
+    ("KL placement", ("kl_placement",), lambda c: "reward" if c.kl_placement.endswith("_reward") else c.kl_placement,
+     "where the KL penalty is applied"),
     ("KL estimator", ("kl_estimator",), lambda c: c.kl_estimator, "the KL estimator"),
 )
 

@@ -130,7 +130,9 @@ def test_group_stats_and_comparisons_on_a_table():
     assert (gold["difference"].low, gold["difference"].high) == (pytest.approx(-0.94185, abs=1e-4), pytest.approx(0.44185, abs=1e-4))
     assert gold["winner"] is None
     assert gold["verdict"] == "too few seeds to compare: 2 per arm, 4 needed"
-    assert rows["kl_final"]["higher_is_better"] is False
+    # KL is a budget, not a score: the registered spec gives it no direction, so no verdict on KL alone.
+    assert rows["kl_final"]["higher_is_better"] is None and rows["kl_final"]["winner"] is None
+    assert rows["peak_memory_bytes"]["higher_is_better"] is False
     assert rows["peak_memory_bytes"]["verdict"] == "too few seeds to compare: 2 per arm, 4 needed"
 
 
@@ -199,7 +201,7 @@ def test_probability_of_improvement_counts_ties_as_half():
     assert st.probability_of_improvement([1, 2, 2], [2, 0]) == pytest.approx(4 / 6)
     assert st.probability_of_improvement([1, 1], [1, 1]) == pytest.approx(0.5)
     # lower is better: P(a < b) + ties/2 = 1 − 4/6 for the comparison object
-    c = st.compare([1, 2, 2], [2, 0], "kl_final", "a", "b")
+    c = st.compare([1, 2, 2], [2, 0], "peak_memory_bytes", "a", "b")
     assert c.poi == pytest.approx(2 / 6)
 
 

@@ -83,7 +83,7 @@ def test_config_for_applies_settings_and_validates(tmp_path):
         ("[grid.sweep]\nkl_coef = [0.1, 0.1]\n", "grid.sweep.kl_coef[1]: 0.1 is listed twice"),
         ("[grid.sweep]\nkl_coef = [1, 1.0]\n", "grid.sweep.kl_coef[1]: 1.0 is listed twice"),
         ("[grid.sweep.rloo]\nk = [4, 8]\nnum_minibatches = [1, 8]\n",
-         "grid.sweep: rloo setting k=8,num_minibatches=8 refused: each minibatch must hold whole groups of k completions"),
+         "grid.sweep: rloo setting k=8,num_minibatches=8 refused: each minibatch (batch_size / num_minibatches = 4) must hold whole groups of k = 8 completions"),
         ("[grid.sweep]\nkl_coef = [0.1, 0.2]\n[tuning]\nseeds = [7, 2]\nkl_budget = 1.0\n",
          "tuning.seeds[1]: 2 is also a grid seed; tuning seeds must be disjoint from [grid] seeds"),
         ("[grid.sweep.ppo]\nkl_coef = [0.1, 0.2]\n[tuning]\nseeds = [7]\nkl_budget = 1.0\n",
