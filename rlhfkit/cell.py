@@ -473,22 +473,49 @@ def run_cell(spec: dict) -> dict:
     }
 
 
-def classify_exception(exc: BaseException) -> str:
-    from rlhfkit.engine.context import DivergedError
+# Messages of allocation failures that do not arrive as MemoryError / torch.OutOfMemoryError: torch's CPU
+# allocator raises a plain RuntimeError ("[enforce fail at alloc_cpu.cpp] ... DefaultCPUAllocator: can't allocate
+# memory: you tried to allocate 59 GB. Error code 12 (Cannot allocate memory)"), C++ extensions surface
+# std::bad_alloc as RuntimeError("std::bad_alloc"), CUDA as "CUDA out of memory".
+_OOM_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "std::bad_alloc",
+    "failed to allocate memory",
+)
 
-    if isinstance(exc, DivergedError):
-        return "diverged"
-    if isinstance(exc, MemoryError):
-        return "oom"
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):  # numpy's _ArrayMemoryError is a MemoryError
+        return True
     try:
         import torch
 
         if isinstance(exc, torch.OutOfMemoryError):
-            return "oom"
+            return True
     except ImportError:
         pass
-    if "out of memory" in str(exc).lower():
-        return "oom"
+    text = str(exc).lower()
+    return any(m in text for m in _OOM_MESSAGES)
+
+
+def classify_exception(exc: BaseException) -> str:
+    """``diverged``, ``oom`` (CPU or CUDA allocation failure) or ``failed``.
+
+    Libraries often re-raise an allocation failure wrapped in their own exception (``raise X from exc``), so
+    the cause/context chain is searched too (a few links: a cycle cannot loop).
+    """
+    from rlhfkit.engine.context import DivergedError
+
+    if isinstance(exc, DivergedError):
+        return "diverged"
+    seen, link = 0, exc
+    while link is not None and seen < 8:
+        if _is_oom(link):
+            return "oom"
+        link = link.__cause__ or link.__context__
+        seen += 1
     return "failed"
 
 
