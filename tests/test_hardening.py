@@ -236,3 +236,44 @@ def test_one_10mb_row_keeps_reward_stage_memory_within_1_5x(tmp_path):
         assert with_huge["reward/capped_pairs"] == int(trains) and with_huge["reward/dropped_pairs"] == int(trains)
         ratio = with_huge["peak_rss_bytes"] / base["peak_rss_bytes"]
         assert ratio < 1.5, (seed, with_huge["peak_rss_bytes"], base["peak_rss_bytes"])
+
+
+# --- QLoRA on an AVX512-BF16 CPU --------------------------------------------------------------------------
+
+
+def test_qlora_problem_is_decided_from_the_layer_sizes():
+    from rlhfkit_plugins.memory import qlora_cpu_problem
+
+    small = {"linear_layers": [["gate_proj", 128, 352, 4], ["down_proj", 352, 128, 4]]}
+    problem = qlora_cpu_problem("llama:small", small, avx512_bf16=True)
+    assert "\n" not in problem and "'llama:small'" in problem and "down_proj is 352 -> 128" in problem
+    assert "multiple of 64" in problem and "AVX512-BF16" in problem
+    assert qlora_cpu_problem("llama:small", small, avx512_bf16=False) is None  # no repack without the flag
+    assert "multiple of 32" in qlora_cpu_problem("m", {"linear_layers": [["k_proj", 128, 80, 2]]}, avx512_bf16=True)
+    tiny = {"linear_layers": [["q_proj", 64, 64, 2], ["k_proj", 64, 32, 2], ["down_proj", 128, 64, 2]]}
+    assert qlora_cpu_problem("llama:tiny", tiny, avx512_bf16=True) is None
+
+
+def _recipe(policy: str, memory: str, device: str = "cpu", algorithm: str = "ppo"):
+    from rlhfkit.recipe import parse_recipe
+
+    return parse_recipe({
+        "data": {"name": "synthetic"},
+        "models": [{"name": "m", "policy": policy}],
+        "grid": {"algorithms": [algorithm], "memory": ["full", memory], "seeds": [1]},
+        "run": {"device": device},
+    })
+
+
+def test_check_qlora_on_cpu_refuses_the_small_preset_in_one_line():
+    from rlhfkit_plugins.memory import check_qlora_on_cpu
+
+    with pytest.raises(ValueError) as info:
+        check_qlora_on_cpu(_recipe("llama:small", "qlora+gc"), avx512_bf16=True)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("grid.memory 'qlora+gc': model 'llama:small'")
+    assert "down_proj is 352 -> 128" in message
+    check_qlora_on_cpu(_recipe("llama:small", "qlora"), avx512_bf16=False)  # this CPU would not repack
+    check_qlora_on_cpu(_recipe("llama:small", "qlora", device="cuda"), avx512_bf16=True)  # not on the CPU
+    check_qlora_on_cpu(_recipe("llama:small", "lora"), avx512_bf16=True)  # nothing quantized
+    check_qlora_on_cpu(_recipe("llama:tiny", "qlora"), avx512_bf16=True)  # sizes fit
