@@ -519,6 +519,42 @@ def classify_exception(exc: BaseException) -> str:
     return "failed"
 
 
+# How long a finished rank waits at the final barrier for the others (they are at most writing their last
+# files; a peer that died is reported by torchrun, so waiting longer would only delay that report).
+FINAL_BARRIER_TIMEOUT_S = 300
+
+
+def leave_process_group(wait_for_peers: bool) -> None:
+    """Leave torch.distributed in step with the other ranks, before the interpreter tears down.
+
+    Without this each rank left whenever it returned: rank 0 still writing result.json (and planning) while
+    rank 1 had already exited, and the gloo process group and DeepSpeed's communication objects were destroyed
+    by interpreter finalization in whatever order it chose, with the peer's sockets open or already closed.
+    An abort at that point (rank 1 SIGABRT after status ok, then torchrun SIGTERMs rank 0) is the CI failure
+    of issue 14.  Here every rank first meets the others (a monitored barrier on gloo names a rank that never
+    arrives), then destroys the group explicitly while everything it uses is still alive.
+    """
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if wait_for_peers and dist.get_world_size() > 1:
+            if dist.get_backend() == "gloo":
+                from datetime import timedelta
+
+                dist.monitored_barrier(timeout=timedelta(seconds=FINAL_BARRIER_TIMEOUT_S))
+            else:
+                dist.barrier()
+    except Exception as exc:  # a peer that failed: its own status says why; leave anyway
+        print(f"final barrier: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+              file=sys.stderr)
+    finally:
+        dist.destroy_process_group()
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text())
@@ -536,9 +572,13 @@ def main(argv=None) -> int:
         (cell_dir / "error.txt").write_text(traceback.format_exc())
         write_json_atomic(result_path, {**base, "status": status, "error": f"{type(exc).__name__}: {exc}"})
         print(f"cell {spec['cell']} {status}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        leave_process_group(wait_for_peers=False)  # a peer may be stuck in a collective this rank left
         return 1
     if out.pop("is_main"):
         write_json_atomic(result_path, {**base, "status": "ok", "error": None, **out})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    leave_process_group(wait_for_peers=True)
     return 0
 
 
