@@ -1,21 +1,32 @@
 """Stage artifacts (tokenizer, SFT policy, reward model), cached by a hash of what each depends on.
 
 Keys are computed in the runner without torch; the stage process builds whatever is missing.  Each artifact
-is written into a temporary sibling directory and renamed into place, so a half-written artifact never
-looks finished.
+is written into a temporary sibling directory (``<name>.tmp-<pid>``) and renamed into place, so a half-written
+artifact never looks finished.  The done marker records every file's size and sha256 when the artifact is
+published; a reused artifact is checked against it (sizes always, hashes of files up to ``HASH_LIMIT_BYTES``),
+and a damaged one (a truncated ``model.safetensors``, a deleted file) is moved aside, removed and rebuilt with
+a one-line note.  A temporary or moved-aside directory whose process is dead is removed on the next run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.recipe import ModelEntry, Recipe, fingerprint
 
 DONE_MARKER = "rlhfkit_artifact.json"
+# Files up to this size are hashed when an artifact is reused (sha256 runs at ~500 MB/s here: <0.15 s per
+# file); larger ones (checkpoint shards of GBs) are checked by size only, which catches truncation.
+HASH_LIMIT_BYTES = 64 << 20
+_SCRATCH = re.compile(r"^(?P<name>.+)\.(?:tmp|damaged)-(?P<pid>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -48,8 +59,105 @@ def artifact_dirs(recipe: Recipe, entry: ModelEntry, root: Path) -> StageArtifac
     )
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_manifest(directory: Path) -> dict[str, dict]:
+    """``{relative path: {"size", "sha256"}}`` of every file under ``directory`` (the marker excluded)."""
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        if rel != DONE_MARKER:
+            files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    return files
+
+
+def read_marker(path: Path) -> dict | None:
+    """The done marker of an artifact, or None when there is none (or it is unreadable)."""
+    try:
+        marker = json.loads((path / DONE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def damage(path: Path, hashes: bool = True) -> str | None:
+    """Why the artifact at ``path`` cannot be reused (one phrase), or None when it matches its marker.
+
+    Markers written before files were recorded (no ``"files"`` key) are trusted as before.
+    """
+    marker = read_marker(path)
+    if marker is None:
+        return "no readable done marker"
+    files = marker.get("files")
+    if not isinstance(files, dict):
+        return None
+    for rel, recorded in files.items():
+        file = path / rel
+        try:
+            size = file.stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        if size != recorded.get("size"):
+            return f"{rel} has {size} bytes, {recorded.get('size')} recorded"
+        if hashes and size <= HASH_LIMIT_BYTES and _sha256(file) != recorded.get("sha256"):
+            return f"{rel} does not match its recorded sha256"
+    return None
+
+
 def is_complete(path: Path) -> bool:
-    return (path / DONE_MARKER).is_file()
+    """Published and undamaged (sizes checked, and hashes of files up to ``HASH_LIMIT_BYTES``)."""
+    return (path / DONE_MARKER).is_file() and damage(path) is None
+
+
+def reusable(path: Path, notes: list | None = None) -> bool:
+    """Whether the stage can reuse ``path``; a damaged artifact is moved aside and removed, with a one-line
+    note on stderr (also appended to ``notes``), so that the caller rebuilds it."""
+    if not (path / DONE_MARKER).is_file():
+        return False
+    reason = damage(path)
+    if reason is None:
+        return True
+    note = f"artifact {path.name} is damaged ({reason}); rebuilding it"
+    print(note, file=sys.stderr)
+    if notes is not None:
+        notes.append(note)
+    aside = path.with_name(f"{path.name}.damaged-{os.getpid()}")
+    try:
+        os.replace(path, aside)  # a reader never sees a half-removed directory under the real name
+    except FileNotFoundError:  # another stage process moved it first
+        return False
+    shutil.rmtree(aside, ignore_errors=True)
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_scratch(root: Path) -> list[Path]:
+    """Remove ``*.tmp-PID`` / ``*.damaged-PID`` directories under ``root`` whose process is dead (a killed
+    stage leaves its staging directory behind); directories of live processes are left alone."""
+    removed = []
+    if not root.is_dir():
+        return removed
+    for entry in root.iterdir():
+        match = _SCRATCH.match(entry.name)
+        if match and entry.is_dir() and not _pid_alive(int(match["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def staging_dir(final: Path) -> Path:
@@ -61,8 +169,11 @@ def staging_dir(final: Path) -> Path:
     return tmp
 
 
-def publish(tmp: Path, final: Path) -> None:
-    """Atomically move a finished artifact into place."""
+def publish(tmp: Path, final: Path, info: dict | None = None) -> None:
+    """Write the done marker (``info`` plus every file's size and sha256) and move the artifact into place."""
+    if info is not None:
+        marker = {**info, "files": file_manifest(tmp)}
+        (tmp / DONE_MARKER).write_text(json.dumps(marker, indent=1))
     if final.exists():  # another process finished it first; keep theirs
         shutil.rmtree(tmp)
         return

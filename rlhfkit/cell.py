@@ -514,23 +514,86 @@ def run_cell(spec: dict) -> dict:
     }
 
 
-def classify_exception(exc: BaseException) -> str:
-    from rlhfkit.engine.context import DivergedError
+# Messages of allocation failures that do not arrive as MemoryError / torch.OutOfMemoryError: torch's CPU
+# allocator raises a plain RuntimeError ("[enforce fail at alloc_cpu.cpp] ... DefaultCPUAllocator: can't allocate
+# memory: you tried to allocate 59 GB. Error code 12 (Cannot allocate memory)"), C++ extensions surface
+# std::bad_alloc as RuntimeError("std::bad_alloc"), CUDA as "CUDA out of memory".
+_OOM_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "std::bad_alloc",
+    "failed to allocate memory",
+)
 
-    if isinstance(exc, DivergedError):
-        return "diverged"
-    if isinstance(exc, MemoryError):
-        return "oom"
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):  # numpy's _ArrayMemoryError is a MemoryError
+        return True
     try:
         import torch
 
         if isinstance(exc, torch.OutOfMemoryError):
-            return "oom"
+            return True
     except ImportError:
         pass
-    if "out of memory" in str(exc).lower():
-        return "oom"
+    text = str(exc).lower()
+    return any(m in text for m in _OOM_MESSAGES)
+
+
+def classify_exception(exc: BaseException) -> str:
+    """``diverged``, ``oom`` (CPU or CUDA allocation failure) or ``failed``.
+
+    Libraries often re-raise an allocation failure wrapped in their own exception (``raise X from exc``), so
+    the cause/context chain is searched too (a few links: a cycle cannot loop).
+    """
+    from rlhfkit.engine.context import DivergedError
+
+    if isinstance(exc, DivergedError):
+        return "diverged"
+    seen, link = 0, exc
+    while link is not None and seen < 8:
+        if _is_oom(link):
+            return "oom"
+        link = link.__cause__ or link.__context__
+        seen += 1
     return "failed"
+
+
+# How long a finished rank waits at the final barrier for the others (they are at most writing their last
+# files; a peer that died is reported by torchrun, so waiting longer would only delay that report).
+FINAL_BARRIER_TIMEOUT_S = 300
+
+
+def leave_process_group(wait_for_peers: bool) -> None:
+    """Leave torch.distributed in step with the other ranks, before the interpreter tears down.
+
+    Without this each rank left whenever it returned: rank 0 still writing result.json (and planning) while
+    rank 1 had already exited, and the gloo process group and DeepSpeed's communication objects were destroyed
+    by interpreter finalization in whatever order it chose, with the peer's sockets open or already closed.
+    An abort at that point (rank 1 SIGABRT after status ok, then torchrun SIGTERMs rank 0) is the CI failure
+    of issue 14.  Here every rank first meets the others (a monitored barrier on gloo names a rank that never
+    arrives), then destroys the group explicitly while everything it uses is still alive.
+    """
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if wait_for_peers and dist.get_world_size() > 1:
+            if dist.get_backend() == "gloo":
+                from datetime import timedelta
+
+                dist.monitored_barrier(timeout=timedelta(seconds=FINAL_BARRIER_TIMEOUT_S))
+            else:
+                dist.barrier()
+    except Exception as exc:  # a peer that failed: its own status says why; leave anyway
+        print(f"final barrier: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+              file=sys.stderr)
+    finally:
+        dist.destroy_process_group()
 
 
 def main(argv=None) -> int:
@@ -550,9 +613,13 @@ def main(argv=None) -> int:
         (cell_dir / "error.txt").write_text(traceback.format_exc())
         write_json_atomic(result_path, {**base, "status": status, "error": f"{type(exc).__name__}: {exc}"})
         print(f"cell {spec['cell']} {status}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        leave_process_group(wait_for_peers=False)  # a peer may be stuck in a collective this rank left
         return 1
     if out.pop("is_main"):
         write_json_atomic(result_path, {**base, "status": "ok", "error": None, **out})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    leave_process_group(wait_for_peers=True)
     return 0
 
 

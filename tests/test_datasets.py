@@ -159,7 +159,8 @@ def test_preference_jsonl_formats(tmp_path):
     ]
     path = write_jsonl(tmp_path / "prefs.jsonl", rows)
     task = build("preference_jsonl", {"path": str(path), "eval_fraction": 0.25})
-    assert task.stats["dropped"] == {"empty_prompt": 1, "identical": 1, "missing_keys": 2}
+    assert task.stats["dropped"] == {"empty_prompt": 1, "identical": 1, "missing_keys": 1, "not_object": 1}
+    assert task.stats["dropped_at"]["not_object"] == [f"{path}:8"]
     by_prompt = {p["prompt"]: p for p in task.pairs + task.eval_pairs}
     assert by_prompt["Capital of France?"]["chosen"] == " Paris."
     assert by_prompt["The sky is "] == {"prompt": "The sky is ", "chosen": "blue today.", "rejected": "green today."}
@@ -217,3 +218,133 @@ def test_recipes_validate(recipe):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ok" in out.stdout
+
+
+# --- bad rows and bad files (issue 14) --------------------------------------------------------------------
+
+
+def _prefs(i: int) -> dict:
+    return {"prompt": f"Question {i}?", "chosen": f" Good answer {i}.", "rejected": f" Bad answer {i}."}
+
+
+def _write_lines(path: Path, lines: list[bytes], gz: bool = False) -> Path:
+    data = b"".join(line + b"\n" for line in lines)
+    if gz:
+        with gzip.open(path, "wb") as handle:
+            handle.write(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_latin1_line_among_good_ones_is_dropped_with_its_line(tmp_path, gz):
+    good = [json.dumps(_prefs(i)).encode() for i in range(60)]
+    latin1 = '{"prompt": "Caf\u00e9?", "chosen": " Oui.", "rejected": " Non."}'.encode("latin-1")
+    lines = good[:30] + [latin1] + good[30:]
+    path = _write_lines(tmp_path / ("prefs.jsonl.gz" if gz else "prefs.jsonl"), lines, gz=gz)
+    task = build("preference_jsonl", {"path": str(path)})
+    assert task.stats["clean_pairs"] == 60 and task.stats["dropped"] == {"not_utf8": 1}
+    assert task.stats["dropped_at"] == {"not_utf8": [f"{path}:31"]}
+    # the same for an HH file
+    hh_lines = [json.dumps(r).encode() for r in GOOD] + [json.dumps(GOOD[0]).encode().replace(b"bread", b"p\xe2in")]
+    path = _write_lines(tmp_path / "hh.jsonl", hh_lines)
+    task = build("hh_rlhf", {"path": str(path), "eval_fraction": 0.25, "num_eval_prompts": 4})
+    assert task.stats["dropped"] == {"not_utf8": 1} and task.stats["dropped_at"]["not_utf8"] == [f"{path}:5"]
+
+
+def test_bad_rows_are_counted_by_reason_with_places(tmp_path):
+    rows = [_prefs(i) for i in range(4)] + [
+        "[1, 2, 3]",  # line 5: JSON, not an object
+        '"just a string"',  # line 6
+        "{broken",  # line 7
+        {"prompt": "p?", "chosen": 3, "rejected": " no"},  # line 8: a number where text belongs
+        {"prompt": "p?", "chosen": "", "rejected": " no"},  # line 9: empty answer
+        {"prompt": "p?", "chosen": None, "rejected": " no"},  # line 10
+        {"prompt": 7, "chosen": " a", "rejected": " b"},  # line 11
+        {"prompt": "p?", "chosen": [{"role": "assistant"}], "rejected": " no"},  # line 12: message w/o content
+    ]
+    path = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    task = build("preference_jsonl", {"path": str(path), "eval_fraction": 0.25})
+    assert task.stats["dropped"] == {
+        "empty_completion": 1, "missing_keys": 1, "not_json": 1, "not_object": 2, "wrong_type": 3,
+    }
+    assert task.stats["dropped_at"]["not_object"] == [f"{path}:5", f"{path}:6"]
+    assert task.stats["dropped_at"]["wrong_type"] == [f"{path}:8", f"{path}:11", f"{path}:12"]
+    assert task.stats["clean_pairs"] == 4
+
+
+@pytest.mark.parametrize("name", ["preference_jsonl", "hh_rlhf"])
+def test_an_empty_file_is_refused_in_one_line_naming_it(tmp_path, name):
+    from rlhfkit_plugins.datasets import check_data
+
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n\n")
+    with pytest.raises(ValueError) as info:
+        build(name, {"path": str(path)})
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "empty" in message
+    recipe = parse_recipe({"data": {"name": name, "path": str(path)}, "models": [{"name": "m", "policy": "llama:tiny"}]})
+    with pytest.raises(ValueError) as checked:
+        check_data(name, recipe.data_options)
+    assert str(checked.value) == message
+
+
+def test_zero_usable_rows_are_refused_with_the_reasons_and_places(tmp_path):
+    from rlhfkit_plugins.datasets import check_data
+    from rlhfkit_plugins.datasets.preference_jsonl import PreferenceFileOptions
+
+    path = write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": "q?", "answer": " a"}] * 3 + ["not json"])
+    options = PreferenceFileOptions(path=str(path))
+    with pytest.raises(ValueError) as info:
+        check_data("preference_jsonl", options)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "0 usable preference pair(s) in 4 rows" in message
+    assert f"missing_keys 3 (first at {path}:1, {path}:2, {path}:3)" in message
+    assert f"not_json 1 (first at {path}:4)" in message
+    with pytest.raises(ValueError, match="0 usable"):
+        build("preference_jsonl", {"path": str(path)})
+
+
+def test_check_reads_only_until_two_usable_pairs(tmp_path):
+    from rlhfkit_plugins.datasets import check_data
+    from rlhfkit_plugins.datasets.preference_jsonl import PreferenceFileOptions
+
+    path = write_jsonl(tmp_path / "prefs.jsonl", ["{bad"] + [_prefs(i) for i in range(1000)])
+    stats = check_data("preference_jsonl", PreferenceFileOptions(path=str(path)))
+    assert stats["rows"] == 3 and stats["clean_pairs"] == 2 and stats["dropped"] == {"not_json": 1}
+    # data sets without a file have nothing to check
+    from rlhfkit_plugins.datasets.synthetic import SyntheticOptions
+
+    assert check_data("synthetic", SyntheticOptions()) == {}
+
+
+def test_a_damaged_gzip_or_json_file_is_one_line_naming_it(tmp_path):
+    from rlhfkit_plugins.datasets import check_data
+    from rlhfkit_plugins.datasets.hh_rlhf import HHRLHFOptions
+    from rlhfkit_plugins.datasets.preference_jsonl import PreferenceFileOptions
+
+    full = write_jsonl(tmp_path / "full.jsonl.gz", GOOD * 50, gz=True).read_bytes()
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(full[: len(full) // 2])
+    with pytest.raises(ValueError) as info:
+        build("hh_rlhf", {"path": str(cut)})
+    assert "\n" not in str(info.value) and str(cut) in str(info.value) and "cannot be read" in str(info.value)
+    bad_json = tmp_path / "prefs.json"
+    bad_json.write_bytes(b'[{"prompt": "caf\xe9"')
+    with pytest.raises(ValueError) as info:
+        check_data("preference_jsonl", PreferenceFileOptions(path=str(bad_json)))
+    assert "\n" not in str(info.value) and str(bad_json) in str(info.value)
+    assert check_data("hh_rlhf", HHRLHFOptions(path=str(tmp_path / "full.jsonl.gz")))["clean_pairs"] == 2
+
+
+def test_texts_are_capped_when_read(tmp_path):
+    from rlhfkit_plugins.datasets.preference import MAX_TEXT_CHARS
+
+    huge = {"prompt": "Tell me everything?" + " context" * (MAX_TEXT_CHARS // 4),
+            "chosen": " word" * (MAX_TEXT_CHARS // 2), "rejected": " Short."}
+    path = write_jsonl(tmp_path / "prefs.jsonl", [huge] + [_prefs(i) for i in range(4)])
+    task = build("preference_jsonl", {"path": str(path), "eval_fraction": 0.2})
+    pair = next(p for p in task.pairs + task.eval_pairs if p["rejected"] == " Short.")
+    assert len(pair["prompt"]) == MAX_TEXT_CHARS and len(pair["chosen"]) == MAX_TEXT_CHARS
+    assert pair["prompt"].endswith(" context") and task.stats["capped_texts"] == 2

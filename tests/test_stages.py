@@ -324,3 +324,33 @@ def test_stages_pretokenize_when_the_tokenizer_adds_bos(task, tokenizer, tmp_pat
     rm = new_reward_model(bos_tok)
     metrics = train_reward_model(rm, bos_tok, task, RewardStageConfig(epochs=1, batch_size=32), tmp_path / "rm")
     assert metrics["reward/dropped_pairs"] == 0 and metrics["reward/train_loss"] < 0.7
+
+
+def test_score_texts_caps_long_texts_at_max_length_keeping_eos(rm_run, task, tokenizer):
+    from rlhfkit.stages.sft import CHARS_PER_TOKEN
+
+    model, _, _ = rm_run
+    prompt, short = task.eval_pairs[0]["prompt"], task.eval_pairs[0]["chosen"]
+    long_answer = short + " ".join(["good"] * 5000)  # far past max_length tokens and 64 x max_length chars
+    max_length = 16
+    assert len(prompt + long_answer) > CHARS_PER_TOKEN * max_length
+    scores = score_texts(model, tokenizer, [prompt, prompt], [short, long_answer], max_length=max_length)
+    ids = tokenizer(prompt + long_answer, add_special_tokens=False)["input_ids"][: max_length - 1]
+    expected = model(input_ids=torch.tensor([ids + [tokenizer.eos_token_id]])).logits.squeeze(-1)
+    torch.testing.assert_close(scores[1:], expected.detach(), rtol=1e-4, atol=1e-5)
+    # a row within max_length is scored as without the cap
+    assert len(tokenizer(prompt + short + tokenizer.eos_token, add_special_tokens=False)["input_ids"]) <= 128
+    torch.testing.assert_close(
+        score_texts(model, tokenizer, [prompt], [short], max_length=128), score_texts(model, tokenizer, [prompt], [short])
+    )
+
+
+def test_sft_encoding_is_capped_in_characters_and_tokens(tokenizer):
+    from rlhfkit.stages.sft import CHARS_PER_TOKEN, cap_chars
+
+    prompt = "word " * 10_000
+    capped_prompt, answer, cut = cap_chars(prompt, " answer", 8)
+    assert cut and len(capped_prompt) == CHARS_PER_TOKEN * 8 and answer == ""
+    assert cap_chars("p", " a", 8) == ("p", " a", False)
+    ids, start = encode_prompt_completion(tokenizer, prompt, " answer", max_length=8)
+    assert len(ids) == 8 and start == 8  # the prompt fills the window: no completion tokens, no bad mask

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 from rlhfkit.data import PreferenceTask
 from rlhfkit_plugins.datasets.preference import (
+    MIN_PAIRS,
     Malformed,
     PreferenceOptions,
     build_preference_task,
     collect_pairs,
     read_json_lines,
+    refuse_too_few,
     resolve_data_path,
     split_hh,
 )
@@ -39,19 +41,27 @@ class HHRLHFOptions(PreferenceOptions):
 
 def hh_row(row) -> tuple[str, str, str]:
     if not isinstance(row, dict):
-        raise Malformed("not_json" if row is None else "missing_keys")
+        raise Malformed("not_json" if row is None else "not_object")
     chosen, rejected = row.get("chosen"), row.get("rejected")
-    if not isinstance(chosen, str) or not isinstance(rejected, str):
+    if chosen is None or rejected is None:
         raise Malformed("missing_keys")
+    if not isinstance(chosen, str) or not isinstance(rejected, str):
+        raise Malformed("wrong_type")
     return split_hh(chosen, rejected)
 
 
-def load_pairs(options: HHRLHFOptions) -> tuple[list[dict], dict]:
+def load_pairs(options: HHRLHFOptions, limit: int = 0) -> tuple[list[dict], dict]:
     path = resolve_data_path(options.path, "data.path")
     not_json: Counter = Counter()
-    pairs, stats = collect_pairs(read_json_lines(path, not_json), options, hh_row)
-    stats["source"] = str(options.path)
-    return pairs, stats
+    return collect_pairs(read_json_lines(path, not_json), options, hh_row, source=str(options.path), limit=limit)
+
+
+def check(options: HHRLHFOptions) -> dict:
+    """Open the file and read until ``MIN_PAIRS`` usable pairs are found (a few rows of a good file); a
+    one-line ``ValueError`` naming the file and the reasons counted when it has fewer."""
+    pairs, stats = load_pairs(options, limit=MIN_PAIRS)
+    refuse_too_few("hh_rlhf", pairs, stats)
+    return stats
 
 
 def build(options: HHRLHFOptions, seed: int) -> PreferenceTask:

@@ -70,6 +70,5 @@ def build(options: HubOptions, seed: int) -> PreferenceTask:
         # read a margin beyond max_pairs so dropped rows do not starve the task
         data = data.shuffle(seed=seed).select(range(min(len(data), options.max_pairs * 2)))
     to_triple = options.row_normaliser()
-    pairs, stats = collect_pairs(iter(data), options, to_triple)
-    stats["source"] = f"hub:{options.dataset}"
+    pairs, stats = collect_pairs(iter(data), options, to_triple, source=f"hub:{options.dataset}")
     return build_preference_task("hub", pairs, stats, options, seed)

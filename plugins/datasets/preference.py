@@ -5,14 +5,23 @@ Every source becomes rows ``{"prompt", "chosen", "rejected"}`` in plain text (co
 prompt).  Rows that cannot be used are *counted by reason* in ``task.stats["dropped"]`` and reported on
 stderr, never dropped silently:
 
-- ``not_json``: a line that is not a JSON object;
-- ``missing_keys``: no chosen/rejected (or prompt, where the format needs one), or a value of the wrong type;
+- ``not_utf8``: a line that is not UTF-8 text (e.g. Latin-1);
+- ``not_json``: a line that is not JSON;
+- ``not_object``: a JSON value that is not an object (a list, a string, a number);
+- ``missing_keys``: no chosen/rejected (or prompt, where the format needs one), or a null value;
+- ``wrong_type``: a prompt/chosen/rejected value of the wrong type (a number, a message without content);
 - ``no_assistant_turn``: an HH-style conversation without ``"\\n\\nAssistant:"``;
 - ``prompt_mismatch``: chosen and rejected share no conversation up to an assistant turn;
 - ``empty_prompt``, ``empty_completion``: nothing left after splitting/stripping;
 - ``identical``: chosen equals rejected (no preference to learn);
 - ``prompt_too_long``: no turn boundary leaves the prompt within ``max_prompt_chars`` (with
   ``long_prompts = "drop"``).
+
+The first few places of each reason (``file:line`` for JSONL, ``file:item`` for JSON lists and Parquet rows)
+are kept in ``task.stats["dropped_at"]``.  Every text is capped at ``MAX_TEXT_CHARS`` characters when read
+(prompts keep their end, answers their start; counted as ``capped_texts``): one pathological row must not
+decide the memory of tokenizer training or of any stage.  A file with fewer than two usable pairs is refused
+in one line naming the file and the reasons counted (``check`` does this before anything runs).
 
 Real data has no gold reward: ``task.gold_reward`` is ``None`` and reports leave the gold columns empty.
 """
@@ -24,6 +33,7 @@ import json
 import os
 import random
 import sys
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +45,11 @@ from rlhfkit.data import PreferenceTask
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
 LONG_PROMPT_POLICIES = ("truncate", "drop")
+# 64 characters per token x 4096 tokens: longer than any sequence the stages keep (they cap again at
+# 64 x their own max_length), short enough that a 10 MB row costs a few MB of copies, not GBs of tokens.
+MAX_TEXT_CHARS = 64 * 4096
+MIN_PAIRS = 2  # one held-out pair and one training pair
+EXAMPLES_PER_REASON = 5
 CHAT_FORMATS = ("hh", "plain")
 
 
@@ -99,33 +114,79 @@ def resolve_data_path(path: str, key: str = "data.path") -> Path:
     return resolved
 
 
-def read_json_lines(path: Path, stats: Counter) -> Iterator[Any]:
-    """Records of a ``.jsonl``/``.jsonl.gz`` file (or a ``.json`` list); bad lines count as ``not_json``."""
-    opener = gzip.open if path.suffix == ".gz" else open
+@dataclass(frozen=True)
+class Line:
+    """A record read from a file and where: its line (JSONL) or item (JSON list, Parquet) number, from 1.
+    ``reason`` is set (and ``value`` None) when the line could not be read."""
+
+    number: int
+    value: Any = None
+    reason: str | None = None
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _unreadable(path: Path, exc: Exception, where: str) -> ValueError:
+    return ValueError(f"data.path {str(path)!r}: cannot be read {where}: {type(exc).__name__}: {exc}")
+
+
+def read_json_lines(path: Path, stats: Counter | None = None) -> Iterator[Line]:
+    """Records of a ``.jsonl``/``.jsonl.gz`` file (or a ``.json`` list), one :class:`Line` each.
+
+    Lines are decoded one by one, so one Latin-1 line costs that line (``not_utf8``), not the file; a line
+    that is not JSON is ``not_json``.  A damaged gzip stream or an invalid ``.json`` file is a one-line
+    ``ValueError`` naming the file.
+    """
+    stats = Counter() if stats is None else stats
     name = path.name[:-3] if path.suffix == ".gz" else path.name
-    with opener(path, "rt", encoding="utf-8") as handle:
-        if name.endswith(".json"):
-            data = json.load(handle)
-            yield from (data if isinstance(data, list) else [data])
-            return
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                stats["not_json"] += 1
-                yield None
+    if name.endswith(".json"):
+        yield from _read_json_list(path)
+        return
+    number = 0
+    try:
+        with _open_binary(path) as handle:
+            for raw in handle:
+                number += 1
+                try:
+                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    stats["not_utf8"] += 1
+                    yield Line(number, reason="not_utf8")
+                    continue
+                if not text.strip():
+                    continue
+                try:
+                    yield Line(number, json.loads(text))
+                except json.JSONDecodeError:
+                    stats["not_json"] += 1
+                    yield Line(number, reason="not_json")
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise _unreadable(path, exc, f"after line {number}") from None
 
 
-def read_records(path: Path, stats: Counter) -> Iterator[Any]:
-    """Records of a JSONL (optionally gzipped), JSON or Parquet file."""
+def _read_json_list(path: Path) -> Iterator[Line]:
+    try:
+        with _open_binary(path) as handle:
+            data = json.loads(handle.read().decode("utf-8-sig"))
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _unreadable(path, exc, "as one JSON document") from None
+    for number, record in enumerate(data if isinstance(data, list) else [data], start=1):
+        yield Line(number, record)
+
+
+def read_records(path: Path, stats: Counter | None = None) -> Iterator[Line]:
+    """Records of a JSONL (optionally gzipped), JSON or Parquet file, one :class:`Line` each."""
     if path.suffix == ".parquet":
         import pandas as pd
 
-        frame = pd.read_parquet(path)
-        for record in frame.to_dict(orient="records"):
-            yield {k: _plain(v) for k, v in record.items()}
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises its own types for damaged files
+            raise _unreadable(path, exc, "as Parquet") from None
+        for number, record in enumerate(frame.to_dict(orient="records"), start=1):
+            yield Line(number, {k: _plain(v) for k, v in record.items()})
         return
     yield from read_json_lines(path, stats)
 
@@ -210,8 +271,8 @@ def render_messages(messages: list, chat_format: str = "hh", open_assistant: boo
     (``"role: content\\n"``).  ``open_assistant`` ends with an open assistant turn (a prompt)."""
     parts = []
     for message in messages:
-        if not isinstance(message, dict) or "content" not in message:
-            raise Malformed("missing_keys")
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise Malformed("wrong_type")
         role, content = message.get("role", "user"), str(message["content"])
         if chat_format == "hh":
             label = {"user": "Human", "assistant": "Assistant", "system": "System"}.get(role, role.capitalize())
@@ -227,11 +288,11 @@ def _render_answer(messages, chat_format: str) -> str:
     if isinstance(messages, str):
         return messages
     if not isinstance(messages, list):
-        raise Malformed("missing_keys")
+        raise Malformed("wrong_type")
     texts = []
     for m in messages:
-        if not isinstance(m, dict) or "content" not in m:
-            raise Malformed("missing_keys")
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise Malformed("wrong_type")
         texts.append(str(m["content"]))
     # the prompt ends with an open assistant turn; a multi-message answer continues in the same format
     answer = " " + texts[0] if texts else ""
@@ -248,7 +309,7 @@ def normalise_row(row: Any, prompt_key="prompt", chosen_key="chosen", rejected_k
     implicit prompt (full conversations; the shared leading messages are the prompt).
     """
     if not isinstance(row, dict):
-        raise Malformed("not_json" if row is None else "missing_keys")
+        raise Malformed("not_json" if row is None else "not_object")
     if chosen_key not in row or rejected_key not in row or row[chosen_key] is None or row[rejected_key] is None:
         raise Malformed("missing_keys")
     chosen, rejected = row[chosen_key], row[rejected_key]
@@ -264,15 +325,15 @@ def normalise_row(row: Any, prompt_key="prompt", chosen_key="chosen", rejected_k
                 raise Malformed("empty_prompt")
             prompt_text = render_messages(chosen[:k], chat_format, open_assistant=True)
             return prompt_text, _render_answer(chosen[k:], chat_format), _render_answer(rejected[k:], chat_format)
-        raise Malformed("missing_keys")
+        raise Malformed("wrong_type")
     if isinstance(prompt, str):
         if not isinstance(chosen, (str, list)) or not isinstance(rejected, (str, list)):
-            raise Malformed("missing_keys")
+            raise Malformed("wrong_type")
         return prompt, _render_answer(chosen, chat_format), _render_answer(rejected, chat_format)
     if isinstance(prompt, list):
         prompt_text = render_messages(prompt, chat_format, open_assistant=True)
         return prompt_text, _render_answer(chosen, chat_format), _render_answer(rejected, chat_format)
-    raise Malformed("missing_keys")
+    raise Malformed("wrong_type")
 
 
 def _truncate_prompt(prompt: str, limit: int, policy: str) -> tuple[str, bool]:
@@ -317,39 +378,77 @@ def clean_pair(prompt: str, chosen: str, rejected: str, options: PreferenceOptio
         raise Malformed("identical")
     counts["truncated_prompts"] += cut_prompt
     counts["truncated_completions"] += cut_chosen + cut_rejected
+    capped = [len(t) > MAX_TEXT_CHARS for t in (prompt, chosen, rejected)]
+    if any(capped):
+        prompt, chosen, rejected = prompt[-MAX_TEXT_CHARS:], chosen[:MAX_TEXT_CHARS], rejected[:MAX_TEXT_CHARS]
+        counts["capped_texts"] += sum(capped)
+        if chosen.strip() == rejected.strip():
+            raise Malformed("identical")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def collect_pairs(rows: Iterable[Any], options: PreferenceOptions, row_to_triple) -> tuple[list[dict], dict]:
-    """Clean pairs from raw rows, and the counts (rows read, dropped by reason, truncations)."""
+def collect_pairs(
+    rows: Iterable[Any], options: PreferenceOptions, row_to_triple, source: str = "", limit: int = 0
+) -> tuple[list[dict], dict]:
+    """Clean pairs from raw rows (plain records or :class:`Line`), and the counts: rows read, dropped by
+    reason with their first places (``source:line``), truncations.  ``limit`` > 0 stops after that many
+    clean pairs (a cheap check)."""
     dropped: Counter = Counter()
+    places: dict[str, list[str]] = {}
     counts: Counter = Counter()
     pairs = []
     n_rows = 0
     for row in rows:
         n_rows += 1
+        number = row.number if isinstance(row, Line) else n_rows
         try:
+            if isinstance(row, Line):
+                if row.reason:
+                    raise Malformed(row.reason)
+                row = row.value
             pairs.append(clean_pair(*row_to_triple(row), options, counts))
         except Malformed as exc:
-            dropped[str(exc)] += 1
+            reason = str(exc)
+            dropped[reason] += 1
+            if len(places.setdefault(reason, [])) < EXAMPLES_PER_REASON:
+                places[reason].append(f"{source}:{number}" if source else str(number))
+        if limit and len(pairs) >= limit:
+            break
     stats = {
         "rows": n_rows,
         "clean_pairs": len(pairs),
         "dropped": dict(sorted(dropped.items())),
         "dropped_total": sum(dropped.values()),
+        "dropped_at": dict(sorted(places.items())),
         "truncated_prompts": counts["truncated_prompts"],
         "truncated_completions": counts["truncated_completions"],
+        "capped_texts": counts["capped_texts"],
     }
+    if source:
+        stats["source"] = source
     return pairs, stats
+
+
+def refuse_too_few(name: str, pairs: list, stats: dict) -> None:
+    """One-line ``ValueError`` when fewer than ``MIN_PAIRS`` pairs are usable, naming the file and reasons."""
+    if len(pairs) >= MIN_PAIRS:
+        return
+    source = stats.get("source") or name
+    if not stats["rows"]:
+        raise ValueError(f"data set {name!r}: {source} has no rows (empty file); at least {MIN_PAIRS} pairs needed")
+    reasons = ", ".join(
+        f"{reason} {count} (first at {', '.join(stats.get('dropped_at', {}).get(reason, [])) or '?'})"
+        for reason, count in stats["dropped"].items()
+    )
+    raise ValueError(
+        f"data set {name!r}: {source} has {len(pairs)} usable preference pair(s) in {stats['rows']} rows, "
+        f"at least {MIN_PAIRS} needed; dropped: {reasons or 'none'}"
+    )
 
 
 def build_preference_task(name: str, pairs: list[dict], stats: dict, options: PreferenceOptions, seed: int) -> PreferenceTask:
     """Shuffle with ``seed``, hold out ``eval_fraction``, derive SFT rows (the chosen answers) and prompts."""
-    if len(pairs) < 2:
-        raise ValueError(
-            f"data set {name!r}: only {len(pairs)} usable preference pair(s) "
-            f"(rows read {stats['rows']}, dropped {stats['dropped']})"
-        )
+    refuse_too_few(name, pairs, stats)
     rng = random.Random(seed)
     pairs = list(pairs)
     rng.shuffle(pairs)
@@ -372,8 +471,10 @@ def build_preference_task(name: str, pairs: list[dict], stats: dict, options: Pr
     )
     if stats["dropped_total"]:
         reasons = ", ".join(f"{k} {v}" for k, v in stats["dropped"].items())
+        where = f" of {stats['source']}" if stats.get("source") else ""
         print(
-            f"data set {name!r}: dropped {stats['dropped_total']} of {stats['rows']} rows ({reasons})",
+            f"data set {name!r}: dropped {stats['dropped_total']} of {stats['rows']} rows{where} ({reasons}; first "
+            f"places in the stage stats, data/stats.dropped_at)",
             file=sys.stderr,
         )
     return PreferenceTask(

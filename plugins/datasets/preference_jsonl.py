@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 from rlhfkit.data import PreferenceTask
 from rlhfkit_plugins.datasets.preference import (
+    MIN_PAIRS,
     ColumnOptions,
     build_preference_task,
     collect_pairs,
     read_records,
+    refuse_too_few,
     resolve_data_path,
 )
 
@@ -42,12 +44,18 @@ class PreferenceFileOptions(ColumnOptions):
         resolve_data_path(self.path, "path")
 
 
-def load_pairs(options: PreferenceFileOptions) -> tuple[list[dict], dict]:
+def load_pairs(options: PreferenceFileOptions, limit: int = 0) -> tuple[list[dict], dict]:
     path = resolve_data_path(options.path, "data.path")
     to_triple = options.row_normaliser()
-    pairs, stats = collect_pairs(read_records(path, Counter()), options, to_triple)
-    stats["source"] = str(options.path)
-    return pairs, stats
+    return collect_pairs(read_records(path, Counter()), options, to_triple, source=str(options.path), limit=limit)
+
+
+def check(options: PreferenceFileOptions) -> dict:
+    """Open the file and read until ``MIN_PAIRS`` usable pairs are found (a few rows of a good file); a
+    one-line ``ValueError`` naming the file and the reasons counted when it has fewer."""
+    pairs, stats = load_pairs(options, limit=MIN_PAIRS)
+    refuse_too_few("preference_jsonl", pairs, stats)
+    return stats
 
 
 def build(options: PreferenceFileOptions, seed: int) -> PreferenceTask:

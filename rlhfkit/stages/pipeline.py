@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from rlhfkit.artifacts import DONE_MARKER, artifact_dirs, is_complete, publish, staging_dir
+from rlhfkit.artifacts import artifact_dirs, publish, read_marker, remove_stale_scratch, reusable, staging_dir
 from rlhfkit.recipe import load_recipe
 
 
@@ -29,11 +29,11 @@ def load_tokenizer(path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def ensure_tokenizer(entry, task, out: Path):
+def ensure_tokenizer(entry, task, out: Path, notes: list | None = None):
     from rlhfkit.models import parse_model_spec
     from rlhfkit.tokenizer import train_tokenizer
 
-    if is_complete(out):
+    if reusable(out, notes):
         return load_tokenizer(out)
     spec = parse_model_spec(entry.policy, entry.trust_remote_code)
     tmp = staging_dir(out)
@@ -49,17 +49,16 @@ def ensure_tokenizer(entry, task, out: Path):
             tokenizer.add_special_tokens({"pad_token": "<|rlhfkit_pad|>"})
         tokenizer.padding_side = "left"
     tokenizer.save_pretrained(str(tmp))
-    (tmp / DONE_MARKER).write_text(json.dumps({"kind": "tokenizer", "source": entry.policy}))
-    publish(tmp, out)
+    publish(tmp, out, {"kind": "tokenizer", "source": entry.policy})
     return load_tokenizer(out)
 
 
-def ensure_sft(recipe, entry, task, tokenizer, out: Path) -> dict:
+def ensure_sft(recipe, entry, task, tokenizer, out: Path, notes: list | None = None) -> dict:
     from rlhfkit.models import build_causal_lm, parse_model_spec
     from rlhfkit.stages.sft import train_sft
 
-    if is_complete(out):
-        return json.loads((out / DONE_MARKER).read_text())["metrics"]
+    if reusable(out, notes):
+        return read_marker(out)["metrics"]
     from transformers import set_seed
 
     spec = parse_model_spec(entry.policy, entry.trust_remote_code)
@@ -69,17 +68,16 @@ def ensure_sft(recipe, entry, task, tokenizer, out: Path) -> dict:
         model.resize_token_embeddings(len(tokenizer))
     tmp = staging_dir(out)
     metrics = train_sft(model, tokenizer, task, recipe.sft, tmp)
-    (tmp / DONE_MARKER).write_text(json.dumps({"kind": "sft", "source": entry.policy, "metrics": metrics}))
-    publish(tmp, out)
+    publish(tmp, out, {"kind": "sft", "source": entry.policy, "metrics": metrics})
     return metrics
 
 
-def ensure_reward_model(recipe, entry, task, tokenizer, out: Path) -> dict:
+def ensure_reward_model(recipe, entry, task, tokenizer, out: Path, notes: list | None = None) -> dict:
     from rlhfkit.models import build_sequence_classifier, parse_model_spec
     from rlhfkit.stages.reward import train_reward_model
 
-    if is_complete(out):
-        return json.loads((out / DONE_MARKER).read_text())["metrics"]
+    if reusable(out, notes):
+        return read_marker(out)["metrics"]
     from transformers import set_seed
 
     spec = parse_model_spec(entry.reward, entry.trust_remote_code)
@@ -90,8 +88,7 @@ def ensure_reward_model(recipe, entry, task, tokenizer, out: Path) -> dict:
     model.config.pad_token_id = tokenizer.pad_token_id
     tmp = staging_dir(out)
     metrics = train_reward_model(model, tokenizer, task, recipe.reward_model, tmp)
-    (tmp / DONE_MARKER).write_text(json.dumps({"kind": "reward_model", "source": entry.reward, "metrics": metrics}))
-    publish(tmp, out)
+    publish(tmp, out, {"kind": "reward_model", "source": entry.reward, "metrics": metrics})
     return metrics
 
 
@@ -102,14 +99,19 @@ def run_stages(spec: dict) -> dict:
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     recipe = load_recipe(spec["recipe"])
     entry = recipe.models[spec["model"]]
-    dirs = artifact_dirs(recipe, entry, Path(spec["artifacts_root"]))
+    root = Path(spec["artifacts_root"])
+    dirs = artifact_dirs(recipe, entry, root)
+    # A stage killed earlier (timeout, SIGKILL) left its staging directory; its process is gone.
+    remove_stale_scratch(root)
     task = build_task(recipe)
     started = time.perf_counter()
-    tokenizer = ensure_tokenizer(entry, task, dirs.tokenizer)
+    notes: list[str] = []
+    tokenizer = ensure_tokenizer(entry, task, dirs.tokenizer, notes)
     metrics = {}
-    metrics.update(ensure_sft(recipe, entry, task, tokenizer, dirs.sft))
-    metrics.update(ensure_reward_model(recipe, entry, task, tokenizer, dirs.reward_model))
+    metrics.update(ensure_sft(recipe, entry, task, tokenizer, dirs.sft, notes))
+    metrics.update(ensure_reward_model(recipe, entry, task, tokenizer, dirs.reward_model, notes))
     metrics["stages/seconds"] = time.perf_counter() - started
+    metrics["stages/rebuilt"] = notes
     metrics["data/stats"] = task.stats
     return metrics
 

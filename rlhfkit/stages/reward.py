@@ -16,6 +16,7 @@ from typing import Sequence
 
 from rlhfkit.stages.sft import (
     LR_SCHEDULERS,
+    cap_chars,
     common_training_args,
     quiet_progress,
     silence_trainer,
@@ -36,7 +37,8 @@ class RewardStageConfig:
     """Preference pairs per optimisation step (each pair is two sequences)."""
     max_length: int = 128
     """Longest tokenized prompt + answer (+ EOS).  TRL *drops* pairs whose chosen or rejected sequence is longer
-    (it does not truncate), so keep it above the longest example."""
+    (it does not truncate), so keep it above the longest example.  Scoring (accuracy, score statistics)
+    truncates to it: the first ``max_length - 1`` tokens and EOS."""
     warmup_ratio: float = 0.05
     """Fraction of the optimisation steps spent warming the learning rate up linearly from zero."""
     weight_decay: float = 0.0
@@ -68,23 +70,42 @@ class RewardStageConfig:
             raise ValueError("center_rewards_coefficient must be >= 0 (or unset)")
 
 
-def score_texts(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 256):
+def _capped_ids(tokenizer, texts: list[str], max_length: int | None) -> list[list[int]]:
+    """Token ids of ``texts`` (no special tokens added); with ``max_length`` a longer row keeps its first
+    ``max_length - 1`` tokens and ends with EOS, so the score is still read at an EOS as in training."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if max_length is None:
+        return ids
+    eos = tokenizer.eos_token_id
+    tail = [eos] if eos is not None else []
+    return [row if len(row) <= max_length else row[: max_length - len(tail)] + tail for row in ids]
+
+
+def score_texts(
+    model, tokenizer, prompts: Sequence[str], completions: Sequence[str], batch_size: int = 256,
+    max_length: int | None = None,
+):
     """Reward-model scores of ``prompt + completion + eos`` for each pair, as a float32 CPU tensor of shape (n,).
 
     EOS is appended unless the completion already ends with it; no other special tokens are added (as in
     training).  Rows are left-padded, the backbone (``getattr(model, model.base_model_prefix)``) is run with the
     attention mask and ``position_ids = cumsum(mask) - 1`` (clamped at 0), so each row is scored exactly as if
     it were alone, and ``model.score`` is applied to the hidden state of the last position (the last real token
-    under left padding).
+    under left padding).  With ``max_length`` each text is cut at ``CHARS_PER_TOKEN * max_length`` characters
+    before tokenizing and at ``max_length`` tokens after (keeping EOS last): a chunk is padded to its longest
+    row, so one 10 MB text would otherwise make every row of its chunk millions of tokens wide.
     """
     import torch
 
     if len(prompts) != len(completions):
         raise ValueError(f"score_texts: {len(prompts)} prompts but {len(completions)} completions")
+    if max_length is not None:
+        capped = [cap_chars(p, c, max_length) for p, c in zip(prompts, completions)]
+        prompts, completions = [p for p, _, _ in capped], [c for _, c, _ in capped]
     texts = [p + with_eos(c, tokenizer.eos_token) for p, c in zip(prompts, completions)]
     if not texts:
         return torch.zeros(0, dtype=torch.float32)
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = _capped_ids(tokenizer, texts, max_length)
     device = next(model.parameters()).device
     backbone = getattr(model, model.base_model_prefix)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -115,13 +136,16 @@ def score_texts(model, tokenizer, prompts: Sequence[str], completions: Sequence[
     return torch.cat(scores)
 
 
-def pairwise_accuracy(model, tokenizer, pairs: Sequence[dict], batch_size: int = 256) -> float:
+def pairwise_accuracy(
+    model, tokenizer, pairs: Sequence[dict], batch_size: int = 256, max_length: int | None = None
+) -> float:
     """Fraction of ``{"prompt", "chosen", "rejected"}`` pairs whose chosen answer scores strictly higher."""
     if not pairs:
         return float("nan")
     prompts = [p["prompt"] for p in pairs]
     scores = score_texts(
-        model, tokenizer, prompts + prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], batch_size
+        model, tokenizer, prompts + prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs],
+        batch_size, max_length,
     )
     return _fraction_chosen_higher(scores, len(pairs))
 
@@ -129,6 +153,19 @@ def pairwise_accuracy(model, tokenizer, pairs: Sequence[dict], batch_size: int =
 def _fraction_chosen_higher(scores, n: int) -> float:
     """``scores`` holds n chosen then n rejected scores; the fraction of pairs ranked right (ties count wrong)."""
     return int((scores[:n] > scores[n:]).sum()) / n
+
+
+def _capped_pairs(pairs: Sequence[dict], max_length: int) -> tuple[list[dict], int]:
+    """Training pairs with prompt + each answer cut at ``CHARS_PER_TOKEN * max_length`` characters (TRL
+    tokenizes the whole text before it drops a pair longer than ``max_length``), and how many were cut.  A
+    cut pair is still longer than ``max_length`` tokens, so TRL drops it as before."""
+    out, capped = [], 0
+    for p in pairs:
+        prompt, chosen, cut_chosen = cap_chars(p["prompt"], p["chosen"], max_length)
+        _, rejected, cut_rejected = cap_chars(p["prompt"], p["rejected"], max_length)
+        out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        capped += cut_chosen or cut_rejected
+    return out, capped
 
 
 def train_reward_model(model, tokenizer, task, config: RewardStageConfig, output_dir: Path) -> dict:
@@ -145,7 +182,7 @@ def train_reward_model(model, tokenizer, task, config: RewardStageConfig, output
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    pairs = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in task.pairs]
+    pairs, capped = _capped_pairs(task.pairs, config.max_length)
     if not pairs:
         raise ValueError("the task has no preference pairs")
     if tokenizer_adds_special_tokens(tokenizer):
@@ -182,9 +219,12 @@ def train_reward_model(model, tokenizer, task, config: RewardStageConfig, output
             prompts + prompts,
             [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs],
             config.score_batch_size,
+            config.max_length,
         )
         n = len(pairs)
-        eval_accuracy = pairwise_accuracy(model, tokenizer, task.eval_pairs, config.score_batch_size)
+        eval_accuracy = pairwise_accuracy(
+            model, tokenizer, task.eval_pairs, config.score_batch_size, config.max_length
+        )
         model.save_pretrained(str(output_dir))
         tokenizer.save_pretrained(str(output_dir))
     return {
@@ -195,6 +235,7 @@ def train_reward_model(model, tokenizer, task, config: RewardStageConfig, output
         "reward/score_std": float(train_scores.std()),
         "reward/train_pairs": kept,
         "reward/dropped_pairs": n - kept,
+        "reward/capped_pairs": capped,
         "reward/eval_pairs": len(task.eval_pairs),
         "reward/steps": int(result.global_step),
         "reward/seconds": time.perf_counter() - start,

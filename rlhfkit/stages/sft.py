@@ -13,6 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LR_SCHEDULERS = ("cosine", "linear", "constant")
+# Texts are cut at this many characters per token of the stage's max_length before they are tokenized: the
+# stages keep at most max_length tokens anyway, and a tokenizer given a 10 MB row builds millions of tokens
+# (the reward stage reached 8.4 GB RSS on one such row).  No tokenizer here averages more than 64 characters
+# per token, so the first max_length tokens of a text are the same with or without the cut.
+CHARS_PER_TOKEN = 64
 
 
 @dataclass
@@ -81,9 +86,23 @@ def with_eos(text: str, eos_token: str) -> str:
     return text if text.endswith(eos_token) else text + eos_token
 
 
+def cap_chars(prompt: str, answer: str, max_length: int) -> tuple[str, str, bool]:
+    """``prompt + answer`` cut at ``CHARS_PER_TOKEN * max_length`` characters, keeping the start (as the
+    stages' token truncation does); and whether anything was cut."""
+    limit = CHARS_PER_TOKEN * max_length
+    if len(prompt) + len(answer) <= limit:
+        return prompt, answer, False
+    prompt = prompt[:limit]
+    return prompt, answer[: limit - len(prompt)], True
+
+
 def encode_prompt_completion(tokenizer, prompt: str, completion: str, max_length: int | None = None):
     """Token ids of ``prompt + completion + eos`` (no other special tokens) and the index where the completion
-    starts: where the tokenized prompt and prompt + completion diverge, as TRL computes it."""
+    starts: where the tokenized prompt and prompt + completion diverge, as TRL computes it.  With
+    ``max_length`` the text is cut at ``CHARS_PER_TOKEN * max_length`` characters before tokenizing and the ids
+    at ``max_length`` tokens after (the start is then at most ``len(ids)``)."""
+    if max_length is not None:
+        prompt, completion, _ = cap_chars(prompt, completion, max_length)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(prompt + with_eos(completion, tokenizer.eos_token), add_special_tokens=False)["input_ids"]
     start = 0
@@ -91,7 +110,7 @@ def encode_prompt_completion(tokenizer, prompt: str, completion: str, max_length
         start += 1
     if max_length is not None:
         full_ids = full_ids[:max_length]
-    return full_ids, start
+    return full_ids, min(start, len(full_ids))
 
 
 def completion_nll(model, tokenizer, rows: list[dict], batch_size: int = 64, max_length: int | None = None) -> float:
@@ -237,19 +256,19 @@ def train_sft(model, tokenizer, task, config: SFTStageConfig, output_dir: Path) 
     eval_batch_size = max(config.batch_size, 64)
     eval_loss_init = completion_nll(model, tokenizer, eval_rows, eval_batch_size, config.max_length)
 
+    capped = [cap_chars(r["prompt"], r["completion"], config.max_length) for r in train_rows]
     if tokenizer_adds_special_tokens(tokenizer):
         # Tokenize as rollouts do (no BOS...): TRL takes `input_ids` + `completion_mask` and builds the labels.
         columns = {"input_ids": [], "completion_mask": []}
-        for r in train_rows:
-            ids, begin = encode_prompt_completion(tokenizer, r["prompt"], r["completion"])
+        for prompt, completion, _ in capped:
+            ids, begin = encode_prompt_completion(tokenizer, prompt, completion, config.max_length)
             columns["input_ids"].append(ids)
             columns["completion_mask"].append([0] * begin + [1] * (len(ids) - begin))
         train_dataset = Dataset.from_dict(columns)
     else:
-        # TRL's prompt-completion format: it appends EOS to each completion and masks the prompt out of the loss.
-        train_dataset = Dataset.from_list(
-            [{"prompt": r["prompt"], "completion": r["completion"]} for r in train_rows]
-        )
+        # TRL's prompt-completion format: it appends EOS to each completion and masks the prompt out of the loss
+        # (and truncates to max_length tokens, keeping the start, as the character cap does).
+        train_dataset = Dataset.from_list([{"prompt": p, "completion": c} for p, c, _ in capped])
 
     set_seed(config.seed)
     args = SFTConfig(
@@ -278,6 +297,7 @@ def train_sft(model, tokenizer, task, config: SFTStageConfig, output_dir: Path) 
         "sft/eval_loss_init": float(eval_loss_init),
         "sft/train_examples": len(train_rows),
         "sft/eval_examples": len(eval_rows),
+        "sft/capped_rows": sum(cut for _, _, cut in capped),
         "sft/steps": int(result.global_step),
         "sft/seconds": time.perf_counter() - start,
     }
