@@ -177,13 +177,13 @@ def test_report_shows_rloos_memory_saving_over_ppo(built):
     run_dir, _ = built
     md = (run_dir / "report.md").read_text()
     assert "Memory saving between algorithms at equal settings" in md
-    row = next(line for line in md.splitlines() if line.startswith("| tiny | full | ppo − rloo |"))
+    row = next(line for line in md.splitlines() if line.startswith("| tiny | full | (defaults) | ppo − rloo |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     # Welch: each side's variance 0.5 MiB², se = √(0.25 + 0.25) = 0.7071, df = 0.5² / (0.25² + 0.25²) = 2,
     # t_{0.975, 2} = 4.3027: 100 ± 3.04 MiB
-    assert cells[3:7] == ["302 / 202", "+100.0 [97.0, 103.0]", "+33%", "+90.0"]
-    assert cells[7] == "+0.0 / -" and cells[9] == "+100.0 / +90.0"  # generation equal; training is the critic's
-    assert ("rloo over ppo (tiny, full): measured saving +100.0 [97.0, 103.0] MiB of peak memory (+33% of ppo's "
+    assert cells[4:8] == ["302 / 202", "+100.0 [97.0, 103.0]", "+33%", "+90.0"]
+    assert cells[8] == "+0.0 / -" and cells[10] == "+100.0 / +90.0"  # generation equal; training is the critic's
+    assert ("rloo over ppo (tiny, full, (defaults)): measured saving +100.0 [97.0, 103.0] MiB of peak memory (+33% of ppo's "
             "peak); planned +90.0 MiB; too few seeds to compare: 2 per arm, 4 needed.") in md
 
 
@@ -235,7 +235,7 @@ def test_partial_run_marks_missing_cells(tmp_path):
     assert "| tiny__rloo__full__s2 | _pending (missing result)_ |" in md
     assert '<td class="muted text">pending (missing result)</td>' in page
     # statistics rest on the finished seeds only: RLOO has n=1, no interval
-    assert "| tiny | rloo | full | 1 (n=1) | 0.100 |" in md
+    assert "| tiny | rloo | full | (defaults) | 1 (n=1) | 0.100 |" in md
     assert "too few seeds to compare: 2 and 1 per arm, 4 needed" in md
     assert len(list((out / "plots").glob("*.png"))) >= 4
 

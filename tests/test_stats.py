@@ -306,3 +306,28 @@ def test_lr_exhausted():
     evals = _evals([0.0, 1.0, 2.0, 2.0], lrs=[1e-3, 5e-4, 1e-7, 0.0])
     assert not st.lr_exhausted(evals, 10) and st.lr_exhausted(evals, 20) and st.lr_exhausted(evals, 30)
     assert not st.lr_exhausted([{"eval/step": 0, "eval/gold": 1.0}], 0)  # no eval/lr recorded: unknown
+
+
+def test_settings_are_never_pooled_as_seeds_and_tuned_arms_compare_across_settings():
+    import pandas as pd
+
+    rows = []
+    for algorithm, offset in (("ppo", 0.0), ("rloo", 0.5)):
+        for beta, level in ((0.02, 3.0), (0.5, 1.0)):
+            for seed in range(1, 5):
+                rows.append({"model": "m", "algorithm": algorithm, "memory": "full", "seed": seed, "status": "ok",
+                             "settings": f"kl_coef={beta}", "phase": "grid", "gold_final": level + offset + 0.01 * seed})
+        for seed in range(11, 15):  # tuned: ppo picked 0.02, rloo 0.5 -> different settings, still compared
+            rows.append({"model": "m", "algorithm": algorithm, "memory": "full", "seed": seed, "status": "ok",
+                         "settings": "kl_coef=0.02" if algorithm == "ppo" else "kl_coef=0.5", "phase": "final",
+                         "gold_final": 2.0 + offset + 0.01 * seed})
+    frame = pd.DataFrame(rows)
+    groups = st.group_stats(frame, metrics=("gold_final",))
+    assert [(g["algorithm"], g["settings"], g["phase"], g["n"]) for g in groups] == [
+        ("ppo", "kl_coef=0.02", "grid", 4), ("ppo", "kl_coef=0.5", "grid", 4), ("ppo", "kl_coef=0.02", "final", 4),
+        ("rloo", "kl_coef=0.02", "grid", 4), ("rloo", "kl_coef=0.5", "grid", 4), ("rloo", "kl_coef=0.5", "final", 4)]
+    # beta=0.02: mean of 3.01..3.04 = 3.025; beta=0.5: 1.025 (never one "n=8" group with both)
+    assert groups[0]["gold_final"].mean == pytest.approx(3.025) and groups[1]["gold_final"].mean == pytest.approx(1.025)
+    rows = st.comparisons(frame, ["ppo", "rloo"], metrics=("gold_final",))
+    assert [(r["settings"], r["phase"]) for r in rows] == [("kl_coef=0.02", "grid"), ("kl_coef=0.5", "grid"), ("(tuned)", "final")]
+    assert all(r["difference"].diff == pytest.approx(-0.5) for r in rows)  # ppo − rloo at equal settings, and tuned

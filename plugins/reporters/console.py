@@ -12,7 +12,9 @@ def print_console(context):
 
     from rlhfkit.progress import make_console, widen_for_logs
     from rlhfkit.report import stats as st
-    from rlhfkit.report.document import analysis, fmt_difference, fmt_estimate, matched_findings, mib, num, peak_sentence
+    from rlhfkit.report.document import (
+        analysis, fmt_difference, fmt_estimate, matched_findings, mib, num, peak_sentence, setting_label,
+    )
 
     console = widen_for_logs(context.console) if context.console is not None else make_console()
     a = analysis(context)
@@ -22,7 +24,11 @@ def print_console(context):
         models = {g["model"] for g in a["groups"]}
         memories = {g["memory"] for g in a["groups"]}
         # Columns that hold one value for every row go into the title instead (tables stay within 140 columns).
-        keys = [k for k, values in (("model", models), ("algorithm", None), ("memory", memories)) if values is None or len(values) > 1]
+        settings = {(g["settings"], g["phase"]) for g in a["groups"]}
+        for g in a["groups"]:
+            g["setting"] = setting_label(g["settings"], g["phase"])
+        keys = [k for k, values in (("model", models), ("algorithm", None), ("memory", memories), ("setting", settings))
+                if values is None or len(values) > 1]
         constant = [next(iter(v)) for k, v in (("model", models), ("memory", memories)) if len(v) == 1]
         title = f"{context.recipe.name}" + (f" ({', '.join(constant)})" if constant else "") + ": mean over seeds [95% t interval]"
         table = Table(title=title, title_justify="left")
@@ -37,7 +43,7 @@ def print_console(context):
                 e = g[metric]
                 if e is None:
                     continue
-                key = (g["model"], g["memory"], metric)
+                key = (g["model"], g["memory"], g["settings"], g["phase"], metric)  # best at equal settings
                 if key not in best or (e.mean > best[key] if higher else e.mean < best[key]):
                     best[key] = e.mean
         several = len(a["groups"]) > 1
@@ -46,7 +52,7 @@ def print_console(context):
             for metric in st.METRICS:
                 text = fmt_estimate(metric, g[metric])
                 e = g[metric]
-                if several and e is not None and best.get((g["model"], g["memory"], metric)) == e.mean:
+                if several and e is not None and best.get((g["model"], g["memory"], g["settings"], g["phase"], metric)) == e.mean:
                     text = f"[bold]{text}[/]"
                 cells.append(text)
             table.add_row(*[g[k] for k in keys], str(g["n"]), *cells)

@@ -192,17 +192,24 @@ def plots(context) -> list:
     return cache["plots"]
 
 
+def setting_label(settings: str, phase: str) -> str:
+    """How a group's swept setting reads in a table: "kl_coef=0.1", "(defaults)", with the phase when not grid."""
+    label = settings or "(defaults)"
+    return label if phase in ("", "grid") else f"{label} [{phase}]"
+
+
 def group_table(groups) -> Table:
-    header = ["model", "algorithm", "memory", "seeds (n)"] + [st.METRICS[m][0] for m in st.METRICS]
+    header = ["model", "algorithm", "memory", "setting", "seeds (n)"] + [st.METRICS[m][0] for m in st.METRICS]
     header[header.index("peak memory")] = "peak memory (MiB)"
     rows = []
     for g in groups:
         rows.append(
-            [g["model"], g["algorithm"], g["memory"], f"{', '.join(map(str, g['seeds']))} (n={g['n']})"]
+            [g["model"], g["algorithm"], g["memory"], setting_label(g["settings"], g["phase"]),
+             f"{', '.join(map(str, g['seeds']))} (n={g['n']})"]
             + [fmt_estimate(m, g[m]) for m in st.METRICS]
         )
     return Table(header, rows, "Mean over seeds [95% t interval: mean ± t(n−1) · s/√n]; a value without an interval "
-                 "rests on one seed. Groups pool every setting and phase of an algorithm.")
+                 "rests on one seed. One row per algorithm and swept setting: settings are never pooled as seeds.")
 
 
 def _p(value) -> str:
@@ -247,17 +254,19 @@ def memory_savings(results) -> list[dict]:
     columns = [c for c in wanted if c in results]  # results of older runs may lack the planned columns
     if "peak_memory_bytes" not in columns:
         return []
-    peaks = {(g["model"], g["algorithm"], g["memory"]): g["peak_memory_bytes"]
-             for g in st.group_stats(results, metrics=("peak_memory_bytes",))}
+    peaks = {(g["model"], g["algorithm"], g["memory"], "(tuned)" if g["phase"] == "final" else g["settings"], g["phase"]):
+             g["peak_memory_bytes"] for g in st.group_stats(results, metrics=("peak_memory_bytes",))}
     pairs: dict[tuple, dict] = {}
     verdicts: dict[tuple, str] = {}
     for c in st.comparisons(results, metrics=columns):
-        pairs.setdefault((c["model"], c["memory"], c["a"], c["b"]), {})[c["metric"]] = c["difference"]
+        key = (c["model"], c["memory"], c["settings"], c["phase"], c["a"], c["b"])
+        pairs.setdefault(key, {})[c["metric"]] = c["difference"]
         if c["metric"] == "peak_memory_bytes":
-            verdicts[(c["model"], c["memory"], c["a"], c["b"])] = c["verdict"]
+            verdicts[key] = c["verdict"]
     rows = []
-    for (model, memory, a, b), differences in pairs.items():
-        measured, peak_a, peak_b = differences["peak_memory_bytes"], peaks[(model, a, memory)], peaks[(model, b, memory)]
+    for (model, memory, settings, phase, a, b), differences in pairs.items():
+        measured = differences["peak_memory_bytes"]
+        peak_a, peak_b = peaks[(model, a, memory, settings, phase)], peaks[(model, b, memory, settings, phase)]
         if measured is None or peak_a is None or peak_b is None:  # no memory measured on one side
             continue
 
@@ -269,12 +278,13 @@ def memory_savings(results) -> list[dict]:
             {
                 "model": model,
                 "memory": memory,
+                "setting": setting_label(settings, phase),
                 "a": a,
                 "b": b,
                 "peak_a": peak_a.mean,
                 "peak_b": peak_b.mean,
                 "measured": measured,
-                "verdict": verdicts.get((model, memory, a, b), ""),
+                "verdict": verdicts.get((model, memory, settings, phase, a, b), ""),
                 "planned": diff("planned_memory_bytes"),
                 "phases": {phase: (diff(f"{phase}_peak_bytes"), diff(f"planned_{phase}_bytes")) for phase in PHASE_NAMES},
             }
@@ -287,13 +297,13 @@ def _signed_mib(value) -> str:
 
 
 def memory_saving_table(savings) -> Table:
-    header = ["model", "memory", "pair", "peak MiB (a / b)", "measured a − b MiB [95% CI]", "% of a", "planned a − b MiB",
+    header = ["model", "memory", "setting", "pair", "peak MiB (a / b)", "measured a − b MiB [95% CI]", "% of a", "planned a − b MiB",
               "generation: measured / planned", "scoring: measured / planned", "training: measured / planned"]
     rows = []
     for s in savings:
         share = f"{100 * s['measured'].diff / s['peak_a']:+.0f}%" if s["peak_a"] else "-"
         rows.append(
-            [s["model"], s["memory"], f"{s['a']} − {s['b']}", f"{mib(s['peak_a'])} / {mib(s['peak_b'])}",
+            [s["model"], s["memory"], s["setting"], f"{s['a']} − {s['b']}", f"{mib(s['peak_a'])} / {mib(s['peak_b'])}",
              st.format_difference(s["measured"], 1, 2**20), share, _signed_mib(s["planned"])]
             + [f"{_signed_mib(m)} / {_signed_mib(p)}" for m, p in s["phases"].values()]
         )
@@ -304,7 +314,7 @@ def memory_saving_table(savings) -> Table:
 
 def memory_saving_sentence(s) -> str:
     measured = s["measured"]
-    text = (f"{s['b']} over {s['a']} ({s['model']}, {s['memory']}): measured saving "
+    text = (f"{s['b']} over {s['a']} ({s['model']}, {s['memory']}, {s['setting']}): measured saving "
             f"{st.format_difference(measured, 1, 2**20)} MiB of peak memory")
     if s["peak_a"]:
         text += f" ({100 * measured.diff / s['peak_a']:+.0f}% of {s['a']}'s peak)"
@@ -386,7 +396,7 @@ def matched_comparison_table(m) -> Table:
 
 LEDGER_MODELS = ("policy", "reference", "reward", "critic")
 LEDGER_ROWS = (
-    [("ledger/episodes", "episodes (completions generated)"), ("ledger/prompts", "distinct prompts"),
+    [("ledger/episodes", "episodes (completions generated)"), ("ledger/prompts", "prompts sampled (distinct within a step, summed over steps)"),
      ("ledger/generated_tokens", "generated tokens")]
     + [(f"ledger/{m}/{q}", f"{m}: {q.replace('_', ' ')}") for m in LEDGER_MODELS
        for q in ("optimizer_steps", "forward_tokens", "backward_tokens")]
@@ -610,16 +620,21 @@ def config_blocks(context, a) -> list:
     if not resolved:
         return [Paragraph("No `resolved.json` in the run directory: the effective configuration of each arm was not "
                           "recorded; the recipe below is what was written, defaults not included.")]
+    cells = resolved.get("cells") if isinstance(resolved.get("cells"), dict) else resolved
+
+    def config_of(entry):  # the runner writes {"cells": {id: {..., "config": {...}}}}; plain {id: {...}} too
+        return entry.get("config", entry) if isinstance(entry, dict) else None
+
     columns = {}
     for arena in a["arenas"]:
         for arm in arena.arms:
             for record in arm.records:
-                config = resolved.get(record.id) or resolved.get(record.algorithm)
+                config = config_of(cells.get(record.id)) or config_of(cells.get(record.algorithm))
                 label = f"{record.algorithm} ({record.settings})" if record.settings else record.algorithm
                 if config is not None and label not in columns:
                     columns[label] = config
     if not columns:
-        columns = {name: config for name, config in resolved.items() if isinstance(config, dict)}
+        columns = {name: config_of(entry) for name, entry in cells.items() if config_of(entry) is not None}
     keys = sorted({k for config in columns.values() for k in config})
     differs = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in columns.values()}) > 1]
     rows = [[TableCell(k, "win" if k in differs else "")] + [str(c.get(k, "-")) for c in columns.values()]

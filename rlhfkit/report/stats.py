@@ -452,13 +452,33 @@ CONDITION_BOUND = ("peak_memory_bytes", "generation_peak_bytes", "scoring_peak_b
 MEMORY_METRICS = ("peak_memory_bytes", "generation_peak_bytes", "scoring_peak_bytes", "training_peak_bytes")
 
 
+SETTING_KEYS = ["settings", "phase"]
+"""A swept setting (and the phase that ran it) is part of what a group is: cells of one algorithm at different
+settings are not seeds of one arm, so their values are never pooled into one interval or one "n"."""
+
+
+def setting_keys(frame) -> list[str]:
+    return [k for k in SETTING_KEYS if k in frame.columns and frame[k].notna().any()]
+
+
+def _setting_frame(frame):
+    """``frame`` with empty settings/phase filled (results of older runs have neither column)."""
+    frame = frame.copy()
+    if "settings" in frame.columns:
+        frame["settings"] = frame["settings"].fillna("").astype(str)
+    if "phase" in frame.columns:
+        frame["phase"] = frame["phase"].fillna("grid").astype(str)
+    return frame
+
+
 def group_stats(frame, metrics=tuple(METRICS), **kwargs) -> list[dict]:
-    """Per (model, algorithm, memory) group of ``ok`` cells: ``{model, algorithm, memory, n, metric: Estimate}``
-    (mean with its t interval)."""
-    ok = frame[frame["status"] == "ok"]
+    """Per (model, algorithm, memory, settings, phase) group of ``ok`` cells: ``{model, algorithm, memory,
+    settings, phase, n, seeds, metric: Estimate}`` (mean with its t interval)."""
+    ok = _setting_frame(frame[frame["status"] == "ok"])
+    keys = GROUP_KEYS + setting_keys(ok)
     out = []
-    for key, group in ok.groupby(GROUP_KEYS, sort=False):
-        row = dict(zip(GROUP_KEYS, key))
+    for key, group in ok.groupby(keys, sort=False):
+        row = {"settings": "", "phase": "grid", **dict(zip(keys, key))}
         row["n"] = len(group)
         row["seeds"] = [int(s) for s in group["seed"]]
         for metric in metrics:
@@ -486,14 +506,21 @@ def condition_blocker(group_a, group_b) -> str:
 
 
 def comparisons(frame, algorithms: list[str] | None = None, metrics=tuple(METRICS)) -> list[dict]:
-    """For each (model, memory) and pair of algorithms and metric: A − B (Welch), verdicts Holm-corrected
-    across the metrics of that pair.  Rows: ``{model, memory, a, b, metric, label, higher_is_better,
-    difference, comparison, verdict, winner}``."""
-    ok = frame[frame["status"] == "ok"]
+    """For each (model, memory, settings, phase) and pair of algorithms and metric: A − B (Welch), verdicts
+    Holm-corrected across the metrics of that pair.  Only cells at the same settings are compared (at different
+    settings a difference is not the algorithm's).  Rows: ``{model, memory, settings, phase, a, b, metric, label,
+    higher_is_better, difference, comparison, verdict, winner}``."""
+    ok = _setting_frame(frame[frame["status"] == "ok"])
     if algorithms is None:
         algorithms = list(dict.fromkeys(frame["algorithm"]))
     rows = []
-    for (model, memory), group in ok.groupby(["model", "memory"], sort=False):
+    keys = ["model", "memory"] + setting_keys(ok)
+    if "settings" in keys and "phase" in keys:
+        # Tuned against tuned: each algorithm at its own best setting is the comparison that phase exists for.
+        ok.loc[ok["phase"] == "final", "settings"] = "(tuned)"
+    for key, group in ok.groupby(keys, sort=False):
+        where = {"settings": "", "phase": "grid", **dict(zip(keys, key))}
+        model, memory = where["model"], where["memory"]
         for a, b in algorithm_pairs(algorithms):
             ga, gb = group[group["algorithm"] == a], group[group["algorithm"] == b]
             if ga.empty or gb.empty:
@@ -510,7 +537,7 @@ def comparisons(frame, algorithms: list[str] | None = None, metrics=tuple(METRIC
                 label = METRICS.get(metric, (metric,))[0]
                 family.append(compare(ga[metric].tolist(), gb[metric].tolist(), metric, a, b, label, blocked, practical))
             for c in decide(family):
-                rows.append({"model": model, "memory": memory, "a": a, "b": b, "metric": c.metric, "label": c.label,
+                rows.append({**where, "a": a, "b": b, "metric": c.metric, "label": c.label,
                              "higher_is_better": c.higher_is_better, "difference": c.difference, "comparison": c,
                              "verdict": c.verdict, "winner": c.winner})
     return rows
