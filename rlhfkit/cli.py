@@ -74,16 +74,16 @@ def plugin_modules_markdown(builtin_only: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _load(path: str):
+def _load(path: str, preflight: bool = True):
+    from rlhfkit.preflight import preflight as check_before_running
     from rlhfkit.recipe import RecipeError, load_recipe
-
-    from rlhfkit.references import check_recipe_references
 
     try:
         recipe = load_recipe(path)
-        # Imports what the cells will import, so a typo in a plugin's lazy "module:attr" fails here, not in a
-        # cell after the stages have trained.
-        check_recipe_references(recipe)
+        if preflight:
+            # Lazy references, data files, memory strategies on this machine: what a cell would otherwise find
+            # out only after the stages have trained.
+            check_before_running(recipe)
     except (RecipeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     return recipe
@@ -182,7 +182,7 @@ def _cmd_report(args) -> int:
 def _cmd_plan(args) -> int:
     from rlhfkit.planner import GiB, format_bytes, plan_recipe
 
-    recipe = _load(args.recipe)
+    recipe = _load(args.recipe, preflight=False)  # sizing other hardware: data files and this CPU do not matter
     try:
         plans = plan_recipe(recipe, gpu=args.gpu, num_gpus=args.num_gpus)
     except ValueError as exc:

@@ -276,7 +276,7 @@ def test_bad_rows_are_counted_by_reason_with_places(tmp_path):
 
 @pytest.mark.parametrize("name", ["preference_jsonl", "hh_rlhf"])
 def test_an_empty_file_is_refused_in_one_line_naming_it(tmp_path, name):
-    from rlhfkit_plugins.datasets import check_data
+    from rlhfkit.preflight import check_dataset as check_data
 
     path = tmp_path / "empty.jsonl"
     path.write_text("\n\n")
@@ -291,7 +291,7 @@ def test_an_empty_file_is_refused_in_one_line_naming_it(tmp_path, name):
 
 
 def test_zero_usable_rows_are_refused_with_the_reasons_and_places(tmp_path):
-    from rlhfkit_plugins.datasets import check_data
+    from rlhfkit.preflight import check_dataset as check_data
     from rlhfkit_plugins.datasets.preference_jsonl import PreferenceFileOptions
 
     path = write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": "q?", "answer": " a"}] * 3 + ["not json"])
@@ -307,7 +307,7 @@ def test_zero_usable_rows_are_refused_with_the_reasons_and_places(tmp_path):
 
 
 def test_check_reads_only_until_two_usable_pairs(tmp_path):
-    from rlhfkit_plugins.datasets import check_data
+    from rlhfkit.preflight import check_dataset as check_data
     from rlhfkit_plugins.datasets.preference_jsonl import PreferenceFileOptions
 
     path = write_jsonl(tmp_path / "prefs.jsonl", ["{bad"] + [_prefs(i) for i in range(1000)])
@@ -320,7 +320,7 @@ def test_check_reads_only_until_two_usable_pairs(tmp_path):
 
 
 def test_a_damaged_gzip_or_json_file_is_one_line_naming_it(tmp_path):
-    from rlhfkit_plugins.datasets import check_data
+    from rlhfkit.preflight import check_dataset as check_data
     from rlhfkit_plugins.datasets.hh_rlhf import HHRLHFOptions
     from rlhfkit_plugins.datasets.preference_jsonl import PreferenceFileOptions
 

@@ -545,3 +545,29 @@ def test_docs_list_every_builtin_plugin_as_registered():
     assert doc.endswith(plugins_markdown(rows) + plugin_modules_markdown(True)), "docs/plugins.md is stale: run `bash docs/plugins.sh`"
     for module in plugins.builtin_plugin_names():  # every built-in plugin module is named, registry or not
         assert f"| `{module}` | rlhfkit |" in doc
+
+
+def test_validate_runs_the_data_sets_own_check_before_anything(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'name = "r"\n[data]\nname = "preference_jsonl"\npath = "{empty}"\n[[models]]\nname = "m"\n'
+                      'policy = "llama:tiny"\n')
+    out = subprocess.run([sys.executable, "-m", "rlhfkit", "validate", str(recipe)], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert str(empty) in out.stderr and "no rows" in out.stderr
+
+
+def test_memory_strategy_checks_its_recipe_before_a_run(monkeypatch):
+    from rlhfkit.preflight import check_memory_strategies
+    from rlhfkit.recipe import parse_recipe
+
+    seen = []
+    registry = plugins.get_registry()
+    qlora = registry.get("memory_strategy", "qlora")
+    monkeypatch.setattr(type(qlora), "check_recipe", lambda self, recipe: seen.append(recipe.grid.memory), raising=False)
+    recipe = parse_recipe({"name": "r", "data": {"name": "synthetic"}, "models": [{"name": "m", "policy": "llama:tiny"}],
+                           "grid": {"memory": ["lora", "zero2+qlora"]}})
+    check_memory_strategies(recipe, registry)
+    assert seen == [["lora", "zero2+qlora"]]  # called once, for the part that has the check

@@ -1,7 +1,5 @@
 """Built-in data sets: the synthetic gold-reward task and real preference data (files or the hub)."""
 
-import importlib
-
 from rlhfkit.hookspecs import hookimpl
 from rlhfkit.registry import DatasetSpec
 from rlhfkit_plugins.datasets.hh_rlhf import HHRLHFOptions
@@ -46,17 +44,3 @@ def register_datasets(register):
     )
 
 
-def check_data(name: str, options) -> dict:
-    """Cheap pre-run check of a recipe's ``[data]``: the data set module's ``check(options)`` when it has one
-    (``hh_rlhf`` and ``preference_jsonl`` open the file and read until two usable pairs are found), else
-    nothing.  Returns the counts read; raises ``ValueError`` with one line naming the file and the reasons
-    counted (an empty file, zero usable rows, an unreadable gzip/JSON/Parquet file).
-
-    ``synthetic`` has no file, and ``hub`` would need the network, so neither is checked here.
-    """
-    from rlhfkit.plugins import get_registry
-
-    build = get_registry().get("dataset", name).build
-    module_name = build.split(":")[0] if isinstance(build, str) else getattr(build, "__module__", None)
-    check = getattr(importlib.import_module(module_name), "check", None) if module_name else None
-    return check(options) if callable(check) else {}

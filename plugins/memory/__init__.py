@@ -52,6 +52,10 @@ class QLora(MemoryStrategy):
                 "(bitsandbytes Params4bit), which this engine does not support; use 'zero2+qlora'"
             )
 
+    def check_recipe(self, recipe):
+        """Before a run (``rlhfkit validate``/``run``): refuse models bitsandbytes cannot run in 4 bits on this CPU."""
+        check_qlora_on_cpu(recipe)
+
 
 class _Zero(MemoryStrategy):
     stage = 0

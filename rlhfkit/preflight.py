@@ -1,0 +1,48 @@
+"""Checks that need more than the recipe's text, run by ``rlhfkit validate`` and ``rlhfkit run`` before anything
+is written: every lazy reference resolves (:mod:`rlhfkit.references`), the data files hold usable rows, and each
+memory strategy accepts the models it will hold on this machine.
+
+Each check is the plugin's own, found through the registry (no built-in is named here):
+- a data set whose ``build`` module defines ``check(options)`` has it called (it opens the file and reads until
+  it has seen enough usable rows, so a good file costs a few rows);
+- a memory-strategy part with a ``check_recipe(recipe)`` method has it called (e.g. ``qlora`` on a CPU whose
+  bitsandbytes cannot repack a layer of the model).
+Each raises ``ValueError`` with one line; the CLI prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+
+def check_dataset(name: str, options, registry=None) -> dict:
+    """The data set's own ``check(options)`` (a function beside its registered ``build``): the counts it read,
+    ``{}`` when it has none (``synthetic`` has no file; ``hub`` would need the network), or a one-line
+    ``ValueError`` naming the file and the reasons counted (empty file, no usable rows, unreadable file)."""
+    if registry is None:
+        from rlhfkit.plugins import get_registry
+
+        registry = get_registry()
+    build = registry.get("dataset", name).build
+    module_name = build.split(":")[0] if isinstance(build, str) else getattr(build, "__module__", None)
+    check = getattr(importlib.import_module(module_name), "check", None) if module_name else None
+    return check(options) if callable(check) else {}
+
+
+def check_memory_strategies(recipe, registry) -> None:
+    parts = dict.fromkeys(part for strategy in recipe.grid.memory for part in strategy.split("+"))
+    for part in parts:
+        check = getattr(registry.get("memory_strategy", part), "check_recipe", None)
+        if callable(check):
+            check(recipe)
+
+
+def preflight(recipe) -> None:
+    """Everything a run would otherwise find out only after the stages have trained."""
+    from rlhfkit.plugins import get_registry
+    from rlhfkit.references import check_recipe_references
+
+    registry = get_registry()
+    check_recipe_references(recipe)
+    check_dataset(recipe.data_name, recipe.data_options, registry)
+    check_memory_strategies(recipe, registry)
