@@ -256,16 +256,19 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="8,16,32,64")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    common = dict(learning_rate=a.lr, kl_coef=a.beta, temperature=a.temperature)
+    common = dict(learning_rate=a.lr, kl_coef=a.beta, temperature=a.temperature, lr_schedule="linear")
+    # The TRL sides' update counts, pinned here rather than taken from the recipe (whose defaults are a fair
+    # protocol of their own): TRL's RLOOTrainer updates once per batch, its PPOTrainer 4 epochs x 4 minibatches.
+    updates = {"rloo": dict(k=a.k, num_epochs=1, num_minibatches=1), "ppo": dict(num_epochs=4, num_minibatches=4)}
     if a.mode == "train":
-        extra = {"k": a.k} if a.algorithm == "rloo" else {}
+        extra = updates[a.algorithm]
         out = timed_training(a.recipe, a.artifacts, a.algorithm, a.steps, batch_size=a.batch, response_length=a.length,
                              **extra, **common)
     elif a.mode == "gen":
         out = generation_vs_floor(a.recipe, a.artifacts, a.batch, a.length)
     else:
         out = {"length": [], "batch": []}
-        extra = {"k": a.k} if a.algorithm == "rloo" else {}
+        extra = updates[a.algorithm]
         for length in map(int, a.lengths.split(",")):
             r = timed_training(a.recipe, a.artifacts, a.algorithm, a.steps, no_eos=True, batch_size=a.batch,
                                response_length=length, **extra, **common)
