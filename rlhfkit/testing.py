@@ -29,8 +29,9 @@ def _gold(prompts, completions):
 
 
 def tiny_task() -> PreferenceTask:
-    """8 prompts over a 14-word vocabulary; gold = #good/great - #bad/awful; one preference pair per prompt."""
-    pairs = [{"prompt": p, "chosen": " good great the cat", "rejected": " bad awful the dog"} for p in PROMPTS]
+    """8 prompts over a 14-word vocabulary; gold = #good/great - #bad/awful; one preference pair per prompt
+    (its words all in the tokenizer: the SFT rows glue "good" to the prompt, so alone it is unknown)."""
+    pairs = [{"prompt": p, "chosen": " great happy the cat", "rejected": " bad awful the dog"} for p in PROMPTS]
     return PreferenceTask(
         name="tiny", sft=[{"prompt": p, "completion": " ".join(WORDS)} for p in PROMPTS], pairs=pairs,
         eval_pairs=[], rl_prompts=PROMPTS, eval_prompts=PROMPTS[:4], gold_reward=_gold, tokenizer_kind="word",
@@ -141,6 +142,8 @@ def check_algorithm(name: str, steps: int = 2, **overrides) -> ConformanceReport
         history, ctx = run(name, steps=steps, **overrides)
     except DivergedError as exc:
         raise AssertionError(f"{name}: non-finite loss: {exc}") from exc
+    except Exception as exc:  # e.g. "step 0 spent none of the episodes budget": one line, the cause chained
+        raise AssertionError(f"{name}: the trainer raised {type(exc).__name__}: {exc}") from exc
     failures, passed = [], []
     for check, reason in _checks(ctx, history, steps):
         (passed if reason is None else failures).append(check if reason is None else f"{name}: {reason}")
@@ -161,7 +164,7 @@ def _checks(ctx, history, steps):
     yield "schedulers", None if all(n == steps for n in stepped.values()) else (
         f"every LR scheduler must step once per step ({steps}), stepped {stepped}: do not pass or step a "
         "scheduler yourself, the step scope does")
-    episodes = [line.get("ledger/episodes", 0) for line in history]
+    episodes = [int(line.get("ledger/episodes", 0)) for line in history]
     grows = all(b > a for a, b in zip([0] + episodes, episodes))
     yield "episodes", None if ctx.ledger.episodes > 0 and grows else (
         f"ledger episodes must grow every step, got {episodes}: record them (ctx.rollout + step.record_rollout, "
