@@ -90,3 +90,31 @@ def test_a_broken_trainer_fails_with_its_reason(broken, name, reason):
 def test_episodes_not_recorded_are_named_under_an_updates_budget(broken):
     with pytest.raises(AssertionError, match="ledger episodes must grow every step, got \\[0, 0\\]"):
         check_algorithm("broken-noeps", budget="updates")
+
+
+def _example_installed() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("rlhfkit-example-plugin")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _example_installed(), reason="pip install -e examples/rlhfkit-example-plugin")
+def test_the_example_plugins_algorithm_conforms():
+    registry = plugins.get_registry()
+    assert registry.entries["algorithm"]["group_reinforce"].distribution == "rlhfkit-example-plugin"
+    assert registry.entries["advantage_estimator"]["group_mean"].plugin == "example"
+    report = check_algorithm("group_reinforce")
+    assert len(report.metrics) == 2 and "loss/policy" in report.metrics[-1]
+
+
+def test_group_mean_baseline_by_hand():
+    pytest.importorskip("rlhfkit_example_plugin")
+    from rlhfkit_example_plugin.group_reinforce import group_mean_advantages
+
+    # group (1, 2, 6): mean 3 -> (-2, -1, 3); group (0, 0, 3): mean 1 -> (-1, -1, 2)
+    advantages, returns = group_mean_advantages(seq_rewards=torch.tensor([1.0, 2, 6, 0, 0, 3]), k=3)
+    assert advantages.tolist() == [-2.0, -1.0, 3.0, -1.0, -1.0, 2.0] and returns is None
