@@ -137,3 +137,10 @@ def test_vf_coef_is_almost_a_no_op_with_the_critics_own_adam():
     moved = (small - start).norm()
     assert (large - start).norm() < 1.5 * moved
     assert float((fast - start).norm()) == pytest.approx(10 * float(moved), rel=0.05)
+
+
+@pytest.mark.parametrize("placement,estimator", [("token_reward", "k1"), ("sequence_reward", "k1"), ("loss", "k2"),
+                                                 ("none", "k1")])
+def test_auto_kl_estimator_picks_the_valid_one_for_the_placement(placement, estimator):
+    # so that a grid can sweep kl_placement alone (recipes/algorithms.toml: RLOO sequence_reward vs loss)
+    assert RLConfig(kl_placement=placement, kl_estimator="auto").kl_estimator == estimator

@@ -8,6 +8,7 @@ from rlhfkit_plugins.algorithms.parts import (  # noqa: F401
     register_kl_estimators,
     register_policy_losses,
 )
+from rlhfkit_plugins.algorithms.dpo_config import DPOConfig, OnlineDPOConfig
 from rlhfkit_plugins.algorithms.new_configs import GRPOConfig, ReinforcePPConfig, ReMaxConfig
 from rlhfkit_plugins.algorithms.ppo_config import PPOConfig
 from rlhfkit_plugins.algorithms.rloo_config import RLOOConfig
@@ -56,5 +57,21 @@ def register_algorithms(register):
             config_class=ReMaxConfig,
             trainer="rlhfkit_plugins.algorithms.remax:train",
             description="ReMax: REINFORCE with a greedy completion's reward as baseline (extra generation)",
+        )
+    )
+    register(
+        AlgorithmSpec(
+            name="online_dpo",
+            config_class=OnlineDPOConfig,
+            trainer="rlhfkit_plugins.algorithms.online_dpo:train",
+            description="online DPO: 2 samples per prompt, the reward model picks chosen/rejected, DPO loss vs reference",
+        )
+    )
+    register(
+        AlgorithmSpec(
+            name="dpo",
+            config_class=DPOConfig,
+            trainer="rlhfkit_plugins.algorithms.dpo:train",
+            description="DPO (offline): the task's preference pairs, DPO loss vs reference, no generation",
         )
     )

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 KL_PLACEMENTS = ("token_reward", "sequence_reward", "loss", "none")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+AUTO_KL_ESTIMATOR = {"token_reward": "k1", "sequence_reward": "k1", "loss": "k2", "none": "k1"}
+"""``kl_estimator = "auto"``: the estimator whose gradient is that of KL(pi||ref) where the penalty is placed,
+so a grid can sweep ``kl_placement`` alone (``[grid.sweep.rloo] kl_placement = ["sequence_reward", "loss"]``)."""
 ALLOWED_KL_PAIRS = {"k1": ("token_reward", "sequence_reward"), "k2": ("loss",), "k3": ("loss",)}
 """Estimator -> placements where the penalty's gradient is that of a KL to the reference (issue 11 §7)."""
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean")
@@ -48,7 +51,8 @@ class RLConfig:
     kl_estimator: str = "k1"
     """Per-token KL estimator of the penalty: ``"k1"`` (log-ratio), ``"k2"`` (0.5 log-ratio^2) or ``"k3"``
     ((r-1) - log r, clamped as verl).  Allowed with ``kl_placement``: k1 in a reward placement, k2 or k3 in
-    the loss (k3 in the loss is the reverse-KL gradient of GRPO); other pairs only with ``kl_monitor_only``."""
+    the loss (k3 in the loss is the reverse-KL gradient of GRPO); other pairs only with ``kl_monitor_only``.
+    ``"auto"``: k1 in a reward placement (or none), k2 in the loss (resolved when the config is built)."""
     kl_placement: str = "token_reward"
     """Where the KL penalty goes: ``"token_reward"`` (-beta KL_t at every token), ``"sequence_reward"``
     (-beta sum_t KL_t on the completion's reward), ``"loss"`` (+beta KL term in the policy loss, aggregated
@@ -123,8 +127,10 @@ class RLConfig:
     def _check_kl(self) -> None:
         if self.kl_placement not in KL_PLACEMENTS:
             raise ValueError(f"kl_placement must be one of: {', '.join(KL_PLACEMENTS)} (got {self.kl_placement!r})")
+        if self.kl_estimator == "auto":
+            self.kl_estimator = AUTO_KL_ESTIMATOR[self.kl_placement]
         if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator must be one of: {', '.join(KL_ESTIMATORS)} (got {self.kl_estimator!r})")
+            raise ValueError(f"kl_estimator must be one of: {', '.join(KL_ESTIMATORS)}, auto (got {self.kl_estimator!r})")
         if self.adaptive_kl_horizon < 0:
             raise ValueError("adaptive_kl_horizon must be >= 0 (0 = planned episodes / 4)")
         if self.kl_placement == "none" or self.kl_monitor_only:
@@ -133,7 +139,8 @@ class RLConfig:
             pairs = ", ".join(f"{e} in {p}" for e, ps in ALLOWED_KL_PAIRS.items() for p in ps)
             raise ValueError(
                 f"kl_estimator {self.kl_estimator!r} with kl_placement {self.kl_placement!r} does not penalise "
-                f"KL to the reference; allowed: {pairs} (or set kl_monitor_only = true)"
+                f"KL to the reference; allowed: {pairs} (kl_estimator = \"auto\" picks by placement; or set "
+                "kl_monitor_only = true)"
             )
 
     def _check_budget(self) -> None:

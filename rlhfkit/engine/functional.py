@@ -253,6 +253,32 @@ def aggregate(losses: torch.Tensor, mask: torch.Tensor, mode) -> torch.Tensor:
     return mode(losses, mask)
 
 
+# ---- preference losses: one term per (chosen, rejected) pair ------------------------------------------------
+
+DPO_LOSS_TYPES = ("sigmoid", "hinge")
+
+
+def dpo_loss(*, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float,
+             loss_type: str = "sigmoid", **_):
+    """DPO (Rafailov et al., 2023) on sequence log-probs (sums over each completion's real tokens), ``(P,)`` each.
+
+    h = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l));
+    ``sigmoid``: -log sigmoid(beta h) (DPO); ``hinge``: max(0, 1 - beta h) (SLiC, Zhao et al., 2023).
+    Returns ``(losses (P,), chosen_rewards (P,), rejected_rewards (P,))``: the implicit rewards
+    beta (log pi - log ref), detached (statistics).
+    """
+    chosen_ratio = chosen_logps - ref_chosen_logps
+    rejected_ratio = rejected_logps - ref_rejected_logps
+    h = chosen_ratio - rejected_ratio
+    if loss_type == "sigmoid":
+        losses = -torch.nn.functional.logsigmoid(beta * h)
+    elif loss_type == "hinge":
+        losses = torch.relu(1.0 - beta * h)
+    else:
+        raise ValueError(f"loss_type must be one of: {', '.join(DPO_LOSS_TYPES)} (got {loss_type!r})")
+    return losses, (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach()
+
+
 def clipped_value_loss(*, values, old_values, returns, mask, cliprange_value: float):
     """PPO's clipped value loss, 0.5 * token mean of max((V - G)^2, (clip(V) - G)^2); ``(B, T)`` -> scalar, clipfrac."""
     clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)

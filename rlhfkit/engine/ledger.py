@@ -73,6 +73,14 @@ class Ledger:
             self.episodes += int(completions)
             self.prompts += int(prompts)
 
+    def processed(self, completions: int, prompts: int) -> None:
+        """Training completions read from data rather than generated (offline DPO's preference completions):
+        episodes and prompts, no generated tokens (their forwards are counted where they run)."""
+        if self._paused:
+            return
+        self.episodes += int(completions)
+        self.prompts += int(prompts)
+
     # -- clocks ---------------------------------------------------------------------------------------------
     def start(self) -> None:
         if self._clock is None:

@@ -59,6 +59,8 @@ class PhaseMemory:
         self.cuda = device.type == "cuda"
         self.device = device
         self.peaks: dict[str, int] = {}
+        self.entered: set[str] = set()
+        """Phases entered at least once (a peak is recorded only above the baseline; this says the phase ran)."""
         self._process = psutil.Process()
         self._current: str | None = None
         self._poll = poll_interval_s
@@ -95,6 +97,7 @@ class PhaseMemory:
     @contextmanager
     def phase(self, name: str):
         previous = self._current
+        self.entered.add(name)
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

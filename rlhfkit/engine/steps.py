@@ -12,7 +12,8 @@ bookkeeping that a trainer used to have to remember (and that failed silently wh
 - the budget (``budget``/``budget_amount``): the run ends when it is spent.
 
 A trainer records what only it knows: :meth:`StepScope.record_rollout` (the episodes and the KL penalty it
-optimises) and :meth:`StepScope.stat` (its statistics, named by itself).
+optimises), or :meth:`StepScope.record_preferences` for completions read from data (offline DPO), and
+:meth:`StepScope.stat` (its statistics, named by itself).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class StepScope:
         self._stats: dict[str, list[float]] = {}
         self._rollout = None
         self._kl_penalty: float | None = None
+        self._processed = 0
 
     def stat(self, name: str, value) -> None:
         """Collect one value of a statistic (per minibatch); the step logs its mean.  ``name`` with a ``/`` is a
@@ -59,12 +61,26 @@ class StepScope:
         self._rollout = rollout
         self._kl_penalty = None if kl_penalty is None else float(kl_penalty.mean().item())
 
+    def record_preferences(self, completions: int, prompts: int) -> None:
+        """Completions this step trained on that were read from data, not generated (offline DPO: 2 per
+        preference pair).  They are the step's episodes (what ``budget = "episodes"`` counts) and ``prompts``
+        its distinct prompts in the ledger; ``ledger/generated_tokens`` stays as it is."""
+        self.ctx.ledger.processed(completions, prompts)
+        self.ctx.episodes += int(completions)
+        self._processed += int(completions)
+
     def finish(self) -> dict:
         """The step's metrics, then the KL controller and every scheduler advanced (in the order the built-ins
         always used); :func:`run_steps` then evaluates if due, adds the ledger and logs the line."""
         ctx = self.ctx
         seconds = time.perf_counter() - self.started
-        metrics = self._objective_metrics(seconds) if self._rollout is not None else {"perf/step_seconds": seconds}
+        if self._rollout is not None:
+            metrics = self._objective_metrics(seconds)
+        elif self._processed:
+            metrics = {"episode": ctx.episodes, "perf/step_seconds": seconds,
+                       "perf/episodes_per_s": self._processed / seconds, "lr": ctx.current_lr()}
+        else:
+            metrics = {"perf/step_seconds": seconds}
         metrics.update({metric_name(ctx.algorithm, k): sum(v) / len(v) for k, v in self._stats.items() if v})
         metrics.update(self.metrics)
         metrics.update(ctx.memory.summary())
