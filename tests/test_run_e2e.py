@@ -93,7 +93,7 @@ def test_sigkill_mid_cell_then_rerun_completes_without_redoing_finished_cells(sm
     "edit, message",
     [
         ("[rl]\nstepz = 3\n", "rl: unknown key 'stepz'; allowed:"),
-        ('[grid]\nalgorithms = ["ppo", "dpo"]\n', "grid.algorithms[1]: unknown 'dpo'; allowed: "),
+        ('[grid]\nalgorithms = ["ppo", "dpoo"]\n', "grid.algorithms[1]: unknown 'dpoo'; allowed: "),
         ("[rl]\nbatch_size = 0\n", "batch_size must be >= 1"),
         ("[rl]\nkl_coef = \"high\"\n", "expected a number, got 'high'"),
         ('[grid]\nmemory = ["lora+zz"]\n', "unknown part 'zz'; allowed:"),
