@@ -83,11 +83,11 @@ def _load(path: str, trainable: bool = True):
 
     try:
         recipe = load_recipe(path)
+        if trainable:
+            check_trainable(recipe)
         # Imports what the cells will import, so a typo in a plugin's lazy "module:attr" fails here, not in a
         # cell after the stages have trained.
         check_recipe_references(recipe)
-        if trainable:
-            check_trainable(recipe)
     except (RecipeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     return recipe
@@ -258,8 +258,15 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), like every other refusal; ``--help`` shows the usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rlhfkit",
         description="Compare RLHF algorithms (PPO, RLOO) on your own models, data and hardware.",
     )

@@ -455,6 +455,8 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise RecipeError(f"{path}: not a UTF-8 text file") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     run_copy = path.name == RUN_RECIPE_COPY and (path.parent / "run.json").is_file()
     recipe = parse_recipe(raw, path, base_dir=_recipe_dir(path, run_copy))
     if run_copy:
