@@ -428,3 +428,17 @@ def test_plan_hardware_never_comes_from_the_description(tmp_path):
     for name, canonical in (("h100", "H100-80GB"), ("H100 NVL", "H100-94GB"), ("H200", "H200"), ("a10-24g", "A10-24GB"),
                             ("RTX_4090", "RTX-4090-24GB"), ("A100-40GB", "A100-40GB"), ("nvidia a100 80gb", "A100-80GB")):
         assert gpu_capacity(name)[0] == canonical
+
+
+def test_stage_timeout_stops_the_stage_process(tmp_path, monkeypatch):
+    import subprocess
+    import time
+
+    from rlhfkit import runner as runner_module
+
+    recipe = load_recipe(write_recipe(tmp_path, "[run]\nstage_timeout_s = 0.5\n"))
+    real_popen = subprocess.Popen  # the stage process is replaced by a sleeper: only the timeout is looked at
+    monkeypatch.setattr(runner_module.subprocess, "Popen", lambda cmd, **kw: real_popen(["sleep", "30"], **kw))
+    started = time.monotonic()
+    rc = runner_module.Runner(recipe, tmp_path)._run_stage_process(tmp_path / "spec.json", tmp_path / "log.txt")
+    assert rc is None and time.monotonic() - started < 10
