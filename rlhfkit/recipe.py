@@ -509,6 +509,42 @@ def _check_memory(memory: list[str]) -> None:
         seen[parts] = i
 
 
+def _parse_data(raw: dict, base_dir: Path | None) -> tuple[str, Any]:
+    """``[data]``: the data set's name and its validated options (a relative ``path`` resolved, and present)."""
+    data = raw.get("data", {"name": "synthetic"})
+    if not isinstance(data, dict):
+        raise RecipeError(f"data: expected a table, got {data!r}")
+    data_name = data.get("name", "synthetic")
+    registry = get_registry()
+    _choose(data_name, registry.names("dataset"), "data.name")
+    dataset = registry.get("dataset", data_name)
+    if "path" in {f.name for f in config_fields(dataset.options_class)}:
+        written = data.get("path")
+        data = _resolve_data_paths(data, base_dir)
+        if isinstance(written, str) and written and not Path(data["path"]).expanduser().is_file():
+            where = f"the recipe's directory {base_dir}" if base_dir else "the current directory"
+            raise RecipeError(f"data.path: {written!r} is not a file (looked at {data['path']}; relative paths "
+                              f"resolve against {where})")
+    return data_name, build_dataclass(dataset.options_class, data, "data", skip=("name",))
+
+
+def _parse_models(rows: Any) -> dict[str, ModelEntry]:
+    """``[[models]]`` rows, names unique, each model reference checked."""
+    if not rows:
+        raise RecipeError("models: at least one [[models]] entry is required (e.g. name = 'llama-tiny', policy = 'llama:tiny')")
+    if not isinstance(rows, list):
+        raise RecipeError("models: expected [[models]] entries")
+    models: dict[str, ModelEntry] = {}
+    for i, row in enumerate(rows):
+        entry = build_dataclass(ModelEntry, row, f"models[{i}]")
+        if entry.name in models:
+            raise RecipeError(f"models[{i}].name: {entry.name!r} is used twice")
+        models[entry.name] = entry
+        _check_model_ref(entry.policy, entry.trust_remote_code, f"models[{i}].policy")
+        _check_model_ref(entry.reward, entry.trust_remote_code, f"models[{i}].reward")
+    return models
+
+
 def parse_recipe(raw: dict, path: Path | None = None, base_dir: Path | None = None) -> Recipe:
     """Validate a parsed TOML recipe; ``base_dir`` is where relative data paths resolve (None: the current
     directory)."""
@@ -532,32 +568,8 @@ def parse_recipe(raw: dict, path: Path | None = None, base_dir: Path | None = No
         if not isinstance(description, str):
             fail("description: expected a string")
 
-        data = raw.get("data", {"name": "synthetic"})
-        if not isinstance(data, dict):
-            fail("data: expected a table")
-        data_name = data.get("name", "synthetic")
-        _choose(data_name, registry.names("dataset"), "data.name")
-        dataset = registry.get("dataset", data_name)
-        data = _resolve_data_paths(data, base_dir) if "path" in {f.name for f in config_fields(dataset.options_class)} else data
-        if isinstance(data.get("path"), str) and data["path"] and not Path(data["path"]).expanduser().is_file():
-            where = f"the recipe's directory {base_dir}" if base_dir else "the current directory"
-            fail(f"data.path: {raw['data']['path']!r} is not a file (looked at {data['path']}; relative paths "
-                 f"resolve against {where})")
-        data_options = build_dataclass(dataset.options_class, data, "data", skip=("name",))
-
-        rows = raw.get("models")
-        if not rows:
-            fail("models: at least one [[models]] entry is required (e.g. name = 'llama-tiny', policy = 'llama:tiny')")
-        if not isinstance(rows, list):
-            fail("models: expected [[models]] entries")
-        models: dict[str, ModelEntry] = {}
-        for i, row in enumerate(rows):
-            entry = build_dataclass(ModelEntry, row, f"models[{i}]")
-            if entry.name in models:
-                fail(f"models[{i}].name: {entry.name!r} is used twice")
-            models[entry.name] = entry
-            _check_model_ref(entry.policy, entry.trust_remote_code, f"models[{i}].policy")
-            _check_model_ref(entry.reward, entry.trust_remote_code, f"models[{i}].reward")
+        data_name, data_options = _parse_data(raw, base_dir)
+        models = _parse_models(raw.get("models"))
 
         grid = build_dataclass(GridSettings, raw.get("grid"), "grid", skip=("sweep",))
         for i, model in enumerate(grid.models):
