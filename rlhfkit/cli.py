@@ -74,19 +74,46 @@ def plugin_modules_markdown(builtin_only: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _load(path: str, preflight: bool = True):
-    from rlhfkit.preflight import preflight as check_before_running
-    from rlhfkit.recipe import RecipeError, load_recipe
+def _load(path: str, trainable: bool = True):
+    """Load and validate a recipe; ``trainable``: also refuse what can be planned but not run (architecture-only
+    model references, trackers that are not installed) and run the preflight checks (lazy references, data
+    files, memory strategies on this machine: what a cell would otherwise find out after the stages trained)."""
+    from rlhfkit.preflight import preflight
+    from rlhfkit.recipe import RecipeError, check_trainable, load_recipe
 
     try:
         recipe = load_recipe(path)
-        if preflight:
-            # Lazy references, data files, memory strategies on this machine: what a cell would otherwise find
-            # out only after the stages have trained.
-            check_before_running(recipe)
+        if trainable:
+            check_trainable(recipe)
+            preflight(recipe)
     except (RecipeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     return recipe
+
+
+def _print_damaged(console, context) -> None:
+    """One line per damaged cell (result.json unreadable) or cell whose metrics.jsonl stops early."""
+    from rlhfkit.results import DAMAGED, metrics_damage
+
+    frame = context.results
+    for row in frame[frame["status"] == DAMAGED].to_dict("records"):
+        console.print(f"damaged: {row['cell']}: {row['error']}", markup=False, highlight=False, soft_wrap=True)
+    for cell in context.cells():
+        reason = metrics_damage(context.output_dir, cell)
+        if reason:
+            console.print(f"damaged: {cell.id}: {reason}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _positive_number(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -133,7 +160,7 @@ def _cmd_run(args) -> int:
 
     from rlhfkit.progress import RichProgress
     from rlhfkit.report import write_reports
-    from rlhfkit.runner import RunError, run_recipe
+    from rlhfkit.runner import RunError, check_output_dir, run_recipe
 
     recipe = _load(args.recipe)
     if getattr(args, "num_processes", None):
@@ -141,8 +168,10 @@ def _cmd_run(args) -> int:
         recipe.run.num_processes = args.num_processes
         recipe.raw.setdefault("run", {})["num_processes"] = args.num_processes
     output_dir = Path(recipe.output_dir(args.output))
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UsageError(f"--output {output_dir} exists and is not a directory")
+    try:
+        check_output_dir(output_dir)
+    except RunError as exc:
+        raise UsageError(str(exc)) from None
     console = make_console()
     for line in recipe.warnings():
         console.print(line, markup=False, highlight=False, soft_wrap=True)  # one line, even when piped
@@ -155,6 +184,7 @@ def _cmd_run(args) -> int:
     context = write_reports(output_dir, console=console)
     for path in context.written:
         console.print(f"wrote {path}")
+    _print_damaged(console, context)
     failed = [c for c, s in outcome.statuses.items() if s != "ok"]
     if failed:
         console.print(f"[yellow]{len(failed)} cell(s) did not finish ok: {', '.join(failed)}")
@@ -163,28 +193,42 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_report(args) -> int:
+    """Exit 0 even when cells are damaged (each named on one line); 2 when the directory cannot be read as a run
+    (no recipe.toml, a damaged recipe.toml copy, not writable, a run holds it)."""
     from pathlib import Path
 
     from rlhfkit.progress import make_console
-
+    from rlhfkit.recipe import RecipeError
     from rlhfkit.report import write_reports
+    from rlhfkit.runner import OutputLock, RunError, check_output_dir
 
     output_dir = Path(args.directory)
+    try:
+        check_output_dir(output_dir, must_exist=True)
+    except RunError as exc:
+        raise UsageError(str(exc)) from None
     if not (output_dir / "recipe.toml").is_file():
         raise UsageError(f"{output_dir} is not an rlhfkit run directory (no recipe.toml in it)")
     console = make_console()
-    context = write_reports(output_dir, console=console)
+    try:
+        with OutputLock(output_dir, "rlhfkit report"):
+            context = write_reports(output_dir, console=console)
+    except RecipeError as exc:
+        raise UsageError(f"{output_dir}: its recipe.toml copy cannot be read ({exc}); rerun the recipe into it to restore it") from None
+    except RunError as exc:
+        raise UsageError(str(exc)) from None
     for path in context.written:
         console.print(f"wrote {path}")
+    _print_damaged(console, context)
     return 0
 
 
 def _cmd_plan(args) -> int:
     from rlhfkit.planner import GiB, format_bytes, plan_recipe
 
-    recipe = _load(args.recipe, preflight=False)  # sizing other hardware: data files and this CPU do not matter
+    recipe = _load(args.recipe, trainable=False)  # architecture-only references can be planned, for any hardware
     try:
-        plans = plan_recipe(recipe, gpu=args.gpu, num_gpus=args.num_gpus)
+        plans = plan_recipe(recipe, gpu=args.gpu, num_gpus=args.num_gpus, gpu_memory_gib=args.gpu_memory_gib)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
@@ -212,11 +256,22 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), like every other refusal; ``--help`` shows the usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rlhfkit",
         description="Compare RLHF algorithms (PPO, RLOO) on your own models, data and hardware.",
     )
+    from rlhfkit import __version__
+    from rlhfkit.planner import GPUS
+
+    parser.add_argument("--version", action="version", version=f"rlhfkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("plugins", help="list registered model adapters, algorithms, memory strategies, data sets, reporters")
@@ -239,9 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="predict every cell's per-device memory peak per phase, before running")
     p.add_argument("recipe", help="path to a TOML recipe")
-    p.add_argument("--gpu", help="device to plan for: A100-40GB, A100-80GB, H100-80GB, H200 or cpu "
-                   "(default: the 'N x GPU' the recipe's description names, else this machine's RAM)")
-    p.add_argument("--num-gpus", type=_positive_int, metavar="N", help="devices (default: [run] num_processes)")
+    p.add_argument("--gpu", help=f"device to plan for: {', '.join(GPUS)} (case-insensitive; '80GB' or '80G' "
+                   "both work) or cpu (default: [run] gpu, else this machine's RAM)")
+    p.add_argument("--num-gpus", type=_positive_int, metavar="N",
+                   help="devices (default: [run] num_gpus, else [run] num_processes)")
+    p.add_argument("--gpu-memory-gib", type=_positive_number, metavar="GIB",
+                   help="a custom device capacity in GiB (with --gpu: instead of that GPU's memory)")
     p.add_argument("--json", action="store_true", help="one JSON object per cell and phase")
     p.set_defaults(func=_cmd_plan)
 

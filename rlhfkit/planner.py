@@ -35,13 +35,52 @@ GiB = 1024**3
 MiB = 1024**2
 PHASES = ("generation", "scoring", "training")
 
-# Device memory as nvidia-smi reports it (MiB).  "cpu" is the machine's RAM.
+# Device memory as nvidia-smi reports it (MiB).  "cpu" is the machine's RAM; any other device:
+# ``rlhfkit plan --gpu-memory-gib N`` (or ``[run] gpu_memory_gib``).
 GPUS: dict[str, int] = {
     "A100-40GB": 40960 * MiB,
     "A100-80GB": 81920 * MiB,
     "H100-80GB": 81559 * MiB,
+    "H100-94GB": 95830 * MiB,
     "H200": 143771 * MiB,
+    "L40S-48GB": 46068 * MiB,
+    "L40-48GB": 46068 * MiB,
+    "A6000-48GB": 49140 * MiB,
+    "A10-24GB": 23028 * MiB,
+    "A10G-24GB": 23028 * MiB,
+    "L4-24GB": 23034 * MiB,
+    "RTX-4090-24GB": 24564 * MiB,
+    "RTX-3090-24GB": 24576 * MiB,
+    "V100-16GB": 16384 * MiB,
+    "V100-32GB": 32768 * MiB,
+    "T4-16GB": 15360 * MiB,
 }
+# Other spellings of the same devices (after upper-casing and turning spaces/underscores into '-').
+GPU_ALIASES = {
+    "H100": "H100-80GB", "H100-SXM": "H100-80GB", "H100-PCIE": "H100-80GB", "H100-NVL": "H100-94GB",
+    "H100-NVL-94GB": "H100-94GB", "H200-141GB": "H200", "L40S": "L40S-48GB", "L40": "L40-48GB",
+    "A6000": "A6000-48GB", "RTX-A6000": "A6000-48GB", "A10": "A10-24GB", "A10G": "A10G-24GB", "L4": "L4-24GB",
+    "RTX-4090": "RTX-4090-24GB", "4090": "RTX-4090-24GB", "RTX-3090": "RTX-3090-24GB", "3090": "RTX-3090-24GB",
+    "T4": "T4-16GB",
+}
+
+
+def gpu_capacity(name: str) -> tuple[str, int | None]:
+    """The canonical name of a device and its memory in bytes (None for ``cpu``: this machine's RAM).
+    Case-insensitive; ``80G``/``80GB`` and ``NVIDIA`` prefixes are accepted.  One-line ValueError otherwise."""
+    key = re.sub(r"[\s_]+", "-", name.strip().upper()).removeprefix("NVIDIA-")
+    key = re.sub(r"(\d+)G(B)?$", r"\1GB", key)
+    if key == "CPU":
+        return "cpu", None
+    canonical = {n.upper(): n for n in GPUS}.get(key) or GPU_ALIASES.get(key)
+    if canonical is None:
+        from rlhfkit.validation import hint
+
+        raise ValueError(
+            f"unknown GPU {name!r}; known: {', '.join(GPUS)}, cpu; or give the capacity with --gpu-memory-gib"
+            f"{hint(key, [*GPUS, *GPU_ALIASES])}"
+        )
+    return canonical, GPUS[canonical]
 # CUDA context, cuBLAS workspace and caching-allocator slack per process (not measured here: no GPU).
 GPU_FRAMEWORK_BYTES = 1 * GiB
 # CPU: resident memory a cell process adds beyond its tensors once its libraries are imported (allocator
@@ -252,8 +291,9 @@ class _Model:
     """Parameter tensors (ZeRO-3 keeps bookkeeping per tensor)."""
 
 
-def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = None, artifacts_root=None) -> CellPlan:
-    """Predict the per-device peak of one cell in each phase."""
+def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = None, artifacts_root=None,
+              capacity_bytes: int | None = None) -> CellPlan:
+    """Predict the per-device peak of one cell in each phase (``capacity_bytes``: a custom device memory)."""
     from rlhfkit.memory import LoraSettings, build_memory_plan
     from rlhfkit.models import adapter_for, parse_model_spec
     from rlhfkit.plugins import get_registry
@@ -279,6 +319,8 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
                 capacity = torch.cuda.get_device_properties(0).total_memory
             except Exception:
                 capacity = 0
+    if capacity_bytes:
+        capacity = capacity_bytes
     info = _task_info(recipe, artifacts_root)
     arch_p = cell_architecture(recipe, cell.model, "policy", artifacts_root)
     arch_r = cell_architecture(recipe, cell.model, "reward", artifacts_root)
@@ -467,26 +509,20 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
     )
 
 
-def recipe_hardware(recipe) -> tuple[str | None, int | None]:
-    """Target hardware a recipe names in its description as 'N x GPU' (e.g. '2 x A100-40GB'), if any."""
-    names = "|".join(re.escape(name) for name in sorted(GPUS, key=len, reverse=True))
-    match = re.search(rf"(\d+)\s*x\s*({names})\b", recipe.description or "")
-    if not match:
-        return None, None
-    return match.group(2), int(match.group(1))
-
-
-def plan_recipe(recipe, gpu: str | None = None, num_gpus: int | None = None, artifacts_root=None) -> list[CellPlan]:
-    """Plans of every cell.  Hardware: ``gpu`` (a name of :data:`GPUS`), else what the recipe's description
-    names ('2 x A100-40GB'), else this machine's CPU memory."""
-    if gpu is None:
-        gpu, named = recipe_hardware(recipe)
-        num_gpus = num_gpus or named
-    if gpu is not None and gpu not in GPUS and gpu != "cpu":
-        raise ValueError(f"unknown GPU {gpu!r}; known: {', '.join(GPUS)}, cpu")
-    hardware = gpu or "cpu"
-    n = num_gpus or recipe.run.num_processes
-    return [plan_cell(recipe, cell, hardware, n, artifacts_root) for cell in recipe.cells()]
+def plan_recipe(recipe, gpu: str | None = None, num_gpus: int | None = None, artifacts_root=None,
+                gpu_memory_gib: float | None = None) -> list[CellPlan]:
+    """Plans of every cell.  Hardware from the arguments (the CLI), else the recipe's ``[run]`` keys ``gpu``,
+    ``num_gpus`` and ``gpu_memory_gib``, else this machine's CPU memory; never from the description text.
+    Devices default to ``[run] num_processes``."""
+    gpu = gpu or recipe.run.gpu or None
+    num_gpus = num_gpus or recipe.run.num_gpus or recipe.run.num_processes
+    memory_gib = gpu_memory_gib or recipe.run.gpu_memory_gib or None
+    hardware, capacity = gpu_capacity(gpu) if gpu else ("cpu", None)
+    if memory_gib:
+        capacity = int(memory_gib * GiB)
+        if not gpu:
+            hardware = f"{memory_gib:g}GiB-device"
+    return [plan_cell(recipe, cell, hardware, num_gpus, artifacts_root, capacity) for cell in recipe.cells()]
 
 
 def format_bytes(value: float) -> str:
@@ -495,4 +531,4 @@ def format_bytes(value: float) -> str:
     return f"{value / MiB:.1f} MiB"
 
 
-__all__ = ["plan_cell", "plan_recipe", "cell_architecture", "CellPlan", "GPUS", "format_bytes", "recipe_hardware"]
+__all__ = ["plan_cell", "plan_recipe", "cell_architecture", "CellPlan", "GPUS", "format_bytes", "gpu_capacity"]

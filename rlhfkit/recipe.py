@@ -19,6 +19,7 @@ from typing import Any
 from rlhfkit.plugins import get_registry
 from rlhfkit.registry import config_fields
 from rlhfkit.sweeps import confounder_warnings, freeze, setting_combinations, settings_text, thaw
+from rlhfkit.validation import check_number, check_range, check_string, did_you_mean, hint
 
 TUNING_FILE = "tuning.json"
 RUN_RECIPE_COPY = "recipe.toml"
@@ -50,8 +51,10 @@ class ModelEntry:
     """Allow checkpoints that ship their own modelling code (e.g. MiniCPM 1/2)."""
 
     def __post_init__(self):
-        if not NAME_PATTERN.match(self.name):
+        if not NAME_PATTERN.fullmatch(self.name):
             raise ValueError(f"name {self.name!r} must be letters, digits, '.', '_' or '-'")
+        if not self.policy.strip():
+            raise ValueError("policy must not be empty; write 'family:preset' (e.g. 'llama:tiny') or a checkpoint directory")
         if not self.reward:
             self.reward = self.policy
 
@@ -70,12 +73,18 @@ class GridSettings:
     """Names of ``[[models]]`` rows to run; empty means all."""
 
     def __post_init__(self):
-        for key in ("algorithms", "memory", "seeds"):
+        for key in ("algorithms", "memory", "seeds", "models"):
             values = getattr(self, key)
-            if not values:
+            if not values and key != "models":
                 raise ValueError(f"{key} must not be empty")
-            if len(set(values)) != len(values):
-                raise ValueError(f"{key} lists a value twice")
+            _refuse_duplicates(values, key)
+
+
+def _refuse_duplicates(values: list, key: str) -> None:
+    """Every grid list: a value listed twice would run (and count) the same cells twice."""
+    for i, value in enumerate(values):
+        if value in values[:i]:
+            raise ValueError(f"{key}[{i}]: {value!r} is listed twice (also {key}[{values.index(value)}]); each value must be distinct")
 
 
 @dataclass
@@ -90,6 +99,9 @@ class RunSettings:
     """torch threads per cell process; 0 = CPU cores / parallel_cells."""
     cell_timeout_s: float = 3600.0
     """A cell still running after this many seconds is stopped with status ``timeout``."""
+    stage_timeout_s: float = 86400.0
+    """The SFT + reward-model stages of one model row still running after this many seconds are stopped and
+    marked failed (their cells then fail without running)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     precision: str = "fp32"
@@ -98,6 +110,13 @@ class RunSettings:
     """Processes per cell (data parallel / ZeRO shards)."""
     data_seed: int = 0
     """Seed of the data set, tokenizer, SFT and reward-model stages (shared by every cell)."""
+    gpu: str = ""
+    """What ``rlhfkit plan`` plans for when ``--gpu`` is not given: a GPU name (``rlhfkit plan --help`` lists
+    them) or ``cpu``; empty = this machine's RAM.  Planning only: the run itself uses ``device``."""
+    num_gpus: int = 0
+    """Devices ``rlhfkit plan`` plans for when ``--num-gpus`` is not given; 0 = ``num_processes``."""
+    gpu_memory_gib: float = 0.0
+    """A custom device capacity for ``rlhfkit plan`` (GiB), instead of a named GPU's; 0 = none."""
     cpu_memory: str = "resident"
     """How CPU cells measure memory.  ``resident``: the resident set with the allocator as it is (fast; glibc
     keeps freed blocks resident, so peaks are upper bounds that depend on allocation history).  ``live``: glibc
@@ -119,6 +138,13 @@ class RunSettings:
             raise ValueError("num_processes must be >= 1")
         if self.cpu_memory not in ("resident", "live"):
             raise ValueError("cpu_memory must be one of: resident, live")
+        if self.gpu:
+            from rlhfkit.planner import gpu_capacity
+
+            try:
+                gpu_capacity(self.gpu)
+            except ValueError as exc:
+                raise ValueError(f"gpu: {exc}") from None
 
 
 @dataclass
@@ -131,9 +157,14 @@ class ReportSettings:
     """Experiment trackers fed from every training step: ``tensorboard``, ``wandb``, ``trackio`` (when installed)."""
 
     def __post_init__(self):
-        for name in self.trackers:
-            if name not in ("tensorboard", "wandb", "trackio"):
-                raise ValueError(f"unknown tracker {name!r}; allowed: tensorboard, wandb, trackio")
+        for i, name in enumerate(self.trackers):
+            if name not in TRACKERS:
+                raise ValueError(f"trackers[{i}]: unknown tracker {name!r}{did_you_mean(name, TRACKERS)}; allowed: {', '.join(TRACKERS)}")
+        _refuse_duplicates(self.trackers, "trackers")
+        _refuse_duplicates(self.reporters, "reporters")
+
+
+TRACKERS = ("tensorboard", "wandb", "trackio")
 
 
 @dataclass
@@ -365,10 +396,12 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{where}: expected a number, got {value!r}")
+        check_number(value, where)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise RecipeError(f"{where}: expected a string, got {value!r}")
+        check_string(value, where)
         return value
     if dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, where)
@@ -390,8 +423,9 @@ def build_dataclass(cls: type, table: Any, where: str, skip: tuple[str, ...] = (
         if key in skip:
             continue
         if key not in known:
-            raise RecipeError(f"{where}: unknown key {key!r}; allowed: {', '.join(sorted(known))}")
+            raise RecipeError(f"{where}: unknown key {key!r}; allowed: {', '.join(sorted(known))}{hint(key, known)}")
         kwargs[key] = _check_value(value, hints.get(key, known[key].type), f"{where}.{key}")
+        check_range(key, kwargs[key], f"{where}.{key}")
     missing = [
         name
         for name, f in known.items()
@@ -407,7 +441,8 @@ def build_dataclass(cls: type, table: Any, where: str, skip: tuple[str, ...] = (
 
 def _choose(value: str, allowed: list[str], where: str) -> None:
     if value not in allowed:
-        raise RecipeError(f"{where}: unknown {value!r}; allowed: {', '.join(allowed) or '(none registered)'}")
+        listed = ", ".join(allowed) or "(none registered)"
+        raise RecipeError(f"{where}: unknown {value!r}; allowed: {listed}{hint(value, allowed)}")
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -420,15 +455,99 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise RecipeError(f"{path}: not a UTF-8 text file") from None
-    recipe = parse_recipe(raw, path)
-    if path.name == RUN_RECIPE_COPY and (path.parent / "run.json").is_file():
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    run_copy = path.name == RUN_RECIPE_COPY and (path.parent / "run.json").is_file()
+    recipe = parse_recipe(raw, path, base_dir=_recipe_dir(path, run_copy))
+    if run_copy:
         # The copy inside a run directory: cells, the report and resumes all see the tuned settings.
         recipe.load_tuned(path.parent)
     return recipe
 
 
-def parse_recipe(raw: dict, path: Path | None = None) -> Recipe:
-    from rlhfkit.memory import build_memory_plan
+def _recipe_dir(path: Path, run_copy: bool) -> Path | None:
+    """Where relative data paths of a recipe resolve: the recipe file's directory; for the copy inside a run
+    directory, the original recipe's (``run.json`` ``recipe_dir``; older runs: the current directory)."""
+    if not run_copy:
+        return path.resolve().parent
+    from rlhfkit.results import read_json
+
+    recorded = (read_json(path.parent / "run.json") or {}).get("recipe_dir")
+    return Path(recorded) if isinstance(recorded, str) and recorded else None
+
+
+def _resolve_data_paths(data: dict, base_dir: Path | None) -> dict:
+    """``[data] path`` relative to the recipe's directory (absolute and ``~`` paths are kept as written)."""
+    import os
+
+    value = data.get("path")
+    if base_dir is None or not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        return data
+    return {**data, "path": os.path.normpath(base_dir / value)}
+
+
+def _check_memory(memory: list[str]) -> None:
+    """Each strategy composes (unknown parts get a "did you mean"); the same parts in another order are the
+    same strategy listed twice."""
+    from rlhfkit.memory import build_memory_plan, split_strategy
+
+    names = get_registry().names("memory_strategy")
+    seen: dict[frozenset, int] = {}
+    for i, strategy in enumerate(memory):
+        check_string(strategy, f"grid.memory[{i}]")
+        try:
+            build_memory_plan(strategy)
+        except ValueError as exc:
+            unknown = [p for p in strategy.split("+") if p.strip() and p.strip() not in names]
+            raise RecipeError(f"grid.memory[{i}]: {exc}{hint(unknown[0].strip(), names) if unknown else ''}") from None
+        parts = frozenset(split_strategy(strategy))
+        if parts in seen:
+            raise RecipeError(
+                f"grid.memory[{i}]: {strategy!r} is the same strategy as grid.memory[{seen[parts]}] "
+                f"{memory[seen[parts]]!r}; each value must be distinct"
+            )
+        seen[parts] = i
+
+
+def _parse_data(raw: dict, base_dir: Path | None) -> tuple[str, Any]:
+    """``[data]``: the data set's name and its validated options (a relative ``path`` resolved, and present)."""
+    data = raw.get("data", {"name": "synthetic"})
+    if not isinstance(data, dict):
+        raise RecipeError(f"data: expected a table, got {data!r}")
+    data_name = data.get("name", "synthetic")
+    registry = get_registry()
+    _choose(data_name, registry.names("dataset"), "data.name")
+    dataset = registry.get("dataset", data_name)
+    if "path" in {f.name for f in config_fields(dataset.options_class)}:
+        written = data.get("path")
+        data = _resolve_data_paths(data, base_dir)
+        if isinstance(written, str) and written and not Path(data["path"]).expanduser().is_file():
+            where = f"the recipe's directory {base_dir}" if base_dir else "the current directory"
+            raise RecipeError(f"data.path: {written!r} is not a file (looked at {data['path']}; relative paths "
+                              f"resolve against {where})")
+    return data_name, build_dataclass(dataset.options_class, data, "data", skip=("name",))
+
+
+def _parse_models(rows: Any) -> dict[str, ModelEntry]:
+    """``[[models]]`` rows, names unique, each model reference checked."""
+    if not rows:
+        raise RecipeError("models: at least one [[models]] entry is required (e.g. name = 'llama-tiny', policy = 'llama:tiny')")
+    if not isinstance(rows, list):
+        raise RecipeError("models: expected [[models]] entries")
+    models: dict[str, ModelEntry] = {}
+    for i, row in enumerate(rows):
+        entry = build_dataclass(ModelEntry, row, f"models[{i}]")
+        if entry.name in models:
+            raise RecipeError(f"models[{i}].name: {entry.name!r} is used twice")
+        models[entry.name] = entry
+        _check_model_ref(entry.policy, entry.trust_remote_code, f"models[{i}].policy")
+        _check_model_ref(entry.reward, entry.trust_remote_code, f"models[{i}].reward")
+    return models
+
+
+def parse_recipe(raw: dict, path: Path | None = None, base_dir: Path | None = None) -> Recipe:
+    """Validate a parsed TOML recipe; ``base_dir`` is where relative data paths resolve (None: the current
+    directory)."""
     from rlhfkit.stages.reward import RewardStageConfig
     from rlhfkit.stages.sft import SFTStageConfig
 
@@ -440,47 +559,24 @@ def parse_recipe(raw: dict, path: Path | None = None) -> Recipe:
     try:
         for key in raw:
             if key not in TOP_LEVEL_KEYS:
-                fail(f"unknown top-level key {key!r}; allowed: {', '.join(TOP_LEVEL_KEYS)}")
+                fail(f"unknown top-level key {key!r}; allowed: {', '.join(TOP_LEVEL_KEYS)}{hint(key, TOP_LEVEL_KEYS)}")
         registry = get_registry()
         name = raw.get("name", path.stem if path else "recipe")
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
             fail(f"name: {name!r} must be letters, digits, '.', '_' or '-'")
         description = raw.get("description", "")
         if not isinstance(description, str):
             fail("description: expected a string")
 
-        data = raw.get("data", {"name": "synthetic"})
-        if not isinstance(data, dict):
-            fail("data: expected a table")
-        data_name = data.get("name", "synthetic")
-        _choose(data_name, registry.names("dataset"), "data.name")
-        dataset = registry.get("dataset", data_name)
-        data_options = build_dataclass(dataset.options_class, data, "data", skip=("name",))
-
-        rows = raw.get("models")
-        if not rows:
-            fail("models: at least one [[models]] entry is required (e.g. name = 'llama-tiny', policy = 'llama:tiny')")
-        if not isinstance(rows, list):
-            fail("models: expected [[models]] entries")
-        models: dict[str, ModelEntry] = {}
-        for i, row in enumerate(rows):
-            entry = build_dataclass(ModelEntry, row, f"models[{i}]")
-            if entry.name in models:
-                fail(f"models[{i}].name: {entry.name!r} is used twice")
-            models[entry.name] = entry
-            _check_model_ref(entry.policy, entry.trust_remote_code, f"models[{i}].policy")
-            _check_model_ref(entry.reward, entry.trust_remote_code, f"models[{i}].reward")
+        data_name, data_options = _parse_data(raw, base_dir)
+        models = _parse_models(raw.get("models"))
 
         grid = build_dataclass(GridSettings, raw.get("grid"), "grid", skip=("sweep",))
         for i, model in enumerate(grid.models):
             _choose(model, list(models), f"grid.models[{i}]")
         for i, algo in enumerate(grid.algorithms):
             _choose(algo, registry.names("algorithm"), f"grid.algorithms[{i}]")
-        for i, memory in enumerate(grid.memory):
-            try:
-                build_memory_plan(memory)
-            except ValueError as exc:
-                fail(f"grid.memory[{i}]: {exc}")
+        _check_memory(grid.memory)
 
         sft = build_dataclass(SFTStageConfig, raw.get("sft"), "sft")
         reward_model = build_dataclass(RewardStageConfig, raw.get("reward_model"), "reward_model")
@@ -518,29 +614,59 @@ def parse_recipe(raw: dict, path: Path | None = None) -> Recipe:
 
 
 def _parse_algorithms(raw: dict, grid: GridSettings):
-    """``[rl]`` checked against the shared config, then each grid algorithm's config built from ``[rl]``
-    under ``[algorithms.<name>]``; returns the shared table, the configs and the tables they came from."""
+    """``[rl]`` checked against the shared config, then each algorithm's config built from ``[rl]`` under
+    ``[algorithms.<name>]`` (every table written, also for algorithms not in the grid); returns the shared
+    table, the grid algorithms' configs and the tables they came from."""
     from rlhfkit.engine.config import RLConfig
 
     registry = get_registry()
     shared = raw.get("rl", {})
     if not isinstance(shared, dict):
-        raise RecipeError("rl: expected a table")
+        raise RecipeError(f"rl: expected a table, got {shared!r}")
     algo_tables = raw.get("algorithms", {})
     if not isinstance(algo_tables, dict):
-        raise RecipeError("algorithms: expected a table of [algorithms.<name>] tables")
-    for algo in algo_tables:
+        raise RecipeError(f"algorithms: expected [algorithms.<name>] tables, got {algo_tables!r}")
+    for algo, table in algo_tables.items():
         _choose(algo, registry.names("algorithm"), "algorithms")
-    shared_keys = {f.name for f in config_fields(RLConfig)}
-    for key in shared:
-        if key not in shared_keys:
-            raise RecipeError(f"rl: unknown key {key!r}; allowed: {', '.join(sorted(shared_keys))}")
+        if not isinstance(table, dict):
+            raise RecipeError(f"algorithms.{algo}: expected a table ([algorithms.{algo}]), got {table!r}")
+    shared_fields = {f.name: f for f in config_fields(RLConfig)}
+    hints = typing.get_type_hints(RLConfig)
+    for key, value in shared.items():
+        if key not in shared_fields:
+            raise RecipeError(f"rl: unknown key {key!r}; allowed: {', '.join(sorted(shared_fields))}{hint(key, shared_fields)}")
+        check_range(key, _check_value(value, hints[key], f"rl.{key}"), f"rl.{key}")
     algorithms, tables = {}, {}
-    for algo in grid.algorithms:
+    for algo in dict.fromkeys([*grid.algorithms, *algo_tables]):
         spec = registry.get("algorithm", algo)
         tables[algo] = {**shared, **(algo_tables.get(algo) or {})}
-        algorithms[algo] = build_dataclass(spec.config_class, tables[algo], f"algorithms.{algo}")
-    return shared, algorithms, tables
+        try:
+            config = build_dataclass(spec.config_class, tables[algo], f"algorithms.{algo}")
+        except RecipeError:
+            _blame_shared(spec.config_class, shared, algo_tables.get(algo) or {}, algo)
+            raise
+        if algo in grid.algorithms:
+            algorithms[algo] = config
+    return shared, algorithms, {algo: tables[algo] for algo in grid.algorithms}
+
+
+def _blame_shared(config_class: type, shared: dict, own: dict, algo: str) -> None:
+    """When ``[rl]`` under ``[algorithms.<algo>]`` is refused: an ``[rl]`` value refused on its own is reported
+    as ``rl.<key>``; otherwise nothing is raised here (the caller reports ``algorithms.<algo>``)."""
+    try:
+        build_dataclass(config_class, own, f"algorithms.{algo}")
+    except RecipeError:
+        return  # the algorithm's own table is wrong by itself
+    for key, value in shared.items():
+        if key in own:
+            continue
+        label = f"algorithms.{algo}"
+        try:
+            build_dataclass(config_class, {**own, key: value}, label)
+        except RecipeError as exc:
+            from rlhfkit.sweeps import _reason
+
+            raise RecipeError(f"rl.{key}: value {value!r} refused for {algo}: {_reason(str(exc), label)}") from None
 
 
 def _parse_sweeps_and_tuning(raw: dict, grid: GridSettings, tables: dict[str, dict]):
@@ -577,4 +703,43 @@ def _check_model_ref(text: str, trust_remote_code: bool, where: str) -> None:
     try:
         parse_model_spec(text, trust_remote_code=trust_remote_code)
     except ValueError as exc:
-        raise RecipeError(f"{where}: {exc}") from None
+        raise RecipeError(f"{where}: {exc}{_model_hint(text)}") from None
+
+
+def _model_hint(text: str) -> str:
+    """A "did you mean" for a misspelt family (``lama:tiny``) or preset (``llama:tiyn``)."""
+    registry = get_registry()
+    family, sep, rest = text.partition(":")
+    if not sep or Path(text).expanduser().exists():
+        return ""
+    adapters = registry.entries["model_adapter"]
+    if family not in adapters:
+        return hint(family, adapters)
+    adapter = registry.get("model_adapter", family)
+    return hint(rest, [*adapter.presets, *adapter.known_checkpoints])
+
+
+def check_trainable(recipe: Recipe) -> None:
+    """What ``run`` and ``validate`` need beyond a well-formed recipe: every model row the grid uses can be
+    trained (no architecture-only reference), and every tracker named is installed."""
+    import importlib.util
+
+    from rlhfkit.models import parse_model_spec
+
+    prefix = f"{recipe.path}: " if recipe.path else ""
+    used = set(recipe.grid.models or recipe.models)
+    for i, (name, entry) in enumerate(recipe.models.items()):
+        for which in ("policy", "reward"):
+            text = getattr(entry, which)
+            if name in used and parse_model_spec(text, entry.trust_remote_code).is_reference:
+                raise RecipeError(
+                    f"{prefix}models[{i}].{which}: {text!r} is an architecture-only reference (published config numbers, "
+                    "no weights): it can only be planned (rlhfkit plan); to train, use 'family:preset' or a "
+                    "checkpoint directory"
+                )
+    for i, tracker in enumerate(recipe.report.trackers):
+        if importlib.util.find_spec(tracker) is None:
+            raise RecipeError(
+                f"{prefix}report.trackers[{i}]: tracker {tracker!r} is not installed (pip install {tracker}); "
+                "install it or remove it from [report] trackers"
+            )

@@ -7,6 +7,7 @@ same recipe into the same output directory resumes: finished cells are kept, unf
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import fcntl
 import json
 import os
@@ -31,7 +32,7 @@ RUN_INFO = "run.json"
 STAGES_FILE = "stages.json"
 LOCK_FILE = ".rlhfkit.lock"
 # [run] keys that change how fast a grid runs, not what it computes.
-NON_RESULT_RUN_KEYS = ("output", "parallel_cells", "cell_timeout_s")
+NON_RESULT_RUN_KEYS = ("output", "parallel_cells", "cell_timeout_s", "stage_timeout_s", "gpu", "num_gpus", "gpu_memory_gib")
 TRACKED_PACKAGES = ("torch", "transformers", "trl", "accelerate", "peft", "deepspeed", "bitsandbytes", "pandas", "rlhfkit")
 
 
@@ -39,19 +40,43 @@ class RunError(Exception):
     """The run cannot start (bad output directory, another run holds it): one line, exit 2."""
 
 
-def results_fingerprint(raw: dict) -> str:
-    """Hash of everything a cell's numbers depend on; the grid lists may grow without changing it.
+def cell_threads(run: dict) -> int:
+    """torch threads of each cell process: ``threads_per_cell``, else CPU cores / ``parallel_cells``."""
+    return run.get("threads_per_cell") or max(1, (os.cpu_count() or 1) // run.get("parallel_cells", 1))
+
+
+def results_settings(raw: dict) -> dict:
+    """Everything a cell's numbers depend on; the grid lists may grow without changing it.
 
     Grid lists, sweep values and ``[tuning]`` are left out: a cell's swept settings and phase are in its id
     and its result.json (checked on resume), so adding a sweep value or a seed reuses the finished cells.
+    The thread count is in (it changes the numbers): with ``threads_per_cell = 0`` it is CPU cores /
+    ``parallel_cells``, so both ``parallel_cells`` and the thread count it gives on this machine are.
     """
     relevant = {k: v for k, v in raw.items() if k not in ("name", "description", "grid", "tuning", "report")}
     run = raw.get("run") or {}
     relevant["run"] = {k: v for k, v in run.items() if k not in NON_RESULT_RUN_KEYS}
     if not run.get("threads_per_cell"):
-        # threads_per_cell = 0 means CPU cores / parallel_cells: the thread count then depends on it.
         relevant["run"]["parallel_cells"] = run.get("parallel_cells", 1)
-    return fingerprint(relevant)
+        relevant["run"]["threads"] = cell_threads(run)
+    return relevant
+
+
+def results_fingerprint(raw: dict) -> str:
+    """Hash of :func:`results_settings`."""
+    return fingerprint(results_settings(raw))
+
+
+def first_difference(old, new, path: str = "") -> tuple[str, object, object] | None:
+    """The first key path where two settings trees differ, with both values (None when equal)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            missing = "(not set)"
+            found = first_difference(old.get(key, missing), new.get(key, missing), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    return None if old == new else (path or "(recipe)", old, new)
 
 
 def package_versions() -> dict:
@@ -125,17 +150,23 @@ class RunOutcome:
 class OutputLock:
     """An exclusive lock on the output directory; released by the kernel even on SIGKILL."""
 
-    def __init__(self, output_dir: Path):
+    def __init__(self, output_dir: Path, command: str = "rlhfkit run"):
         self.path = output_dir / LOCK_FILE
+        self.command = command
         self.handle = None
 
     def __enter__(self):
-        self.handle = open(self.path, "w")
+        try:
+            self.handle = open(self.path, "a")
+        except OSError as exc:
+            raise RunError(f"{self.path.parent} cannot be locked ({exc.strerror or exc}); check its permissions") from None
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.handle.close()
-            raise RunError(f"another rlhfkit run is writing to {self.path.parent}; wait for it or choose another --output")
+            advice = "wait for it or choose another --output" if self.command == "rlhfkit run" else (
+                f"wait for it to finish, then run {self.command} again")
+            raise RunError(f"another rlhfkit run or report is using {self.path.parent}; {advice}") from None
         return self
 
     def __exit__(self, *exc):
@@ -143,17 +174,40 @@ class OutputLock:
         self.handle.close()
 
 
+def check_output_dir(output_dir: Path, must_exist: bool = False) -> None:
+    """Refuse, before anything is written, an output path that cannot be a writable directory: a part of it is
+    a file, or the directory (or, when it does not exist yet, its nearest existing parent, where it will be
+    created with any missing parents) is not writable."""
+    label = "--output" if not must_exist else "run directory"
+    for part in [output_dir, *output_dir.parents]:
+        if part.exists() and not part.is_dir():
+            where = "" if part == output_dir else f" ({part} is a file)"
+            raise RunError(f"{label} {output_dir} is not a directory{where}; choose another path")
+        if part.is_dir():
+            if not os.access(part, os.W_OK | os.X_OK):
+                what = "is" if part == output_dir else f"cannot be created: {part} is"
+                raise RunError(f"{label} {output_dir} {what} not writable; choose another path or fix its permissions")
+            return
+        if must_exist:
+            raise RunError(f"{label} {output_dir} does not exist")
+
+
 def prepare_output(recipe: Recipe, output_dir: Path) -> None:
-    """Refuse an output directory that holds another recipe's results; record this run's recipe."""
-    info_path = output_dir / RUN_INFO
-    fp = results_fingerprint(recipe.raw)
-    previous = read_json(info_path)
-    if previous is not None and previous.get("results_fingerprint") != fp:
+    """Refuse an output directory that holds another recipe's results (naming the first setting that
+    differs); create it (and missing parents)."""
+    check_output_dir(output_dir)
+    previous = read_json(output_dir / RUN_INFO)
+    if previous is not None and previous.get("results_fingerprint") != results_fingerprint(recipe.raw):
+        old = previous.get("results_settings")
+        diff = first_difference(old, results_settings(recipe.raw)) if isinstance(old, dict) else None
+        which = f"{diff[0]} is {diff[2]!r} here, {diff[1]!r} there" if diff else "settings that change results differ"
         raise RunError(
-            f"{output_dir} holds results of a different recipe (settings that change results differ); "
-            "choose another --output or remove that directory"
+            f"{output_dir} holds results of a different recipe ({which}); choose another --output or remove that directory"
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"--output {output_dir} cannot be created: {exc.strerror or exc}") from None
 
 
 def _record_run(recipe: Recipe, output_dir: Path) -> None:
@@ -168,7 +222,9 @@ def _record_run(recipe: Recipe, output_dir: Path) -> None:
         {
             "recipe": recipe.name,
             "recipe_source": str(recipe.path),
+            "recipe_dir": str(Path(recipe.path).resolve().parent),
             "results_fingerprint": results_fingerprint(recipe.raw),
+            "results_settings": results_settings(recipe.raw),
             "first_started": previous.get("first_started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "last_started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": package_versions(),
@@ -188,8 +244,7 @@ class Runner:
         self.retry_failed = retry_failed
         self.hook = get_plugin_manager().hook
         self.artifacts_root = output_dir / "artifacts"
-        cpus = os.cpu_count() or 1
-        self.threads = recipe.run.threads_per_cell or max(1, cpus // recipe.run.parallel_cells)
+        self.threads = cell_threads(dataclasses.asdict(recipe.run))
 
     # -- stages ---------------------------------------------------------------------------------------
     def run_stages(self) -> dict[str, dict]:
@@ -217,22 +272,36 @@ class Runner:
                 },
             )
             started = time.perf_counter()
-            with open(log_path, "w") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "rlhfkit.stages.pipeline", str(spec_path)],
-                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, env=self._env(),
-                )
-                rc = proc.wait()
+            rc = self._run_stage_process(spec_path, log_path)
             if rc == 0 and (metrics := read_json(result_path)) is not None:
                 stages[name] = {"status": "ok", **metrics}
+            elif rc is None:
+                timeout = self.recipe.run.stage_timeout_s
+                stages[name] = {"status": "failed", "error": f"stages timed out: still running after {timeout:g} s ([run] stage_timeout_s)"}
             else:
-                tail = log_path.read_text()[-2000:].strip().splitlines()
+                tail = log_path.read_bytes()[-2000:].decode(errors="replace").strip().splitlines()
                 stages[name] = {"status": "failed", "error": tail[-1] if tail else f"exit code {rc}"}
             stages[name]["wall_s"] = time.perf_counter() - started
             write_json_atomic(self.output_dir / STAGES_FILE, stages)
             if self.progress:
                 self.progress.stage_finished(name, stages[name])
         return stages
+
+    def _run_stage_process(self, spec_path: Path, log_path: Path) -> int | None:
+        """The stages of one model row in their own process; None when stopped by ``stage_timeout_s``."""
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rlhfkit.stages.pipeline", str(spec_path)],
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, env=self._env(),
+            )
+            try:
+                return proc.wait(timeout=self.recipe.run.stage_timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_tree(proc)
+                return None
+            except BaseException:
+                _kill_tree(proc)
+                raise
 
     # -- cells ----------------------------------------------------------------------------------------
     def _env(self) -> dict:
@@ -300,7 +369,7 @@ class Runner:
                 status = "oom" if -rc == signal.SIGKILL else "failed"
                 error = f"killed by {sig}" + (" (likely the kernel's out-of-memory killer)" if status == "oom" else "")
             else:
-                lines = (directory / "log.txt").read_text()[-2000:].strip().splitlines()
+                lines = (directory / "log.txt").read_bytes()[-2000:].decode(errors="replace").strip().splitlines()
                 status, error = "failed", (lines[-1] if lines else f"exit code {rc}")
             result = {"cell": run.cell.as_dict(), "status": status, "error": error}
             write_json_atomic(directory / "result.json", result)
@@ -310,18 +379,21 @@ class Runner:
     def _poll_progress(self, run: Running) -> None:
         path = cell_dir(self.output_dir, run.cell) / "metrics.jsonl"
         try:
-            with open(path) as f:
+            with open(path, "rb") as f:
                 f.seek(run.metrics_offset)
                 chunk = f.read()
         except FileNotFoundError:
             return
-        complete = chunk[: chunk.rfind("\n") + 1]
-        run.metrics_offset += len(complete.encode())
-        lines = complete.count("\n")
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        run.metrics_offset += len(complete)
+        lines = complete.count(b"\n")
         if lines:
             run.steps_done += lines
-            if self.progress:
+            try:
                 last = json.loads(complete.strip().splitlines()[-1])
+            except ValueError:  # not JSON or not UTF-8: the cell's own problem, shown when it ends
+                last = None
+            if self.progress and isinstance(last, dict):
                 self.progress.cell_step(run.cell, run.steps_done, last)
 
     def run_cells(self, stages: dict[str, dict]) -> RunOutcome:

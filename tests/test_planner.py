@@ -136,7 +136,8 @@ def test_seed_table_rows():
 
 def test_plan_cli_json_and_table():
     seed = REPO / "recipes" / "seed_table.toml"
-    assert run_cli("validate", seed).returncode == 0
+    out = run_cli("validate", seed)  # architecture-only references: planned, never trained (issue 14)
+    assert out.returncode == 2 and "it can only be planned (rlhfkit plan)" in out.stderr
     out = run_cli("plan", seed, "--json")
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.recipe import Cell, Recipe, load_recipe
-from rlhfkit.results import read_json, read_metrics, results_table
+from rlhfkit.results import read_json, read_metrics, read_stages, results_table
 
 GROUP_KEYS = ["model", "algorithm", "memory"]
 SUMMARY_METRICS = ["gold_sft", "gold_final", "score_final", "kl_final", "peak_memory_bytes", "episodes_per_s", "wall_s"]
@@ -57,7 +57,7 @@ def load_context(output_dir: Path, console=None) -> ReportContext:
     if not recipe_path.is_file():
         raise FileNotFoundError(f"{output_dir} is not an rlhfkit run directory (no recipe.toml)")
     recipe = load_recipe(recipe_path)
-    stages = read_json(output_dir / "stages.json") or {}
+    stages = read_stages(output_dir)
     results = results_table(output_dir, recipe.cells(), stages)
     return ReportContext(
         output_dir=output_dir,
