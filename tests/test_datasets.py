@@ -132,7 +132,7 @@ def test_relative_data_path_resolves_against_cwd(monkeypatch):
 def test_missing_file_is_a_one_line_recipe_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("hh_rlhf", "preference_jsonl"):
-        with pytest.raises(RecipeError, match=r"data: path 'nope/x\.jsonl' does not exist .*relative paths") as info:
+        with pytest.raises(RecipeError, match=r"data\.path: 'nope/x\.jsonl' is not a file .*relative paths") as info:
             build(name, {"path": "nope/x.jsonl"})
         assert "\n" not in str(info.value)
     with pytest.raises(RecipeError, match="data: path is required"):
