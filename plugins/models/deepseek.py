@@ -140,6 +140,8 @@ class DeepseekAdapter(ModelAdapter):
                             v_head_dim=128, vocab_size=129280, max_position_embeddings=163840,
                             tie_word_embeddings=False),
     }
+    # deepseek-llm/coder are plain Llama: the Llama step (it declines the V2/V3 MoE models)
+    fast_decoder = "rlhfkit_plugins.models._decode:LlamaDecoder"
     checkpoint_hub_ids = {
         "deepseek-coder-1.3b": "deepseek-ai/deepseek-coder-1.3b-base",
         "deepseek-coder-6.7b": "deepseek-ai/deepseek-coder-6.7b-base",
