@@ -120,6 +120,8 @@ class KLEstimatorSpec:
     unless ``kl_monitor_only``)."""
     gradient_label: str = ""
     """What the penalty's gradient is, for reports (``"KL(pi||ref)"``, ``"reverse-KL gradient (GRPO)"``)."""
+    auto_for: tuple[str, ...] = ()
+    """KL placements where ``kl_estimator = "auto"`` picks this estimator (at most one per placement)."""
     description: str = ""
 
 

@@ -1,6 +1,6 @@
 """Shared rollout: batched sampling with a KV cache, scoring, reference log-probs, critic values.
 
-Every algorithm goes through the same functions here, so a PPO/RLOO comparison differs only in what each
+Every algorithm goes through the same functions here, so a comparison of algorithms differs only in what each
 algorithm does with the rollout.
 """
 
