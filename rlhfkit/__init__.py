@@ -1,3 +1,3 @@
-"""rlhfkit: compare RLHF algorithms (PPO, RLOO) on your own models, data and hardware."""
+"""rlhfkit: compare RLHF algorithms on your own models, data and hardware."""
 
 __version__ = "0.1.0"

@@ -13,6 +13,9 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from rlhfkit import architecture
+from rlhfkit.modelspec import read_checkpoint_config
+
 KINDS = (
     "model_adapter",
     "algorithm",
@@ -117,6 +120,8 @@ class KLEstimatorSpec:
     unless ``kl_monitor_only``)."""
     gradient_label: str = ""
     """What the penalty's gradient is, for reports (``"KL(pi||ref)"``, ``"reverse-KL gradient (GRPO)"``)."""
+    auto_for: tuple[str, ...] = ()
+    """KL placements where ``kl_estimator = "auto"`` picks this estimator (at most one per placement)."""
     description: str = ""
 
 
@@ -219,6 +224,9 @@ class ModelAdapter:
     their published ``config.json`` so the memory planner knows them without downloading."""
     checkpoint_hub_ids: dict[str, str] = {}
     """Known checkpoint name -> its hub id (used only when online)."""
+    fast_decoder: str = ""
+    """Lazy ``"module:Class"`` reference to a lean one-token decode step for the family's causal LMs (see
+    :meth:`decoder`); empty: the rollout decodes with the model's own forward."""
 
     # --- claiming checkpoints ------------------------------------------------------------------------------
 
@@ -318,17 +326,13 @@ class ModelAdapter:
                 return self.preset_config(spec_or_config).to_dict()
             if spec_or_config in self.known_checkpoints:
                 return self.reference_config(spec_or_config)
-            from rlhfkit.models import read_checkpoint_config
-
             return self.normalise_config(read_checkpoint_config(spec_or_config))
-        # a ModelSpec (duck-typed: registry.py must not import rlhfkit.models at import time)
+        # a ModelSpec (duck-typed, so that any object with these fields works)
         if getattr(spec_or_config, "preset", None):
             return self.preset_config(spec_or_config.preset).to_dict()
         if getattr(spec_or_config, "reference", None):
             return self.reference_config(spec_or_config.reference)
         if getattr(spec_or_config, "checkpoint", None):
-            from rlhfkit.models import read_checkpoint_config
-
             return self.normalise_config(read_checkpoint_config(spec_or_config.checkpoint))
         raise TypeError(f"cannot read a model config from {spec_or_config!r}")
 
@@ -377,7 +381,15 @@ class ModelAdapter:
         (``[module name, in features, out features, how many]`` of every ``nn.Linear`` in the decoder
         layers: what LoRA can target; see :meth:`lora_parameters`).
         """
-        return architecture_numbers(self.config_dict(spec_or_config), qkv_bias=self.qkv_bias)
+        return self.architecture_numbers(self.config_dict(spec_or_config))
+
+    def architecture_numbers(self, config: dict) -> dict:
+        """:meth:`architecture` of a config dict as written (no defaults filled in, no transformers import).
+
+        Families whose layers differ from the generic decoder (fused projections, MoE layers) override this and
+        pass their differences to :func:`rlhfkit.architecture.architecture_numbers`.
+        """
+        return architecture.architecture_numbers(config, qkv_bias=self.qkv_bias)
 
     def lora_parameters(self, spec_or_config, r: int, target_modules=None) -> int:
         """Parameters LoRA of rank ``r`` adds on ``target_modules`` (default: the family's), counted from the
@@ -385,121 +397,34 @@ class ModelAdapter:
         MLA included).  Routed MoE experts are fused 3-D parameters in transformers 5, not linear layers: they
         get none here, while peft 0.18+ may map MLP target names onto them its own way (DeepseekV2/V3)."""
         arch = spec_or_config if isinstance(spec_or_config, dict) and "linear_layers" in spec_or_config else self.architecture(spec_or_config)
-        targets = set(target_modules or self.lora_target_modules)
-        return sum(r * (fan_in + fan_out) * count for name, fan_in, fan_out, count in arch["linear_layers"] if name in targets)
+        return architecture.lora_parameters(arch, r, target_modules or self.lora_target_modules)
+
+    # --- decoding ------------------------------------------------------------------------------------------
+
+    def decoder(self, model, cache, query_mask, positions, max_new_tokens: int):
+        """A fast one-token decode step for ``model`` after its prefill filled ``cache``, or ``None`` when the
+        family has none or this model/cache cannot use it (the rollout then decodes with the model's forward).
+
+        The decoder (:attr:`fast_decoder`) is called as ``decoder(tokens, is_real) -> logits`` and must give
+        the numbers of ``model(...)``: the rollout's log-probs are the training forward's.
+        """
+        if not self.fast_decoder:
+            return None
+        decoder_class = resolve(self.fast_decoder)
+        if not decoder_class.supports(model, cache):
+            return None
+        return decoder_class(model, cache, query_mask, positions, max_new_tokens)
 
 
-def _get(config: dict, key: str, default=None):
-    value = config.get(key)
-    return default if value is None else value
+def architecture_numbers(c: dict, qkv_bias: bool = False) -> dict:  # merge shim for planner.py on branch anatomy: use adapter.architecture_numbers; the integrator removes it
+    from rlhfkit.plugins import get_registry
 
-
-def architecture_numbers(c: dict, qkv_bias: bool = False) -> dict:
-    """Architecture numbers of a decoder-only transformer config dict (see :meth:`ModelAdapter.architecture`).
-
-    Covers the Llama-style decoders (Llama, Qwen2, Phi3, MiniCPM 1/2, deepseek-llm/coder), multi-head latent
-    attention (MiniCPM3, DeepseekV2/V3) and Deepseek's MoE layers (shared + routed experts, dense first
-    layers).  Phi3's fused ``qkv_proj``/``gate_up_proj`` hold the same numbers as separate projections.
-    """
-    H = int(c["hidden_size"])
-    L = int(c["num_hidden_layers"])
-    nh = int(c["num_attention_heads"])
-    nkv = int(_get(c, "num_key_value_heads", nh))
-    V = int(c["vocab_size"])
-    I = int(_get(c, "intermediate_size", 4 * H))
-    tied = bool(_get(c, "tie_word_embeddings", False))
-    attn_bias = bool(_get(c, "attention_bias", False))
-    mlp_bias = bool(_get(c, "mlp_bias", False))
-    mla = bool(_get(c, "kv_lora_rank", 0))
-    fused = c.get("model_type") == "phi3"  # qkv_proj and gate_up_proj
-
-    if mla:
-        q_rank = _get(c, "q_lora_rank", 0) or 0
-        kv_rank = int(c["kv_lora_rank"])
-        nope, rope = int(c["qk_nope_head_dim"]), int(c["qk_rope_head_dim"])
-        v_dim = int(c["v_head_dim"])
-        qk_dim = nope + rope
-        b = 1 if attn_bias else 0
-        if q_rank:
-            attn = H * q_rank + b * q_rank + q_rank + q_rank * nh * qk_dim
-        else:
-            attn = H * nh * qk_dim
-        attn += H * (kv_rank + rope) + b * (kv_rank + rope) + kv_rank + kv_rank * nh * (nope + v_dim)
-        attn += nh * v_dim * H + b * H
-        head_dim, kv_heads = qk_dim, nh
-        kv_per_layer = nh * (qk_dim + v_dim)
-        attn_linears = ([("q_a_proj", H, q_rank), ("q_b_proj", q_rank, nh * qk_dim)] if q_rank else [("q_proj", H, nh * qk_dim)])
-        attn_linears += [("kv_a_proj_with_mqa", H, kv_rank + rope), ("kv_b_proj", kv_rank, nh * (nope + v_dim)), ("o_proj", nh * v_dim, H)]
-    else:
-        hd = int(_get(c, "head_dim", H // nh))
-        v_dim = hd
-        attn = H * nh * hd + 2 * H * nkv * hd + nh * hd * H
-        if attn_bias:
-            attn += nh * hd + 2 * nkv * hd + H
-        elif qkv_bias:
-            attn += nh * hd + 2 * nkv * hd
-        head_dim, kv_heads = hd, nkv
-        kv_per_layer = 2 * nkv * hd
-        if fused:
-            attn_linears = [("qkv_proj", H, nh * hd + 2 * nkv * hd), ("o_proj", nh * hd, H)]
-        else:
-            attn_linears = [("q_proj", H, nh * hd), ("k_proj", H, nkv * hd), ("v_proj", H, nkv * hd), ("o_proj", nh * hd, H)]
-
-    def mlp(inter: int) -> int:
-        return 3 * H * inter + (2 * inter + H if mlp_bias else 0)
-
-    n_routed = int(_get(c, "n_routed_experts", 0) or _get(c, "num_local_experts", 0) or 0)
-    top_k = int(_get(c, "num_experts_per_tok", 0) or 0) if n_routed else 0
-    n_shared = int(_get(c, "n_shared_experts", 0) or 0) if n_routed else 0
-    moe_I = int(_get(c, "moe_intermediate_size", I)) if n_routed else 0
-    first_dense = int(_get(c, "first_k_dense_replace", 0)) if n_routed else L
-    freq = int(_get(c, "moe_layer_freq", 1) or 1)
-    moe_layers = [i for i in range(L) if n_routed and i >= first_dense and i % freq == 0]
-    n_moe = len(moe_layers)
-    gate = n_routed * H + (n_routed if c.get("model_type") == "deepseek_v3" else 0)
-    moe_total = gate + n_routed * mlp(moe_I) + (mlp(moe_I * n_shared) if n_shared else 0)
-    moe_active = gate + top_k * mlp(moe_I) + (mlp(moe_I * n_shared) if n_shared else 0)
-
-    norms = 2 * H
-    embed = V * H
-    head = 0 if tied else V * H
-    dense_layer = attn + mlp(I) + norms
-    total = embed + head + H + (L - n_moe) * dense_layer + n_moe * (attn + norms + moe_total)
-    active = embed + head + H + (L - n_moe) * dense_layer + n_moe * (attn + norms + moe_active)
-    def mlp_linears(inter: int, count: int) -> list:
-        if not count:
-            return []
-        if fused:
-            return [("gate_up_proj", H, 2 * inter, count), ("down_proj", inter, H, count)]
-        return [("gate_proj", H, inter, count), ("up_proj", H, inter, count), ("down_proj", inter, H, count)]
-
-    linear_layers = [(name, i, o, L) for name, i, o in attn_linears] + mlp_linears(I, L - n_moe)
-    if n_shared:
-        linear_layers += mlp_linears(moe_I * n_shared, n_moe)
-    return {
-        "model_type": c.get("model_type"),
-        "hidden_size": H,
-        "num_layers": L,
-        "num_heads": nh,
-        "num_kv_heads": kv_heads,
-        "head_dim": head_dim,
-        "v_head_dim": v_dim,
-        "intermediate_size": I,
-        "vocab_size": V,
-        "tied_embeddings": tied,
-        "num_experts": n_routed,
-        "experts_per_token": top_k,
-        "num_shared_experts": n_shared,
-        "moe_intermediate_size": moe_I,
-        "num_moe_layers": n_moe,
-        "mla": mla,
-        "kv_cache_elements_per_token": L * kv_per_layer,
-        "num_parameters": int(total),
-        "num_active_parameters": int(active),
-        "num_embedding_parameters": int(embed + head),
-        "max_position_embeddings": c.get("max_position_embeddings"),
-        "linear_layers": [list(x) for x in linear_layers],
-    }
+    registry = get_registry()
+    for name in registry.names("model_adapter"):
+        adapter = registry.get("model_adapter", name)
+        if adapter.claims(c):
+            return adapter.architecture_numbers(c)
+    return architecture.architecture_numbers(c, qkv_bias=qkv_bias)
 
 
 @dataclass

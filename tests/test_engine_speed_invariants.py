@@ -111,7 +111,7 @@ def test_fast_llama_decoder_equals_the_models_own_forward(models, padded, temper
     """The lean Llama decode step gives the same tokens and log-probs as decoding with ``model(...)``."""
     from transformers import DynamicCache
 
-    from rlhfkit.engine.rollout import _LlamaDecoder
+    from rlhfkit_plugins.models._decode import LlamaDecoder as _LlamaDecoder
 
     policy, _ = models
     ids, mask = _queries()
@@ -131,7 +131,7 @@ def test_fast_llama_decoder_equals_the_models_own_forward(models, padded, temper
 
 def test_plain_and_module_decode_paths_agree(models, monkeypatch):
     """The functional decode step (stock modules) and the module-calling one (LoRA, hooks) give the same numbers."""
-    from rlhfkit.engine.rollout import _LlamaDecoder
+    from rlhfkit_plugins.models._decode import LlamaDecoder as _LlamaDecoder
 
     policy, _ = models
     ids, mask = _queries()
@@ -144,7 +144,7 @@ def test_plain_and_module_decode_paths_agree(models, monkeypatch):
 
 
 def test_decoder_falls_back_to_modules_under_a_forward_hook(models):
-    from rlhfkit.engine.rollout import _LlamaDecoder
+    from rlhfkit_plugins.models._decode import LlamaDecoder as _LlamaDecoder
 
     policy, _ = models
     handle = policy.model.layers[0].mlp.register_forward_hook(lambda *a: None)

@@ -43,9 +43,9 @@ def register_policy_losses(register):
 
 @hookimpl
 def register_kl_estimators(register):
-    register(KLEstimatorSpec("k1", F + "kl_k1", placements=REWARD_PLACEMENTS, gradient_label="KL(pi||ref)",
+    register(KLEstimatorSpec("k1", F + "kl_k1", placements=REWARD_PLACEMENTS, auto_for=REWARD_PLACEMENTS + ("none",), gradient_label="KL(pi||ref)",
                              description="log-ratio; in the (detached) reward its gradient is that of KL(pi||ref)"))
-    register(KLEstimatorSpec("k2", F + "kl_k2", placements=("loss",), gradient_label="KL(pi||ref)",
+    register(KLEstimatorSpec("k2", F + "kl_k2", placements=("loss",), auto_for=("loss",), gradient_label="KL(pi||ref)",
                              description="0.5 log-ratio^2; in the loss its gradient is that of KL(pi||ref)"))
     register(KLEstimatorSpec("k3", F + "kl_k3", placements=("loss",), gradient_label="reverse-KL gradient (GRPO)",
                              description="(r-1)-log r, clamped as verl; in the loss: gradient of KL(ref||pi)"))

@@ -11,6 +11,8 @@ Two architectures under one family:
   shared expert, after one dense layer; it trains on a CPU.
 """
 
+from rlhfkit import architecture
+from rlhfkit.architecture import MoeLayout, get
 from rlhfkit.hookspecs import hookimpl
 from rlhfkit.registry import ModelAdapter
 from rlhfkit_plugins.models._shared import LLAMA_STYLE_LORA, MLA_LORA, TINY, preset
@@ -31,6 +33,25 @@ def is_deepseek_llama(model_config: dict) -> bool:
     if any("deepseek" in h.lower() for h in hints):
         return True
     return model_config.get("vocab_size") in DEEPSEEK_VOCAB_SIZES
+
+
+def moe_layout(config: dict) -> MoeLayout | None:
+    """DeepseekV2/V3's MoE layers from their config keys: ``first_k_dense_replace`` dense layers first, then an
+    MoE block every ``moe_layer_freq`` layers; V3's router adds a per-expert score-correction bias."""
+    routed = int(get(config, "n_routed_experts", 0) or 0)
+    if not routed:
+        return None
+    first_dense = int(get(config, "first_k_dense_replace", 0))
+    every = int(get(config, "moe_layer_freq", 1) or 1)
+    hidden = int(config["hidden_size"])
+    return MoeLayout(
+        routed_experts=routed,
+        experts_per_token=int(get(config, "num_experts_per_tok", 0) or 0),
+        expert_intermediate_size=int(get(config, "moe_intermediate_size", get(config, "intermediate_size", 4 * hidden))),
+        layers=tuple(i for i in range(int(config["num_hidden_layers"])) if i >= first_dense and i % every == 0),
+        shared_experts=int(get(config, "n_shared_experts", 0) or 0),
+        router_bias=config.get("model_type") == "deepseek_v3",
+    )
 
 
 class DeepseekAdapter(ModelAdapter):
@@ -119,6 +140,8 @@ class DeepseekAdapter(ModelAdapter):
                             v_head_dim=128, vocab_size=129280, max_position_embeddings=163840,
                             tie_word_embeddings=False),
     }
+    # deepseek-llm/coder are plain Llama: the Llama step (it declines the V2/V3 MoE models)
+    fast_decoder = "rlhfkit_plugins.models._decode:LlamaDecoder"
     checkpoint_hub_ids = {
         "deepseek-coder-1.3b": "deepseek-ai/deepseek-coder-1.3b-base",
         "deepseek-coder-6.7b": "deepseek-ai/deepseek-coder-6.7b-base",
@@ -132,6 +155,9 @@ class DeepseekAdapter(ModelAdapter):
 
     def claims(self, model_config: dict) -> bool:
         return super().claims(model_config) or is_deepseek_llama(model_config)
+
+    def architecture_numbers(self, config: dict) -> dict:
+        return architecture.architecture_numbers(config, qkv_bias=self.qkv_bias, moe=moe_layout(config))
 
 
 ADAPTER = DeepseekAdapter()

@@ -45,6 +45,7 @@ class LlamaAdapter(ModelAdapter):
                                num_attention_heads=32, num_key_value_heads=4, vocab_size=32000,
                                max_position_embeddings=2048, tie_word_embeddings=False),
     }
+    fast_decoder = "rlhfkit_plugins.models._decode:LlamaDecoder"
     checkpoint_hub_ids = {
         "llama-2-7b": "meta-llama/Llama-2-7b-hf",
         "llama-2-13b": "meta-llama/Llama-2-13b-hf",

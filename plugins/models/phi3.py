@@ -1,8 +1,10 @@
 """Phi-3 family adapter (``model_type = "phi3"``: Phi-3/3.5 mini and medium).
 
-Phi3 fuses q/k/v into ``qkv_proj`` and gate/up into ``gate_up_proj``: those are the LoRA targets.
+Phi3 fuses q/k/v into ``qkv_proj`` and gate/up into ``gate_up_proj``: those are the LoRA targets, and its
+architecture numbers list them so (same parameter counts as separate projections).
 """
 
+from rlhfkit import architecture
 from rlhfkit.hookspecs import hookimpl
 from rlhfkit.registry import ModelAdapter
 from rlhfkit_plugins.models._shared import SMALL, TINY, preset
@@ -34,6 +36,9 @@ class Phi3Adapter(ModelAdapter):
         "phi-3-mini-4k": "microsoft/Phi-3-mini-4k-instruct",
         "phi-3-medium-4k": "microsoft/Phi-3-medium-4k-instruct",
     }
+
+    def architecture_numbers(self, config: dict) -> dict:
+        return architecture.architecture_numbers(config, qkv_bias=self.qkv_bias, fused_qkv=True, fused_gate_up=True)
 
 
 ADAPTER = Phi3Adapter()

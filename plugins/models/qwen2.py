@@ -36,6 +36,7 @@ class Qwen2Adapter(ModelAdapter):
                           num_attention_heads=64, num_key_value_heads=8, vocab_size=152064,
                           max_position_embeddings=131072, rope_theta=1000000.0, tie_word_embeddings=False),
     }
+    fast_decoder = "rlhfkit_plugins.models._decode:Qwen2Decoder"
     checkpoint_hub_ids = {
         "qwen2-0.5b": "Qwen/Qwen2-0.5B",
         "qwen2-1.5b": "Qwen/Qwen2-1.5B",

@@ -10,12 +10,6 @@ import math
 from dataclasses import dataclass
 
 KL_PLACEMENTS = ("token_reward", "sequence_reward", "loss", "none")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-AUTO_KL_ESTIMATOR = {"token_reward": "k1", "sequence_reward": "k1", "loss": "k2", "none": "k1"}
-"""``kl_estimator = "auto"``: the estimator whose gradient is that of KL(pi||ref) where the penalty is placed,
-so a grid can sweep ``kl_placement`` alone (``[grid.sweep.rloo] kl_placement = ["sequence_reward", "loss"]``)."""
-ALLOWED_KL_PAIRS = {"k1": ("token_reward", "sequence_reward"), "k2": ("loss",), "k3": ("loss",)}
-"""Estimator -> placements where the penalty's gradient is that of a KL to the reference (issue 11 §7)."""
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean")
 BUDGETS = ("episodes", "updates", "flops", "seconds")
 ADAPTIVE_KL_HORIZON_FRACTION = 4
@@ -125,18 +119,30 @@ class RLConfig:
             raise ValueError("top_k must be >= 0")
 
     def _check_kl(self) -> None:
+        """KL estimators are registered parts (``KLEstimatorSpec``): their names, the placements where each
+        penalises KL to the reference (issue 11 §7) and the ``"auto"`` choice per placement come from the
+        registry, so a plugin's estimator is accepted like a built-in one."""
         if self.kl_placement not in KL_PLACEMENTS:
             raise ValueError(f"kl_placement must be one of: {', '.join(KL_PLACEMENTS)} (got {self.kl_placement!r})")
+        from rlhfkit.plugins import get_registry  # loaded by whoever reads a recipe; no torch
+
+        estimators = {name: entry.obj for name, entry in get_registry().entries["kl_estimator"].items()}
         if self.kl_estimator == "auto":
-            self.kl_estimator = AUTO_KL_ESTIMATOR[self.kl_placement]
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator must be one of: {', '.join(KL_ESTIMATORS)}, auto (got {self.kl_estimator!r})")
+            # the estimator whose gradient is that of KL(pi||ref) where the penalty is placed, so a grid can
+            # sweep kl_placement alone ([grid.sweep.<algorithm>] kl_placement = ["sequence_reward", "loss"])
+            picks = [name for name, spec in estimators.items() if self.kl_placement in spec.auto_for]
+            if len(picks) != 1:
+                raise ValueError(f'kl_estimator = "auto" needs exactly one registered KL estimator for kl_placement '
+                                 f'{self.kl_placement!r} (found: {", ".join(picks) or "none"}); name one')
+            self.kl_estimator = picks[0]
+        if self.kl_estimator not in estimators:
+            raise ValueError(f"kl_estimator must be one of: {', '.join(estimators)}, auto (got {self.kl_estimator!r})")
         if self.adaptive_kl_horizon < 0:
             raise ValueError("adaptive_kl_horizon must be >= 0 (0 = planned episodes / 4)")
         if self.kl_placement == "none" or self.kl_monitor_only:
             return
-        if self.kl_placement not in ALLOWED_KL_PAIRS[self.kl_estimator]:
-            pairs = ", ".join(f"{e} in {p}" for e, ps in ALLOWED_KL_PAIRS.items() for p in ps)
+        if self.kl_placement not in estimators[self.kl_estimator].placements:
+            pairs = ", ".join(f"{name} in {p}" for name, spec in estimators.items() for p in spec.placements)
             raise ValueError(
                 f"kl_estimator {self.kl_estimator!r} with kl_placement {self.kl_placement!r} does not penalise "
                 f"KL to the reference; allowed: {pairs} (kl_estimator = \"auto\" picks by placement; or set "

@@ -244,8 +244,8 @@ def memory_savings(results) -> list[dict]:
     """Per (model, memory strategy) and pair of algorithms with ``ok`` cells on both sides: the peak memory of A
     minus that of B, measured (mean over seeds, with its interval) and planned, overall and per phase.
 
-    This is where RLOO's saving over PPO shows: PPO's critic (weights, gradients, AdamW states and its graph in
-    the update) is the part RLOO does not have.  Rows: ``{model, memory, a, b, peak_a, peak_b, measured, planned,
+    This is where an algorithm without a critic shows its saving: the critic (weights, gradients, AdamW states and
+    its graph in the update) is the part it does not have.  Rows: ``{model, memory, a, b, peak_a, peak_b, measured, planned,
     phases}``; the differences are :func:`stats.comparisons` of the memory columns.
     """
     wanted = ["peak_memory_bytes", "planned_memory_bytes"]
