@@ -170,10 +170,10 @@ def generation_vs_floor(recipe, artifacts, batch, length, repeats=5) -> dict:
 
     @torch.no_grad()
     def lean_floor():
-        from rlhfkit.engine.rollout import _LlamaDecoder
+        from rlhfkit.engine.rollout import fast_decoder
 
         _, cache, mask, positions = prefill()
-        decoder = _LlamaDecoder(model, cache, mask, positions, length)
+        decoder = fast_decoder(model, cache, mask, positions, length)
         token = torch.full((batch,), 5, dtype=torch.long)
         real = torch.ones(batch, dtype=torch.bool)
         for _ in range(length - 1):
