@@ -221,6 +221,15 @@ class _LlamaDecoder:
 
 
 @torch.no_grad()
+
+def lean_decoder(model, cache, attention_mask, positions, max_new_tokens: int):
+    """The lean decoder :func:`sample` uses for ``model`` after a prefill into ``cache``, or ``None`` where it
+    decodes through ``model(...)``; public for benchmarks that time decoding without the sampling logic."""
+    if _LlamaDecoder.supports(model, cache):
+        return _LlamaDecoder(model, cache, attention_mask, positions, max_new_tokens)
+    return None
+
+
 def sample(
     model,
     query_ids: torch.Tensor,
