@@ -32,6 +32,8 @@ from typing import Any
 
 from rlhfkit.cellspec.arch import cell_architecture, cell_model_set, task_info
 from rlhfkit.cellspec.modelset import DTYPE_BYTES, ZERO3_MAX_LIVE_PARAMETERS  # noqa: F401  (re-exported)
+
+ZERO3_SUB_GROUP_SIZE = 1_000_000_000  # DeepSpeed's default sub_group_size: ZeRO-3 steps its partition in these
 from rlhfkit.engine.steps import Phase  # torch-free
 
 GiB = 1024**3
@@ -75,15 +77,19 @@ class CellPlan:
     capacity_bytes: int
     phases: dict[str, int]
     parts: dict[str, dict[str, int]]
+    load_bytes: int = 0
+    """The device while the models are built, where it differs from the phases (ZeRO-3: models load whole
+    before they are partitioned); 0 elsewhere."""
     assumptions: dict = field(default_factory=dict)
 
     @property
     def peak_bytes(self) -> int:
-        return max(self.phases.values())
+        return max(*self.phases.values(), self.load_bytes)
 
     @property
     def peak_phase(self) -> str:
-        return max(self.phases, key=self.phases.get)
+        phase = max(self.phases, key=self.phases.get)
+        return "load" if self.load_bytes > self.phases[phase] else phase
 
     @property
     def fits(self) -> bool:
@@ -299,42 +305,60 @@ def _on_device(c: _Cell, m: _Model) -> float:
 
 
 def _model_states(c: _Cell) -> dict:
-    """Weights, optimizer states and the gradient peak on one device (after the first step they stay)."""
-    weights = sum(_on_device(c, m) for m in c.models)
-    optimizer = 0.0
-    grads_peak = 0.0
+    """Per device, as DeepSpeed 0.19 allocates them (runtime/zero/stage_1_and_2.py, stage3.py):
+
+    - ``weights``: every model's stored weights (ZeRO-3: 1/N each; offloaded parameters off the GPU);
+    - ``optimizer``: the optimizer's state (AdamW: 8 B/param) + DeepSpeed's fp32 master partition (4 B);
+    - ``zero3_gradients``: ZeRO-3's flat 16-bit gradient partition (``grad_partitions_flat_buffer``),
+      allocated when the engine is built and kept: static, in host memory under offload;
+    - ``gradients``: ZeRO-0/1/2's gradients, alive from backward to the step (ZeRO-2: partitioned; under
+      offload in a pinned host buffer);
+    - ``step_fp32_gradients``: the fp32 copy of the gradient partition made for the step (ZeRO-1/2
+      ``single_grad_partition``; ZeRO-3 ``_prepare_fp32_grad_for_sub_group``, one sub-group of at most
+      ``sub_group_size`` = 1e9 elements at a time); on the host under offload.
+    """
+    per_role = {m.kind: {"weights": _on_device(c, m)} for m in c.models}
     for m in c.trained:
         role = m.role
         zero = role.zero_stage
+        shard = c.n if zero else 1
+        kept = 0.0 if (role.offload_optimizer and c.gpu) else 1.0  # offloaded: host memory
         master = 4 if zero else 0  # DeepSpeed keeps an fp32 copy of each partition, also when training in fp32
         states = role.optimizer.state_of(m.trainable, trainable_tensor_numels(m.arch, role)) + m.trainable * master
-        grads = m.trainable * c.ms.trained_param_bytes(role)
-        if zero:
-            states /= c.n
-            grads /= c.n
-        if role.offload_optimizer and c.gpu:
-            states = 0.0
-            grads = 0.0 if zero == 2 else grads
-        optimizer += states
-        grads_peak = max(grads_peak, grads)
-    return {"weights": weights, "optimizer": optimizer, "gradients": grads_peak}
+        grad = m.trainable * c.ms.trained_param_bytes(role) / shard
+        copy = min(m.trainable / shard, ZERO3_SUB_GROUP_SIZE) * 4 if zero == 3 else (m.trainable / shard * 4 if zero else 0)
+        per_role[m.kind].update(optimizer=kept * states / shard, gradients=kept * grad, step_fp32_gradients=kept * copy)
+    trained = [per_role[m.kind] for m in c.trained]
+    zero3 = c.zero == 3
+    return {
+        "weights": sum(r["weights"] for r in per_role.values()),
+        "optimizer": sum(r["optimizer"] for r in trained),
+        "zero3_gradients": sum(r["gradients"] for r in trained) if zero3 else 0.0,
+        "gradients": 0.0 if zero3 else max((r["gradients"] for r in trained), default=0.0),
+        "step_fp32_gradients": max((r["step_fp32_gradients"] for r in trained), default=0.0),
+        "per_role": per_role,
+    }
 
 
-def _zero_buffers(c: _Cell) -> float:
-    """DeepSpeed buffers, one set per engine, sized by the one config the cell writes (modelset.deepspeed)."""
+def _zero_buffers(c: _Cell) -> dict:
+    """DeepSpeed's communication buffers, sized by the one config the cell writes (ModelSet.deepspeed).
+
+    ZeRO-2 (``setup_buckets``): one reduce bucket per gradient dtype, two with ``overlap_comm`` (double
+    buffering), allocated when backward starts and released when its reduction ends (``_release_ipg_buffers``)
+    -- backward only, and one engine at a time.  ZeRO-3: the reduce bucket is allocated when the engine is
+    built and kept (static), plus the prefetch bucket of parameters fetched ahead.
+    """
     ds = c.ms.deepspeed
     if ds is None:
-        return 0.0
-    buffers = 0.0
+        return {"static": 0.0, "backward": 0.0}
+    static = backward = 0.0
     for m in c.trained:
         grad_b = c.ms.trained_param_bytes(m.role)
-        if ds.stage == 2:
-            bucket = ds.reduce_bucket_size + ds.allgather_bucket_size
-            buffers += (4.5 * bucket if ds.overlap_comm else ds.reduce_bucket_size) * grad_b
-        else:  # one reduce bucket + the prefetch bucket
-            prefetch = 0.9 * m.arch["hidden_size"] ** 2
-            buffers += ds.reduce_bucket_size * grad_b + prefetch * grad_b
-    return buffers
+        if ds.stage == 3:
+            static += ds.reduce_bucket_size * grad_b + 0.9 * m.arch["hidden_size"] ** 2 * grad_b
+        else:
+            backward = max(backward, (2 if ds.overlap_comm else 1) * ds.reduce_bucket_size * grad_b)
+    return {"static": static, "backward": backward}
 
 
 def _framework(c: _Cell) -> float:
@@ -392,23 +416,36 @@ def _activations(c: _Cell, m: _Model, tokens: int) -> float:
     return arch["num_layers"] * per_layer
 
 
-def _training(c: _Cell, gradients: float) -> dict:
-    """One minibatch: activations (policy, plus the critic's graph under PPO), logits, gradients, the step."""
+def _training(c: _Cell, states: dict, buckets: float) -> dict:
+    """One minibatch: backward (activations of the policy, plus the critic's graph under PPO, logits,
+    gradients, ZeRO-2's buckets), then the optimizer step (gradients, the fp32 gradient copy, the optimizer's
+    largest temporary), which runs after backward has freed the activations and buckets."""
     tokens_mb = c.rows_mb * c.tokens
     train_act = sum(_activations(c, m, tokens_mb) for m in c.trained if m.role.role in ("policy", "critic"))
     train_logits = c.rows_mb * (c.cfg.response_length + 1) * c.arch_p["vocab_size"] * 4 * TRAIN_LOGIT_COPIES
-    # The optimizer step runs after backward has freed the activations; its largest temporary (torch AdamW
-    # foreach: sqrt of the second moments, a copy of the trainable, ZeRO: partitioned, fp32 state) counts
-    # where it exceeds them.
+    # torch AdamW foreach: sqrt of the second moments, a copy of the trainable (ZeRO: partitioned) fp32 state.
     step_temporary = 0.0
     for m in c.trained:
         if not (m.role.offload_optimizer and c.gpu):
             step_temporary = max(step_temporary, m.trainable * m.role.optimizer.step_temporary_bytes / (c.n if c.zero else 1))
-    parts = {"activations": train_act, "logits": train_logits, "gradients": gradients,
-             "optimizer_step_excess": max(0.0, step_temporary - train_act - train_logits)}
+    backward = train_act + train_logits + buckets
+    step = states["step_fp32_gradients"] + step_temporary
+    parts = {"activations": train_act, "logits": train_logits, "gradients": states["gradients"],
+             "zero2_buckets": buckets, "optimizer_step_excess": max(0.0, step - backward)}
     if c.zero == 3:
         parts["zero3_live_parameters"] = sum(_live(c, m) for m in c.trained)
     return parts
+
+
+def _load(c: _Cell, static: float) -> float:
+    """The device while the models are built (rlhfkit/cellspec/build.py, ``zero3_init_flag`` off): every
+    model loads whole from its checkpoint; frozen models are moved whole onto the device before ZeRO-3
+    partitions them, trained ones stay in host memory until DeepSpeed partitions them parameter by
+    parameter.  On the CPU all of them are whole in the one memory at once."""
+    if c.zero != 3:
+        return 0.0  # nothing is partitioned: the models sit as they will stay (counted in every phase)
+    whole = sum(m.weight_bytes for m in c.models if (not c.gpu or not m.trainable) and m.role.device == "accelerator")
+    return static - sum(_on_device(c, m) for m in c.models if not c.gpu or not m.trainable) + whole
 
 
 def _cell_models(recipe, cell, ms, artifacts_root) -> tuple[list, dict, dict]:
@@ -435,17 +472,19 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
               algo=get_registry().get("algorithm", cell.algorithm), info=task_info(recipe, artifacts_root),
               arch_p=arch_p, arch_r=arch_r)
     states = _model_states(c)
-    detail = {"weights": states["weights"], "optimizer": states["optimizer"], "zero_buffers": _zero_buffers(c),
-              "framework": _framework(c)}
+    buffers = _zero_buffers(c)
+    detail = {"weights": states["weights"], "optimizer": states["optimizer"], "zero3_gradients": states["zero3_gradients"],
+              "zero_buffers": buffers["static"], "framework": _framework(c)}
     phases_parts = {Phase.GENERATION.value: _generation(c), Phase.SCORING.value: _scoring(c),
-                    Phase.TRAINING.value: _training(c, states["gradients"])}
+                    Phase.TRAINING.value: _training(c, states, buffers["backward"])}
     parts = {phase: {**{k: int(v) for k, v in detail.items()}, **{k: int(v) for k, v in p.items()}}
              for phase, p in phases_parts.items()}
     return CellPlan(
         cell=cell.id, model=cell.model, algorithm=cell.algorithm, memory=cell.memory, hardware=hardware,
         num_devices=c.n, capacity_bytes=int(_capacity(hardware)),
         phases={phase: int(sum(p.values())) for phase, p in parts.items()}, parts=parts,
-        assumptions=_assumptions(c),
+        load_bytes=int(_load(c, sum(detail.values()))),
+        assumptions={**_assumptions(c), "model_states": {k: {p: int(v) for p, v in r.items()} for k, r in states["per_role"].items()}},
     )
 
 
