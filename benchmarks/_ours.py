@@ -1,14 +1,13 @@
-"""Drive rlhfkit's engine exactly as a cell does (rlhfkit/cell.py run_cell), minus evaluations and files.
+"""Drive rlhfkit's engine exactly as a cell does, minus evaluations and files.
 
-``build_context`` mirrors run_cell: same recipe parsing, memory plan, build_models, optimizers, accelerate
-preparation, seeding and TrainContext; the algorithm's registered trainer is then run unchanged.
+``build_context`` calls the cell's own ``build_cell`` (rlhfkit/cellspec/build.py: recipe, model set, models,
+optimizers, accelerate preparation, seeding, TrainContext); the algorithm's registered trainer then runs
+unchanged.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from pathlib import Path
 
 
 class _NoEOSTokenizer:
@@ -28,52 +27,21 @@ class _NoEOSTokenizer:
 
 def build_context(recipe_path: str, artifacts_root: str, algorithm: str, seed: int = 1, no_eos: bool = False,
                   **overrides):
-    import torch
-    from accelerate import Accelerator
-
-    from rlhfkit.artifacts import artifact_dirs
-    from rlhfkit.cell import _optimizer, build_models, seed_everything
-    from rlhfkit.engine.context import MetricsLogger, PromptSampler, TrainContext
-    from rlhfkit.engine.memory_tracker import PhaseMemory, return_freed_memory_to_os
-    from rlhfkit.memory import build_memory_plan
-    from rlhfkit.plugins import get_registry
+    """The cell's own build (``rlhfkit.cellspec.build.build_cell``) of the recipe's first model row under
+    ``full`` memory, with algorithm config ``overrides``; evaluation is switched off and no plugin hook hears
+    the metric lines."""
+    from rlhfkit.cellspec.build import build_cell
     from rlhfkit.recipe import Cell, load_recipe
-    from rlhfkit.stages.pipeline import build_task, load_tokenizer
 
     recipe = load_recipe(recipe_path)
-    model_name = next(iter(recipe.models))
-    cell = Cell(model=model_name, algorithm=algorithm, memory="full", seed=seed)
-    algo = get_registry().get("algorithm", algorithm)
-    config = dataclasses.replace(recipe.algorithms[algorithm], **overrides)
-    plan = build_memory_plan(cell.memory)
-    accelerator = Accelerator(cpu=True, mixed_precision="no")
-    device = accelerator.device
-    seed_everything(cell.seed * 1000 + accelerator.process_index)
-    if recipe.run.cpu_memory == "live":  # as run_cell does
-        return_freed_memory_to_os()
-    task = build_task(recipe)
-    entry = recipe.models[model_name]
-    tokenizer = load_tokenizer(artifact_dirs(recipe, entry, Path(artifacts_root)).tokenizer)
+    cell = Cell(model=next(iter(recipe.models)), algorithm=algorithm, memory="full", seed=seed)
+    spec = {"recipe": str(recipe_path), "cell": cell.as_dict(), "artifacts_root": str(artifacts_root)}
+    built = build_cell(spec, config_overrides=overrides, broadcast=False)
+    ctx = built.ctx
     if no_eos:
-        tokenizer = _NoEOSTokenizer(tokenizer)
-    spec = {"cell": dataclasses.asdict(cell), "artifacts_root": artifacts_root}
-    policy, reference, reward_model, value_model, _dirs = build_models(spec, recipe, plan, algo, device, torch.float32)
-    popt, psched = _optimizer(policy, config, config.learning_rate, config.steps)
-    policy, popt = accelerator.prepare(policy, popt)
-    vopt = vsched = None
-    if value_model is not None:
-        vlr = getattr(config, "value_learning_rate", None) or config.learning_rate
-        vopt, vsched = _optimizer(value_model, config, vlr, config.steps)
-        value_model, vopt = accelerator.prepare(value_model, vopt)
-    ctx = TrainContext(
-        config=config, accelerator=accelerator, policy=policy, policy_optimizer=popt, policy_scheduler=psched,
-        reference=reference, reward_model=reward_model, tokenizer=tokenizer, task=task, memory=PhaseMemory(device),
-        logger=MetricsLogger(None, cell, None), generator=torch.Generator(device=device).manual_seed(seed * 1000),
-        prompt_sampler=PromptSampler(task.rl_prompts, seed * 1000), value_model=value_model,
-        value_optimizer=vopt, value_scheduler=vsched, plan=plan,
-    )
+        ctx.tokenizer = _NoEOSTokenizer(ctx.tokenizer)
     ctx.evaluate = lambda step: {}  # benchmarks time training only (TRL's side does not evaluate either)
-    return ctx, algo
+    return ctx, built.algorithm
 
 
 def run_training(ctx, algo) -> dict:

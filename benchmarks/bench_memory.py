@@ -83,7 +83,7 @@ def run_grid(output: Path, strategies: list[str], steps: int, stages_from: str |
 
 
 def compare(output: Path, calibrate: bool) -> int:
-    from rlhfkit.planner import CPU_DEEPSPEED_BYTES, CPU_FRAMEWORK_BYTES, MiB, plan_cell
+    from rlhfkit.planner import CPU_DEEPSPEED_BYTES, CPU_FRAMEWORK_BYTES, PHASES, MiB, plan_cell
     from rlhfkit.recipe import load_recipe
 
     recipe = load_recipe(output / "recipe.toml")
@@ -101,7 +101,7 @@ def compare(output: Path, calibrate: bool) -> int:
             continue
         plan = plan_cell(recipe, cell, "cpu", result.get("num_processes") or 1, artifacts)
         summary = result["summary"]
-        for phase in ("generation", "scoring", "training"):
+        for phase in PHASES:
             planned, measured = plan.phases[phase], summary[f"{phase}_peak_bytes"]
             error = (planned - measured) / measured if measured else float("nan")
             rows.append({"cell": cell.id, "phase": phase, "planned": planned, "measured": measured, "error": error})

@@ -26,14 +26,19 @@ The peak of a cell is the max over its phases; it fits when peak <= the device's
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Any
+
+from rlhfkit.cellspec.arch import cell_architecture, cell_model_set, task_info
+from rlhfkit.cellspec.modelset import DTYPE_BYTES, ZERO3_MAX_LIVE_PARAMETERS  # noqa: F401  (re-exported)
+
+ZERO3_SUB_GROUP_SIZE = 1_000_000_000  # DeepSpeed's default sub_group_size: ZeRO-3 steps its partition in these
+from rlhfkit.engine.steps import Phase  # torch-free
 
 GiB = 1024**3
+PHASES = tuple(phase.value for phase in Phase)
 MiB = 1024**2
-PHASES = ("generation", "scoring", "training")
 
 # Device memory as nvidia-smi reports it (MiB).  "cpu" is the machine's RAM; any other device:
 # ``rlhfkit plan --gpu-memory-gib N`` (or ``[run] gpu_memory_gib``).
@@ -95,8 +100,6 @@ CPU_DEEPSPEED_BYTES = 1 * MiB
 ZERO3_HOST_BYTES_PER_TENSOR = 33 * 1024
 
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 absmax blocks
-DS_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's default reduce/all-gather bucket (elements)
-ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000  # DeepSpeed's default stage3_max_live_parameters
 TRAIN_LOGIT_COPIES = 4  # logits, /temperature, log-softmax, softmax for entropy (and their gradient)
 SCORE_LOGIT_COPIES = 2  # logits, /temperature (+ the chunked log-softmax)
 GEN_LOGIT_COPIES = 4  # one step: logits, log-softmax, uniform draws, gumbel-perturbed logits
@@ -113,15 +116,19 @@ class CellPlan:
     capacity_bytes: int
     phases: dict[str, int]
     parts: dict[str, dict[str, int]]
+    load_bytes: int = 0
+    """The device while the models are built, where it differs from the phases (ZeRO-3: models load whole
+    before they are partitioned); 0 elsewhere."""
     assumptions: dict = field(default_factory=dict)
 
     @property
     def peak_bytes(self) -> int:
-        return max(self.phases.values())
+        return max(*self.phases.values(), self.load_bytes)
 
     @property
     def peak_phase(self) -> str:
-        return max(self.phases, key=self.phases.get)
+        phase = max(self.phases, key=self.phases.get)
+        return "load" if self.load_bytes > self.phases[phase] else phase
 
     @property
     def fits(self) -> bool:
@@ -149,80 +156,6 @@ class CellPlan:
             }
             for phase, value in self.phases.items()
         ]
-
-
-# --- architecture -----------------------------------------------------------------------------------------
-
-
-def _model_ref(recipe, model_name: str, which: str) -> str:
-    entry = recipe.models[model_name]
-    return entry.policy if which == "policy" else entry.reward
-
-
-def _artifact_config(recipe, model_name: str, which: str, artifacts_root) -> dict | None:
-    """The config.json the stages wrote (exact vocabulary), when they have run."""
-    if artifacts_root is None:
-        return None
-    from rlhfkit.artifacts import artifact_dirs
-
-    dirs = artifact_dirs(recipe, recipe.models[model_name], Path(artifacts_root))
-    path = Path(dirs.sft if which == "policy" else dirs.reward_model) / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def cell_architecture(recipe, model_name: str, which: str = "policy", artifacts_root=None) -> dict:
-    """Architecture numbers of a recipe row's policy or reward model (see ``ModelAdapter.architecture``)."""
-    from rlhfkit.models import adapter_for, parse_model_spec
-
-    entry = recipe.models[model_name]
-    spec = parse_model_spec(_model_ref(recipe, model_name, which), entry.trust_remote_code)
-    adapter = adapter_for(spec)
-    written = _artifact_config(recipe, model_name, which, artifacts_root)
-    if written is not None:
-        return adapter.architecture(written)
-    if getattr(spec, "is_reference", False):
-        # Published config numbers: computed straight from the dict (no transformers import needed).
-        from rlhfkit.registry import architecture_numbers
-
-        return architecture_numbers(dict(adapter.known_checkpoints[spec.reference]), qkv_bias=adapter.qkv_bias)
-    if spec.is_preset:
-        vocab = _task_info(recipe)["vocab_size"]
-        return adapter.architecture(adapter.preset_config(spec.preset, vocab_size=vocab))
-    return adapter.architecture(spec)
-
-
-_TASK_CACHE: dict = {}
-
-
-def _task_info(recipe, artifacts_root=None) -> dict:
-    """Vocabulary size (tiny presets) and the longest prompt in tokens."""
-    key = (id(recipe), str(artifacts_root))
-    if key in _TASK_CACHE:
-        return _TASK_CACHE[key]
-    from rlhfkit.stages.pipeline import build_task
-
-    task = build_task(recipe)
-    prompts = list(task.rl_prompts) + list(task.eval_prompts)
-    info = {"vocab_size": task.tokenizer_vocab_size}
-    tokenizer = None
-    if artifacts_root is not None:
-        from rlhfkit.artifacts import artifact_dirs
-
-        entry = next(iter(recipe.models.values()))
-        path = artifact_dirs(recipe, entry, Path(artifacts_root)).tokenizer
-        if Path(path).is_dir():
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if tokenizer is not None:
-        info["prompt_tokens"] = max(len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts)
-        info["vocab_size"] = len(tokenizer)
-    elif task.tokenizer_kind == "word":
-        info["prompt_tokens"] = max(len(p.split()) for p in prompts)
-    else:
-        info["prompt_tokens"] = max(int(len(p) / 3.5) + 1 for p in prompts)
-    _TASK_CACHE[key] = info
-    return info
 
 
 # --- parts ------------------------------------------------------------------------------------------------
@@ -275,238 +208,359 @@ def layer_activation_elements(arch: dict) -> int:
     return 4 * H + 3 * q + 3 * kv + 4 * I
 
 
-def _bytes_of(precision: str) -> int:
-    return 2 if precision in ("bf16", "fp16") else 4
+def trainable_tensor_numels(arch: dict, role) -> list[int]:
+    """Element counts of a trained role's trainable tensors (for optimizers whose state depends on tensor
+    size, e.g. bitsandbytes' 8-bit states only for tensors of 4096 elements and more)."""
+    H, linears = arch["hidden_size"], arch.get("linear_layers") or ()
+    if role.trainable == "lora":
+        targets = set(role.lora.target_modules or role_targets(role, arch))
+        numels = [n for name, i, o, c in linears if name in targets for n in [role.lora.r * int(i), role.lora.r * int(o)] * int(c)]
+        return numels + [H] * len(role.modules_to_save)
+    numels = [arch["vocab_size"] * H, H] + [H] * 2 * arch["num_layers"]
+    numels += [int(i) * int(o) for _, i, o, c in linears for _ in range(int(c))]
+    if role.head == "classifier":
+        return numels + [H]
+    return numels + ([] if arch["tied_embeddings"] else [arch["vocab_size"] * H])
+
+
+def role_targets(role, arch: dict) -> tuple[str, ...]:
+    """LoRA target modules of a role: its settings', else its family's default (set by :func:`_size_role`)."""
+    return tuple(role.lora.target_modules or arch.get("_default_lora_targets") or ())
 
 
 @dataclass
 class _Model:
     """One model's contribution: stored weights, trainable parameters, the per-token activation numbers."""
 
+    role: Any
+    """Its :class:`rlhfkit.cellspec.modelset.ModelRole`."""
     arch: dict
     weight_bytes: float
     trainable: int
-    kind: str  # "policy", "reference", "reward", "value"
     tensors: int = 0
     """Parameter tensors (ZeRO-3 keeps bookkeeping per tensor)."""
+    param_bytes: int = 4
+    """Bytes per parameter of its compute weights (gathered by ZeRO-3, cached by generation)."""
+
+    @property
+    def kind(self) -> str:
+        return self.role.role
+
+
+def quantized_bytes(arch: dict, params: int, is_causal_lm: bool) -> float:
+    """NF4 linear layers; embeddings, LM head, norms kept and cast to fp32 by prepare_model_for_kbit."""
+    kept = arch["num_embedding_parameters"] if is_causal_lm else arch["vocab_size"] * arch["hidden_size"]
+    kept += (2 * arch["num_layers"] + 1) * arch["hidden_size"]
+    return (params - kept) * NF4_BYTES + kept * 4
+
+
+def _size_role(role, ms, arch: dict, default_targets) -> _Model:
+    """What one separate model of the set weighs, as the builder makes it (rlhfkit/cellspec/build.py)."""
+    is_lm = role.head == "causal_lm"
+    params = arch["num_parameters"] if is_lm else classifier_parameters(arch)
+    stored = DTYPE_BYTES[role.dtype]
+    if role.trainable == "lora":
+        arch = {**arch, "_default_lora_targets": tuple(default_targets)}
+        targets = role_targets(role, arch)
+        trained = ms.trained_param_bytes(role)
+        lp = lora_parameters(arch, role.lora.r, targets)
+        lp += arch["hidden_size"] * len(role.modules_to_save)  # modules_to_save: a trainable copy of the score head
+        base = quantized_bytes(arch, params, is_lm) if role.quantization else params * stored
+        tensors = parameter_tensors(arch, is_lm, targets) + len(role.modules_to_save)
+        return _Model(role, arch, base + lp * trained, lp, tensors, stored)
+    if role.trainable == "full":
+        trained = ms.trained_param_bytes(role)
+        return _Model(role, arch, params * trained, params, parameter_tensors(arch, is_lm), trained)
+    return _Model(role, arch, params * stored, 0, parameter_tensors(arch, is_lm), stored)
+
+
+def _capacity(hardware: str) -> int:
+    if hardware == "cpu":
+        import psutil
+
+        return psutil.virtual_memory().total
+    if hardware in GPUS:
+        return GPUS[hardware]
+    if hardware.startswith("cuda"):
+        try:
+            import torch
+
+            return torch.cuda.get_device_properties(0).total_memory
+        except Exception:
+            return 0
+    return 0
+
+
+@dataclass
+class _Cell:
+    """What every phase of one cell's plan reads."""
+
+    ms: Any
+    models: list
+    n: int
+    gpu: bool
+    cfg: Any
+    algo: Any
+    info: dict
+    arch_p: dict
+    arch_r: dict
+
+    @property
+    def zero(self) -> int:
+        return self.ms.zero_stage
+
+    @property
+    def trained(self) -> list:
+        return [m for m in self.models if m.trainable]
+
+    @property
+    def policy(self) -> _Model:
+        return self.models[0]
+
+    @property
+    def act_b(self) -> int:
+        return 2 if self.ms.precision in ("bf16", "fp16") else 4
+
+    @property
+    def rows_gen(self) -> int:
+        return max(self.cfg.batch_size, self.cfg.eval_batch_size)
+
+    @property
+    def rows_mb(self) -> int:
+        return self.cfg.batch_size // max(1, getattr(self.cfg, "num_minibatches", 1))
+
+    @property
+    def tokens(self) -> int:
+        return self.info["prompt_tokens"] + self.cfg.response_length
+
+
+def _on_device(c: _Cell, m: _Model) -> float:
+    """A model's weights on one device: sharded by ZeRO-3, off the GPU when offloaded or kept on the host."""
+    if m.role.zero_stage == 3:
+        return 0.0 if (m.role.offload_parameters and c.gpu) else m.weight_bytes / c.n
+    if m.role.device == "cpu" and c.gpu:
+        return 0.0
+    return m.weight_bytes
+
+
+def _model_states(c: _Cell) -> dict:
+    """Per device, as DeepSpeed 0.19 allocates them (runtime/zero/stage_1_and_2.py, stage3.py):
+
+    - ``weights``: every model's stored weights (ZeRO-3: 1/N each; offloaded parameters off the GPU);
+    - ``optimizer``: the optimizer's state (AdamW: 8 B/param) + DeepSpeed's fp32 master partition (4 B);
+    - ``zero3_gradients``: ZeRO-3's flat 16-bit gradient partition (``grad_partitions_flat_buffer``),
+      allocated when the engine is built and kept: static, in host memory under offload;
+    - ``gradients``: ZeRO-0/1/2's gradients, alive from backward to the step (ZeRO-2: partitioned; under
+      offload in a pinned host buffer);
+    - ``step_fp32_gradients``: the fp32 copy of the gradient partition made for the step (ZeRO-1/2
+      ``single_grad_partition``; ZeRO-3 ``_prepare_fp32_grad_for_sub_group``, one sub-group of at most
+      ``sub_group_size`` = 1e9 elements at a time); on the host under offload.
+    """
+    per_role = {m.kind: {"weights": _on_device(c, m)} for m in c.models}
+    for m in c.trained:
+        role = m.role
+        zero = role.zero_stage
+        shard = c.n if zero else 1
+        kept = 0.0 if (role.offload_optimizer and c.gpu) else 1.0  # offloaded: host memory
+        master = 4 if zero else 0  # DeepSpeed keeps an fp32 copy of each partition, also when training in fp32
+        states = role.optimizer.state_of(m.trainable, trainable_tensor_numels(m.arch, role)) + m.trainable * master
+        grad = m.trainable * c.ms.trained_param_bytes(role) / shard
+        copy = min(m.trainable / shard, ZERO3_SUB_GROUP_SIZE) * 4 if zero == 3 else (m.trainable / shard * 4 if zero else 0)
+        per_role[m.kind].update(optimizer=kept * states / shard, gradients=kept * grad, step_fp32_gradients=kept * copy)
+    trained = [per_role[m.kind] for m in c.trained]
+    zero3 = c.zero == 3
+    return {
+        "weights": sum(r["weights"] for r in per_role.values()),
+        "optimizer": sum(r["optimizer"] for r in trained),
+        "zero3_gradients": sum(r["gradients"] for r in trained) if zero3 else 0.0,
+        "gradients": 0.0 if zero3 else max((r["gradients"] for r in trained), default=0.0),
+        "step_fp32_gradients": max((r["step_fp32_gradients"] for r in trained), default=0.0),
+        "per_role": per_role,
+    }
+
+
+def _zero_buffers(c: _Cell) -> dict:
+    """DeepSpeed's communication buffers, sized by the one config the cell writes (ModelSet.deepspeed).
+
+    ZeRO-2 (``setup_buckets``): one reduce bucket per gradient dtype, two with ``overlap_comm`` (double
+    buffering), allocated when backward starts and released when its reduction ends (``_release_ipg_buffers``)
+    -- backward only, and one engine at a time.  ZeRO-3: the reduce bucket is allocated when the engine is
+    built and kept (static), plus the prefetch bucket of parameters fetched ahead.
+    """
+    ds = c.ms.deepspeed
+    if ds is None:
+        return {"static": 0.0, "backward": 0.0}
+    static = backward = 0.0
+    for m in c.trained:
+        grad_b = c.ms.trained_param_bytes(m.role)
+        if ds.stage == 3:
+            static += ds.reduce_bucket_size * grad_b + 0.9 * m.arch["hidden_size"] ** 2 * grad_b
+        else:
+            backward = max(backward, (2 if ds.overlap_comm else 1) * ds.reduce_bucket_size * grad_b)
+    return {"static": static, "backward": backward}
+
+
+def _framework(c: _Cell) -> float:
+    if c.gpu:
+        return GPU_FRAMEWORK_BYTES
+    framework = CPU_FRAMEWORK_BYTES + (CPU_DEEPSPEED_BYTES if c.zero else 0)
+    if c.zero == 3:  # on a GPU this is host memory, not the device's
+        framework += sum(m.tensors for m in c.models) * ZERO3_HOST_BYTES_PER_TENSOR
+    return framework
+
+
+def _live(c: _Cell, m: _Model) -> float:
+    """ZeRO-3 forward/backward gathers parameters module by module, at most stage3_max_live_parameters."""
+    params = m.weight_bytes / m.param_bytes
+    return min(c.ms.deepspeed.max_live_parameters, params) * m.param_bytes
+
+
+def _generation(c: _Cell) -> dict:
+    """KV cache of the whole batch at full length, one step's logits, the ZeRO-3 gather."""
+    policy = c.policy
+    kv = c.arch_p["kv_cache_elements_per_token"] * c.rows_gen * c.tokens * policy.param_bytes
+    parts = {"kv_cache": kv, "logits": c.rows_gen * c.arch_p["vocab_size"] * 4 * GEN_LOGIT_COPIES}
+    gather = 0.0
+    if c.zero == 3 and getattr(c.cfg, "zero3_gather_for_generation", True):
+        # GatheredParameters all-gathers every parameter into a new full-size tensor; the process's own
+        # partition (ds_tensor, counted in weights) stays allocated meanwhile.
+        gather = policy.weight_bytes
+    elif c.zero == 3:
+        # Hooks on: each module's parameters are gathered before its forward and released after it, so
+        # beyond the shards one module's full parameters are live (the prefetch bucket is in zero_buffers).
+        parts["zero3_largest_module"] = largest_module_parameters(c.arch_p) * policy.param_bytes
+    parts["zero3_gather"] = gather
+    return parts
+
+
+def _scoring(c: _Cell) -> dict:
+    """The biggest of the reference log-probs, reward-model and critic forwards (no graphs kept)."""
+    t_r = c.cfg.response_length
+    ref_logits = c.rows_gen * (t_r + 1) * c.arch_p["vocab_size"] * 4 * SCORE_LOGIT_COPIES
+    transient_p = c.rows_gen * c.tokens * layer_activation_elements(c.arch_p) * c.act_b
+    transient_r = c.rows_gen * c.tokens * (layer_activation_elements(c.arch_r) + 2 * c.arch_r["hidden_size"]) * c.act_b
+    parts = {"forward": max(ref_logits + transient_p, transient_r)}
+    if c.zero == 3:
+        parts["zero3_live_parameters"] = max(_live(c, m) for m in c.models)
+    return parts
+
+
+def _activations(c: _Cell, m: _Model, tokens: int) -> float:
+    """Activations one model keeps for backward: all layers, or under gradient checkpointing the layer
+    inputs plus one layer's recomputation."""
+    arch = m.arch
+    per_layer = layer_activation_elements(arch) * tokens * c.act_b
+    if m.role.gradient_checkpointing:
+        return arch["num_layers"] * arch["hidden_size"] * tokens * c.act_b + per_layer
+    return arch["num_layers"] * per_layer
+
+
+def _training(c: _Cell, states: dict, buckets: float) -> dict:
+    """One minibatch: backward (activations of the policy, plus the critic's graph under PPO, logits,
+    gradients, ZeRO-2's buckets), then the optimizer step (gradients, the fp32 gradient copy, the optimizer's
+    largest temporary), which runs after backward has freed the activations and buckets."""
+    tokens_mb = c.rows_mb * c.tokens
+    train_act = sum(_activations(c, m, tokens_mb) for m in c.trained if m.role.role in ("policy", "critic"))
+    train_logits = c.rows_mb * (c.cfg.response_length + 1) * c.arch_p["vocab_size"] * 4 * TRAIN_LOGIT_COPIES
+    # torch AdamW foreach: sqrt of the second moments, a copy of the trainable (ZeRO: partitioned) fp32 state.
+    step_temporary = 0.0
+    for m in c.trained:
+        if not (m.role.offload_optimizer and c.gpu):
+            step_temporary = max(step_temporary, m.trainable * m.role.optimizer.step_temporary_bytes / (c.n if c.zero else 1))
+    backward = train_act + train_logits + buckets
+    step = states["step_fp32_gradients"] + step_temporary
+    parts = {"activations": train_act, "logits": train_logits, "gradients": states["gradients"],
+             "zero2_buckets": buckets, "optimizer_step_excess": max(0.0, step - backward)}
+    if c.zero == 3:
+        parts["zero3_live_parameters"] = sum(_live(c, m) for m in c.trained)
+    return parts
+
+
+def _load(c: _Cell, static: float) -> float:
+    """The device while the models are built (rlhfkit/cellspec/build.py, ``zero3_init_flag`` off): every
+    model loads whole from its checkpoint; frozen models are moved whole onto the device before ZeRO-3
+    partitions them, trained ones stay in host memory until DeepSpeed partitions them parameter by
+    parameter.  On the CPU all of them are whole in the one memory at once."""
+    if c.zero != 3:
+        return 0.0  # nothing is partitioned: the models sit as they will stay (counted in every phase)
+    whole = sum(m.weight_bytes for m in c.models if (not c.gpu or not m.trainable) and m.role.device == "accelerator")
+    return static - sum(_on_device(c, m) for m in c.models if not c.gpu or not m.trainable) + whole
+
+
+def _cell_models(recipe, cell, ms, artifacts_root) -> tuple[list, dict, dict]:
+    """The separate models of the set, sized (policy first), and the policy's and reward model's numbers."""
+    from rlhfkit.models import adapter_for, parse_model_spec
+
+    entry = recipe.models[cell.model]
+    arch = {"policy": cell_architecture(recipe, cell.model, "policy", artifacts_root),
+            "reward": cell_architecture(recipe, cell.model, "reward", artifacts_root)}
+    refs = {"policy": entry.policy, "reward": entry.reward}
+    targets = {k: adapter_for(parse_model_spec(v, entry.trust_remote_code)).lora_target_modules for k, v in refs.items()}
+    models = [_size_role(role, ms, arch[role.arch_of], targets[role.arch_of]) for role in ms.roles() if role.separate]
+    return models, arch["policy"], arch["reward"]
 
 
 def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = None, artifacts_root=None,
               capacity_bytes: int | None = None) -> CellPlan:
-    """Predict the per-device peak of one cell in each phase (``capacity_bytes``: a custom device memory)."""
-    from rlhfkit.memory import LoraSettings, build_memory_plan
-    from rlhfkit.models import adapter_for, parse_model_spec
+    """Predict the per-device peak of one cell in each phase, from the cell's model set (``capacity_bytes``: a
+    custom device memory, ``--gpu-memory-gib``)."""
     from rlhfkit.plugins import get_registry
 
-    plan = build_memory_plan(cell.memory)
-    algo = get_registry().get("algorithm", cell.algorithm)
-    cfg = recipe.config_for(cell)
-    n = num_devices or recipe.run.num_processes
-    precision = recipe.run.precision
     gpu = hardware != "cpu" and not hardware.startswith("cpu")
-    if hardware == "cpu":
-        import psutil
-
-        capacity = psutil.virtual_memory().total
-    elif hardware in GPUS:
-        capacity = GPUS[hardware]
-    else:
-        capacity = 0
-        if hardware.startswith("cuda"):
-            try:
-                import torch
-
-                capacity = torch.cuda.get_device_properties(0).total_memory
-            except Exception:
-                capacity = 0
-    if capacity_bytes:
-        capacity = capacity_bytes
-    info = _task_info(recipe, artifacts_root)
-    arch_p = cell_architecture(recipe, cell.model, "policy", artifacts_root)
-    arch_r = cell_architecture(recipe, cell.model, "reward", artifacts_root)
-    entry = recipe.models[cell.model]
-    adapter_p = adapter_for(parse_model_spec(entry.policy, entry.trust_remote_code))
-    adapter_r = adapter_for(parse_model_spec(entry.reward, entry.trust_remote_code))
-    lora = plan.lora or LoraSettings()
-
-    zero = plan.zero_stage
-    mixed = precision in ("bf16", "fp16")
-    frozen_b = _bytes_of(precision) if (mixed and (gpu or precision == "bf16")) else 4
-    # Trainable models: fp32 under accelerate (autocast); DeepSpeed casts its engines to 16 bit and keeps
-    # fp32 master weights in the optimizer.
-    train_w_b = 2 if (zero and mixed) else 4
-    grad_b = train_w_b
-    master_b = 4 if zero else 0  # DeepSpeed keeps an fp32 copy of each partition, also when training in fp32
-    adam_b = 8
-    act_b = 2 if mixed else 4
-
-    def quantized_bytes(arch, params, is_causal_lm):
-        """NF4 linear layers; embeddings, LM head, norms kept and cast to fp32 by prepare_model_for_kbit."""
-        kept = arch["num_embedding_parameters"] if is_causal_lm else arch["vocab_size"] * arch["hidden_size"]
-        kept += (2 * arch["num_layers"] + 1) * arch["hidden_size"]
-        return (params - kept) * NF4_BYTES + kept * 4
-
-    P = arch_p["num_parameters"]
-    R = classifier_parameters(arch_r)
-    models: list[_Model] = []
-    if plan.uses_lora:
-        lp = lora_parameters(arch_p, lora.r, lora.target_modules or adapter_p.lora_target_modules)
-        base = quantized_bytes(arch_p, P, True) if plan.quantization else P * frozen_b
-        targets_p = lora.target_modules or adapter_p.lora_target_modules
-        models.append(_Model(arch_p, base + lp * train_w_b, lp, "policy", parameter_tensors(arch_p, True, targets_p)))
-    else:
-        models.append(_Model(arch_p, P * train_w_b, P, "policy", parameter_tensors(arch_p)))
-        models.append(_Model(arch_p, P * frozen_b, 0, "reference", parameter_tensors(arch_p)))
-    models.append(_Model(arch_r, R * frozen_b, 0, "reward", parameter_tensors(arch_r, False)))
-    if algo.needs_value_model:
-        value_lora = plan.value_model_lora if plan.value_model_lora is not None else plan.uses_lora
-        if value_lora:
-            lv = lora_parameters(arch_r, lora.r, lora.target_modules or adapter_r.lora_target_modules)
-            lv += arch_r["hidden_size"]  # modules_to_save: a trainable copy of the score head
-            base = quantized_bytes(arch_r, R, False) if plan.quantization else R * frozen_b
-            targets_r = lora.target_modules or adapter_r.lora_target_modules
-            tensors = parameter_tensors(arch_r, False, targets_r) + 1  # + the trainable copy of the score head
-            models.append(_Model(arch_r, base + lv * train_w_b, lv, "value", tensors))
-        else:
-            models.append(_Model(arch_r, R * train_w_b, R, "value", parameter_tensors(arch_r, False)))
-
-    trained = [m for m in models if m.trainable]
-    frozen_total = 0.0
-    sharded_total = 0.0
-    for m in models:
-        if zero == 3:  # trained models are engines; frozen ones are sharded inference-style engines (cell.py)
-            params_on_device = m.weight_bytes / n
-            if plan.offload_parameters and gpu:
-                params_on_device = 0.0
-            sharded_total += params_on_device
-        else:
-            frozen_total += m.weight_bytes
-    weights = frozen_total + sharded_total
-
-    # Optimizer state (after the first step it stays): AdamW moments + master weights, sharded by ZeRO.
-    optimizer = 0.0
-    grads_peak = 0.0
-    for m in trained:
-        states = m.trainable * (adam_b + master_b)
-        grads = m.trainable * grad_b
-        if zero:
-            states /= n
-            grads /= n
-        if plan.offload_optimizer and gpu:
-            states = 0.0
-            grads = 0.0 if zero == 2 else grads
-        optimizer += states
-        grads_peak = max(grads_peak, grads)
-
-    # DeepSpeed buffers, one set per engine.
-    buffers = 0.0
-    if zero:
-        # The cell writes one DeepSpeed config for both engines, buckets sized by the policy (cell.py).
-        bucket = max(1, min(DS_BUCKET_ELEMENTS, int(P)))
-        for m in trained:
-            if zero == 2:
-                buffers += (4.5 * 2 * bucket if gpu else bucket) * grad_b
-            else:
-                hidden = m.arch["hidden_size"]  # one reduce bucket per dtype + the prefetch bucket
-                buffers += bucket * grad_b + 0.9 * hidden * hidden * train_w_b
-    framework = GPU_FRAMEWORK_BYTES if gpu else CPU_FRAMEWORK_BYTES + (CPU_DEEPSPEED_BYTES if zero else 0)
-    if zero == 3 and not gpu:  # on a GPU this is host memory, not the device's
-        framework += sum(m.tensors for m in models) * ZERO3_HOST_BYTES_PER_TENSOR
-
-    # Batch shapes.
-    k = getattr(cfg, algo.samples_per_prompt_field, 1) if algo.samples_per_prompt_field else 1
-    rows_gen = max(cfg.batch_size, cfg.eval_batch_size)
-    rows_mb = cfg.batch_size // max(1, getattr(cfg, "num_minibatches", 1))
-    t_q = info["prompt_tokens"]
-    t_r = cfg.response_length
-    t = t_q + t_r
-    kv_b = frozen_b if plan.uses_lora else train_w_b
-    static = weights + optimizer + buffers + framework
-
-    # Generation: KV cache of the whole batch at full length, one step's logits, ZeRO-3 gather.
-    kv = arch_p["kv_cache_elements_per_token"] * rows_gen * t * kv_b
-    gen_logits = rows_gen * arch_p["vocab_size"] * 4 * GEN_LOGIT_COPIES
-    gather = 0.0
-    gather_whole = getattr(cfg, "zero3_gather_for_generation", True)
-    generation = {"static": static, "kv_cache": kv, "logits": gen_logits}
-    if zero == 3 and gather_whole:
-        # GatheredParameters all-gathers every parameter into a new full-size tensor; the process's own
-        # partition (ds_tensor, counted in weights) stays allocated meanwhile.
-        gather = models[0].weight_bytes
-    elif zero == 3:
-        # Hooks on: each module's parameters are gathered before its forward and released after it, so
-        # beyond the shards one module's full parameters are live (the prefetch bucket is in zero_buffers).
-        module = largest_module_parameters(arch_p) * (frozen_b if plan.uses_lora else train_w_b)
-        generation["zero3_largest_module"] = module
-    generation["zero3_gather"] = gather
-
-    def live(m):
-        """ZeRO-3 forward/backward gathers parameters module by module, at most stage3_max_live_parameters."""
-        params = m.weight_bytes / (frozen_b if not m.trainable else train_w_b)
-        return min(ZERO3_MAX_LIVE_PARAMETERS, params) * (train_w_b if m.trainable else frozen_b)
-
-    # Scoring: the biggest of the reference log-probs, reward-model and critic forwards (no graphs kept).
-    ref_logits = rows_gen * (t_r + 1) * arch_p["vocab_size"] * 4 * SCORE_LOGIT_COPIES
-    transient_p = rows_gen * t * layer_activation_elements(arch_p) * act_b
-    transient_r = rows_gen * t * (layer_activation_elements(arch_r) + 2 * arch_r["hidden_size"]) * act_b
-    scoring = {"static": static, "forward": max(ref_logits + transient_p, transient_r)}
-    if zero == 3:
-        scoring["zero3_live_parameters"] = max(live(m) for m in models)
-
-    # Training: activations of one minibatch (policy, plus the critic's graph under PPO), logits, gradients.
-    def activations(arch, tokens):
-        per_layer = layer_activation_elements(arch) * tokens * act_b
-        if plan.gradient_checkpointing:
-            return arch["num_layers"] * arch["hidden_size"] * tokens * act_b + per_layer
-        return arch["num_layers"] * per_layer
-
-    tokens_mb = rows_mb * t
-    train_act = activations(arch_p, tokens_mb)
-    train_logits = rows_mb * (t_r + 1) * arch_p["vocab_size"] * 4 * TRAIN_LOGIT_COPIES
-    if algo.needs_value_model:
-        train_act += activations(arch_r, tokens_mb)
-    # The AdamW step (foreach, as the cell builds it) runs after backward has freed the activations; its one
-    # temporary, sqrt of the second moments, is a copy of the model's trainable (ZeRO: partitioned) fp32 state.
-    step_temporary = max((m.trainable * 4 / (n if zero else 1) for m in trained), default=0.0)
-    if plan.offload_optimizer and gpu:
-        step_temporary = 0.0
-    training = {"static": static, "activations": train_act, "logits": train_logits, "gradients": grads_peak,
-                "optimizer_step_excess": max(0.0, step_temporary - train_act - train_logits)}
-    if zero == 3:
-        training["zero3_live_parameters"] = sum(live(m) for m in trained)
-
-    parts = {"generation": generation, "scoring": scoring, "training": training}
-    detail = {"weights": weights, "optimizer": optimizer, "zero_buffers": buffers, "framework": framework}
-    parts = {
-        phase: {**{key: int(v) for key, v in detail.items()}, **{key: int(v) for key, v in p.items() if key != "static"}}
-        for phase, p in parts.items()
-    }
-    phases = {phase: int(sum(p.values())) for phase, p in parts.items()}
+    ms = cell_model_set(recipe, cell, gpu, artifacts_root)
+    models, arch_p, arch_r = _cell_models(recipe, cell, ms, artifacts_root)
+    c = _Cell(ms=ms, models=models, n=num_devices or recipe.run.num_processes, gpu=gpu, cfg=recipe.config_for(cell),
+              algo=get_registry().get("algorithm", cell.algorithm), info=task_info(recipe, artifacts_root),
+              arch_p=arch_p, arch_r=arch_r)
+    states = _model_states(c)
+    buffers = _zero_buffers(c)
+    detail = {"weights": states["weights"], "optimizer": states["optimizer"], "zero3_gradients": states["zero3_gradients"],
+              "zero_buffers": buffers["static"], "framework": _framework(c)}
+    phases_parts = {Phase.GENERATION.value: _generation(c), Phase.SCORING.value: _scoring(c),
+                    Phase.TRAINING.value: _training(c, states, buffers["backward"])}
+    parts = {phase: {**{k: int(v) for k, v in detail.items()}, **{k: int(v) for k, v in p.items()}}
+             for phase, p in phases_parts.items()}
     return CellPlan(
-        cell=cell.id,
-        model=cell.model,
-        algorithm=cell.algorithm,
-        memory=cell.memory,
-        hardware=hardware,
-        num_devices=n,
-        capacity_bytes=int(capacity),
-        phases=phases,
-        parts=parts,
-        assumptions={
-            "precision": precision,
-            "policy_parameters": P,
-            "reward_parameters": R,
-            "trainable": {m.kind: m.trainable for m in trained},
-            "rollout_rows": rows_gen,
-            "minibatch_rows": rows_mb,
-            "samples_per_prompt": k,
-            "prompt_tokens": t_q,
-            "response_tokens": t_r,
-            "gradient_checkpointing": plan.gradient_checkpointing,
-            "frozen_models": "sharded (ZeRO-3 inference engines)" if zero == 3 else "replicated",
-            "zero3_gather_for_generation": bool(gather_whole) if zero == 3 else None,
-        },
+        cell=cell.id, model=cell.model, algorithm=cell.algorithm, memory=cell.memory, hardware=hardware,
+        num_devices=c.n, capacity_bytes=int(capacity_bytes or _capacity(hardware)),
+        phases={phase: int(sum(p.values())) for phase, p in parts.items()}, parts=parts,
+        load_bytes=int(_load(c, sum(detail.values()))),
+        assumptions={**_assumptions(c), "model_states": {k: {p: int(v) for p, v in r.items()} for k, r in states["per_role"].items()}},
     )
+
+
+def _assumptions(c: _Cell) -> dict:
+    k = getattr(c.cfg, c.algo.samples_per_prompt_field, 1) if c.algo.samples_per_prompt_field else 1
+    return {
+        "precision": c.ms.precision,
+        "policy_parameters": c.arch_p["num_parameters"],
+        "reward_parameters": classifier_parameters(c.arch_r),
+        "trainable": {m.kind: m.trainable for m in c.trained},
+        "rollout_rows": c.rows_gen,
+        "minibatch_rows": c.rows_mb,
+        "samples_per_prompt": k,
+        "prompt_tokens": c.info["prompt_tokens"],
+        "response_tokens": c.cfg.response_length,
+        "gradient_checkpointing": c.ms.gradient_checkpointing,
+        "frozen_models": "sharded (ZeRO-3 inference engines)" if c.zero == 3 else "replicated",
+        "zero3_gather_for_generation": bool(getattr(c.cfg, "zero3_gather_for_generation", True)) if c.zero == 3 else None,
+        "model_set": {r.role: _role_summary(r) for r in c.ms.roles()},
+    }
+
+
+def _role_summary(role) -> str:
+    """One line per role for ``rlhfkit plan --json``: what it starts from and how it is held."""
+    if not role.separate:
+        return f"{role.adapters_off_of} with adapters disabled"
+    how = {"full": "full", "lora": f"LoRA r={role.lora.r}" if role.lora else "LoRA", "none": "frozen"}[role.trainable]
+    bits = [f"from {role.start}", how, role.quantization or role.dtype]
+    if role.zero_stage:
+        bits.append(f"ZeRO-{role.zero_stage}")
+    if role.optimizer is not None and role.optimizer.name != "adamw":
+        bits.append(role.optimizer.name)
+    if role.device != "accelerator":
+        bits.append(f"on {role.device}")
+    return ", ".join(bits)
 
 
 def plan_recipe(recipe, gpu: str | None = None, num_gpus: int | None = None, artifacts_root=None,

@@ -62,6 +62,9 @@ class AlgorithmSpec:
     """True when the algorithm trains a critic (PPO); the runner then builds one from the reward model."""
     samples_per_prompt_field: str | None = None
     """Name of the config field holding k (completions per prompt), if the algorithm samples several."""
+    critic_from: str = "reward_model"
+    """Where the critic starts, when ``needs_value_model``: ``reward_model`` (the trained reward model, its
+    score head included) or ``policy`` (the SFT policy's backbone with a new one-output head)."""
 
 
 @dataclass
@@ -166,7 +169,9 @@ class MemoryStrategy(abc.ABC):
     """One composable part of a memory strategy (``zero3``, ``lora``, ``gc``...).
 
     Subclasses set ``name`` and ``description`` and override :meth:`apply` (edit the plan) and, where some
-    combination cannot work, :meth:`check` (raise ``ValueError`` with the reason).
+    combination cannot work, :meth:`check` (raise ``ValueError`` with the reason).  A part whose effect the
+    plan's fields cannot say (an optimizer, where a model lives) overrides :meth:`shape`, which edits the
+    cell's model set: the cell builds it and the planner sizes it, so both see the part.
     """
 
     name: str = ""
@@ -174,10 +179,13 @@ class MemoryStrategy(abc.ABC):
 
     @abc.abstractmethod
     def apply(self, plan) -> None:
-        """Edit the :class:`rlhfkit.memory.MemoryPlan` in place."""
+        """Edit the :class:`rlhfkit.cellspec.modelset.MemoryPlan` in place."""
 
     def check(self, plan) -> None:
         """Raise ``ValueError`` if the finished plan cannot work with this part in it."""
+
+    def shape(self, model_set) -> None:
+        """Edit the cell's :class:`rlhfkit.cellspec.modelset.ModelSet` in place (after the core rules)."""
 
 
 class ModelAdapter:

@@ -23,7 +23,8 @@ from importlib import metadata
 from pathlib import Path
 
 from rlhfkit.artifacts import artifact_dirs, is_complete
-from rlhfkit.cell import write_json_atomic
+from rlhfkit.fileio import atomic_write_json as write_json_atomic
+from rlhfkit.fileio import atomic_write_text
 from rlhfkit.recipe import TUNING_FILE, Cell, Recipe, fingerprint
 from rlhfkit.results import TERMINAL_STATUSES, cell_dir, read_json, read_result
 
@@ -214,9 +215,7 @@ def _record_run(recipe: Recipe, output_dir: Path) -> None:
     info_path = output_dir / RUN_INFO
     previous = read_json(info_path) or {}
     recipe_copy = output_dir / RECIPE_COPY
-    tmp = recipe_copy.with_name(recipe_copy.name + ".tmp")
-    tmp.write_text(recipe.path.read_text())
-    os.replace(tmp, recipe_copy)
+    atomic_write_text(recipe_copy, recipe.path.read_text())
     write_json_atomic(
         info_path,
         {

@@ -48,7 +48,7 @@ def tiny_tokenizer(task):
     return train_tokenizer(dataclasses.replace(task, pairs=[]).tokenizer_corpus(), "word", 64)
 
 
-def _llama_config(tokenizer, **kw):
+def tiny_llama_config(tokenizer, **kw):
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -64,10 +64,10 @@ def tiny_models(tokenizer, needs_value_model: bool):
     from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
     torch.manual_seed(0)
-    policy = LlamaForCausalLM(_llama_config(tokenizer))
+    policy = LlamaForCausalLM(tiny_llama_config(tokenizer))
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     torch.manual_seed(1)
-    reward = LlamaForSequenceClassification(_llama_config(tokenizer, num_labels=1)).eval().requires_grad_(False)
+    reward = LlamaForSequenceClassification(tiny_llama_config(tokenizer, num_labels=1)).eval().requires_grad_(False)
     value = copy.deepcopy(reward).requires_grad_(True) if needs_value_model else None
     return policy, reference, reward, value
 

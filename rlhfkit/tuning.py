@@ -91,7 +91,7 @@ def _select_arm(recipe: Recipe, output_dir: Path, arm: tuple) -> tuple[dict, boo
 
 def select_tuning(recipe: Recipe, output_dir: Path) -> dict:
     """Pick every arm's setting from its tuning cells, write ``tuning.json``, set ``recipe.tuned``."""
-    from rlhfkit.cell import write_json_atomic
+    from rlhfkit.fileio import atomic_write_json as write_json_atomic
 
     tuning = recipe.tuning
     arms, any_ok, gold_seen = [], False, False
@@ -140,7 +140,7 @@ def resolved_configs(recipe: Recipe, cells: list[Cell]) -> dict:
 
 
 def write_resolved(recipe: Recipe, output_dir: Path) -> Path:
-    from rlhfkit.cell import write_json_atomic
+    from rlhfkit.fileio import atomic_write_json as write_json_atomic
 
     path = Path(output_dir) / RESOLVED_FILE
     write_json_atomic(path, resolved_configs(recipe, recipe.cells()))

@@ -85,7 +85,8 @@ def test_zero3_shards_weights_and_states_and_gathers_policy_for_generation(recip
     tensors = 20 + 20 + 21 + 21
     assert parts["framework"] == CPU_FRAMEWORK_BYTES + CPU_DEEPSPEED_BYTES + tensors * ZERO3_HOST_BYTES_PER_TENSOR
     assert plan_cell(recipe, cell("zero3"), "A100-40GB", 2).parts["generation"]["framework"] == GiB  # host memory
-    assert plan.parts["training"]["gradients"] == 4 * max(P, R) // 2
+    # ZeRO-3's flat 16-bit gradient partition is allocated with the engine and kept: static, both engines
+    assert parts["zero3_gradients"] == 4 * (P + R) // 2 and plan.parts["training"]["gradients"] == 0
     assert plan.parts["training"]["zero3_live_parameters"] == 4 * (P + R)  # both engines, under the live cap
 
 
@@ -105,7 +106,13 @@ def test_zero2_shards_states_not_weights(recipe):
     parts = plan.parts["training"]
     assert parts["weights"] == 4 * (P + P + R + R)
     assert parts["optimizer"] == (8 + 4) * (P + R) // 2
-    assert parts["zero_buffers"] == 2 * P * 4  # CPU, no overlap_comm: one reduce bucket per engine
+    # DeepSpeed's ZeRO-2 reduce bucket lives during backward only, one engine at a time; on the CPU (no
+    # overlap_comm) one bucket, on GPUs two (double buffering)
+    assert parts["zero_buffers"] == 0 and parts["zero2_buckets"] == P * 4
+    assert "zero2_buckets" not in plan.parts["generation"]
+    assert plan_cell(recipe, cell("zero2"), "A100-40GB", 2).parts["training"]["zero2_buckets"] == 2 * P * 4
+    # the step's fp32 copy of the gradient partition
+    assert plan.assumptions["model_states"]["policy"]["step_fp32_gradients"] == 4 * P // 2
 
 
 def test_qlora_weights_are_nf4_with_fp32_embeddings_and_lora(recipe):
@@ -125,8 +132,13 @@ def test_seed_table_rows():
     plans = {p.memory: p for p in plan_recipe(load_recipe(REPO / "recipes" / "seed_table.toml"))}
     assert {p.hardware for p in plans.values()} == {"A100-40GB"} and {p.num_devices for p in plans.values()} == {2}
     z2, z3, q = plans["zero2+lora+gc"], plans["zero3+lora+gc"], plans["zero2+qlora+gc"]
-    assert not z2.fits                                   # published: OOM
-    assert q.fits and 25 * GiB <= q.peak_bytes <= 35 * GiB     # published: ~30 GB/GPU
+    # Published: OOM.  With the buckets DeepSpeed 0.19 allocates (2 x 5e8 x bf16 during backward, not 4.5 x
+    # (reduce + all-gather) in every phase) the row plans at ~28 GiB and fits: the OOM is NOT predicted
+    # (docs/memory.md says why).
+    assert z2.fits and 26 * GiB <= z2.peak_bytes <= 31 * GiB
+    assert z2.parts["training"]["zero2_buckets"] == 2 * 500_000_000 * 2
+    # Published ~30 GB/GPU; the corrected model plans ~17 GiB (the same bucket correction).
+    assert q.fits and 15 * GiB <= q.peak_bytes <= 20 * GiB
     # Published: 20-25 GB/GPU.  The recipe generates with ZeRO-3's per-module hooks on
     # (zero3_gather_for_generation = false): generation holds the shards + one module, the peak is training.
     assert z3.fits and 20 * GiB <= z3.peak_bytes <= 25 * GiB and z3.peak_phase == "training"
@@ -144,10 +156,10 @@ def test_plan_cli_json_and_table():
     assert len(rows) == 3 * 3
     assert {"cell", "phase", "peak_bytes", "fits"} <= set(rows[0])
     assert {r["phase"] for r in rows} == {"generation", "scoring", "training"}
-    assert [r["cell_fits"] for r in rows if r["phase"] == "training"] == [False, True, True]
+    assert [r["cell_fits"] for r in rows if r["phase"] == "training"] == [True, True, True]
     out = run_cli("plan", seed, "--gpu", "H100-80GB", "--num-gpus", "2")
     assert out.returncode == 0 and "every cell fits" in out.stdout, out.stdout
     out = run_cli("plan", seed)
-    assert "will not fit: deepseek-6.7b__ppo__zero2-lora-gc__s0" in out.stdout
+    assert "every cell fits" in out.stdout  # the published ZeRO-2 + LoRA OOM is not predicted (docs/memory.md)
     out = run_cli("plan", seed, "--gpu", "V100")
     assert out.returncode == 2 and "unknown GPU" in out.stderr

@@ -7,7 +7,7 @@ combinations that cannot work, with the reason, before anything runs (``rlhfkit 
 import os
 
 from rlhfkit.hookspecs import hookimpl
-from rlhfkit.memory import LoraSettings
+from rlhfkit.cellspec.modelset import LoraSettings
 from rlhfkit.registry import MemoryStrategy
 
 

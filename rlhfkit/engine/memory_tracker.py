@@ -24,7 +24,9 @@ from contextlib import contextmanager
 import psutil
 import torch
 
-PHASES = ("generation", "scoring", "training")
+from rlhfkit.engine.steps import Phase
+
+PHASES = tuple(phase.value for phase in Phase)
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3

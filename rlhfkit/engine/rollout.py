@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from rlhfkit.engine.core import INVALID_LOGPROB, entropy_from_logits, selective_log_softmax, truncate_after_eos
+from rlhfkit.engine.steps import Phase
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -89,6 +90,7 @@ def fast_decoder(model, cache, query_mask, positions, max_new_tokens: int):
 
 
 @torch.no_grad()
+
 def sample(
     model,
     query_ids: torch.Tensor,
@@ -296,7 +298,7 @@ def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
     query = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(ctx.device)
     policy = ctx.policy
     policy.eval()
-    with ctx.memory.phase("generation"), torch.inference_mode(), ctx.generation_context():
+    with ctx.memory.phase(Phase.GENERATION.value), torch.inference_mode(), ctx.generation_context():
         responses, logprobs = sample(
             _generation_model(ctx),
             query.input_ids,
@@ -314,7 +316,7 @@ def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
     logprobs = torch.where(mask.bool(), logprobs, INVALID_LOGPROB)
     input_ids = torch.cat([query.input_ids, responses], dim=1)
     attention_mask = torch.cat([query.attention_mask, mask.long()], dim=1)
-    with ctx.memory.phase("scoring"), torch.inference_mode():
+    with ctx.memory.phase(Phase.SCORING.value), torch.inference_mode():
         with reference_mode(policy, ctx.reference) as ref_model:
             ref_logprobs = response_logprobs(ref_model, input_ids, attention_mask, responses, cfg.temperature)
         ref_logprobs = torch.where(mask.bool(), ref_logprobs, INVALID_LOGPROB)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.fileio import atomic_write_text  # noqa: F401  (reporters import it from here)
 from rlhfkit.recipe import Cell, Recipe, load_recipe
 from rlhfkit.results import read_json, read_metrics, read_stages, results_table
 
@@ -87,10 +88,3 @@ def write_reports(output_dir: Path, console=None, only: list[str] | None = None)
     return context
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    import os
-
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path

@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from rlhfkit.engine.steps import Phase  # torch-free
 from rlhfkit.report import matched as mk
 from rlhfkit.report import stats as st
 from rlhfkit.report.curves import eval_curves, gold_peak
@@ -237,7 +238,7 @@ def comparison_table(comparisons) -> Table:
                  f"equal run conditions, memory only beyond {st.MEMORY_PRACTICAL:.0%} of the peak.")
 
 
-PHASE_NAMES = ("generation", "scoring", "training")
+PHASE_NAMES = tuple(phase.value for phase in Phase)
 
 
 def memory_savings(results) -> list[dict]:

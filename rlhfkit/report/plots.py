@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rlhfkit.engine.steps import Phase  # torch-free
 from rlhfkit.report.curves import eval_curves, gold_peak, training_series
 
 SMOOTH = 5
@@ -183,7 +184,7 @@ def _short(cell_id: str) -> str:
 
 def memory(context, directory: Path) -> Plot | None:
     frame = context.results
-    phases = [("generation_peak_bytes", "generation"), ("scoring_peak_bytes", "scoring"), ("training_peak_bytes", "training")]
+    phases = [(f"{phase.value}_peak_bytes", phase.value) for phase in Phase]
     if not any(_finite(v) for col, _ in phases for v in frame[col]):
         return None
     planned = [v for v in frame["planned_memory_bytes"]]
