@@ -5,18 +5,25 @@ import math
 import pytest
 import torch
 
-from rlhfkit.engine.core import (
-    AdaptiveKLController,
-    generalized_advantage_estimation,
-    kl_per_token,
-    leave_one_out_advantages,
+from rlhfkit.engine.core import AdaptiveKLController, selective_log_softmax, truncate_after_eos
+from rlhfkit.engine.functional import (
+    gae_advantages,
+    kl_k1,
+    kl_k3,
     masked_mean,
     masked_var,
     masked_whiten,
-    selective_log_softmax,
-    token_level_rewards,
-    truncate_after_eos,
+    rloo_advantages,
+    token_rewards,
 )
+
+
+def generalized_advantage_estimation(rewards, values, mask, gamma, lam):
+    return gae_advantages(token_rewards=rewards, values=values, mask=mask, gamma=gamma, lam=lam)
+
+
+def leave_one_out_advantages(rewards, k):
+    return rloo_advantages(seq_rewards=rewards, k=k)[0]
 
 
 def test_gae_by_hand_gamma_one():
@@ -68,19 +75,18 @@ def test_masked_whiten_by_hand():
 
 
 def test_kl_estimators_by_hand():
-    logp, ref = torch.tensor([-1.0]), torch.tensor([-2.0])
-    assert kl_per_token(logp, ref, "k1").item() == pytest.approx(1.0)
-    assert kl_per_token(logp, ref, "k3").item() == pytest.approx(math.exp(-1) - 1 + 1)
-    assert kl_per_token(ref, logp, "k3").item() == pytest.approx(math.exp(1) - 1 - 1)
-    with pytest.raises(ValueError, match="allowed: k1, k3"):
-        kl_per_token(logp, ref, "k2")
+    logp, ref, mask = torch.tensor([[-1.0]]), torch.tensor([[-2.0]]), torch.ones(1, 1)
+    assert kl_k1(logprobs=logp, ref_logprobs=ref, mask=mask).item() == pytest.approx(1.0)
+    # k3 = (q/p - 1) - log(q/p) with log(q/p) = ref - logp = -1: e^-1 - 1 + 1
+    assert kl_k3(logprobs=logp, ref_logprobs=ref, mask=mask).item() == pytest.approx(math.exp(-1) - 1 + 1)
+    assert kl_k3(logprobs=ref, ref_logprobs=logp, mask=mask).item() == pytest.approx(math.exp(1) - 1 - 1)
 
 
 def test_token_level_rewards_put_score_on_last_real_token():
     scores = torch.tensor([2.0])
     kl = torch.tensor([[0.1, 0.2, 0.3]])
     mask = torch.tensor([[1.0, 1.0, 0.0]])
-    rewards = token_level_rewards(scores, kl, mask, torch.tensor([1]), kl_coef=0.5)
+    rewards = token_rewards(scores, kl, mask, torch.tensor([1]), kl_coef=0.5)
     assert rewards[0].tolist() == pytest.approx([-0.05, -0.1 + 2.0, 0.0])
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit.engine.core import AdaptiveKLController, FixedKLController, masked_mean
+from rlhfkit.engine.core import AdaptiveKLController, FixedKLController
 from rlhfkit.engine.ledger import Ledger, non_embedding_parameters
 from rlhfkit.engine.rollout import make_rollout
 from rlhfkit.engine.steps import Phase, run_steps
@@ -344,8 +344,4 @@ def _all_reduce_mean_grads(model, world_size: int) -> None:
         offset += n
 
 
-def sequence_kl(kl: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (kl * mask).sum(1)
-
-
-__all__ = ["TrainContext", "PromptSampler", "MetricsLogger", "DivergedError", "sequence_kl", "masked_mean"]
+__all__ = ["TrainContext", "PromptSampler", "MetricsLogger", "DivergedError"]

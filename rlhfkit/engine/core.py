@@ -1,4 +1,7 @@
-"""Tensor helpers shared by every algorithm: masking, whitening, KL, advantage estimators.
+"""Rollout tensor helpers (EOS truncation, log-softmax at the sampled token, entropy) and the KL controllers.
+
+The registered algorithm parts (masked reductions, KL estimators, advantage estimators, losses) live in
+:mod:`rlhfkit.engine.functional`.
 
 Conventions: tensors are ``(batch, response_len)``; ``mask`` is 1.0 for real response tokens (up to and
 including the first EOS) and 0.0 for the padding after it.
@@ -10,32 +13,6 @@ import torch
 
 INVALID_LOGPROB = 1.0
 """Written into log-prob tensors at padded positions so that a masking bug shows up loudly."""
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    if dim is None:
-        return (values * mask).sum() / mask.sum()
-    return (values * mask).sum(dim) / mask.sum(dim)
-
-
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
-    if unbiased:
-        count = mask.sum()
-        if count < 2:
-            raise ValueError("masked_var needs at least two unmasked values")
-        variance = variance * count / (count - 1)
-    return variance
-
-
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Zero mean (optional) and unit variance over the unmasked entries; masked entries are zeroed."""
-    mean = masked_mean(values, mask)
-    whitened = (values - mean) * torch.rsqrt(masked_var(values, mask) + 1e-8)
-    if not shift_mean:
-        whitened = whitened + mean
-    return whitened * mask
 
 
 def first_true_indices(bools: torch.Tensor) -> torch.Tensor:
@@ -87,61 +64,6 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     probs = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
-
-
-def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """Per-token estimate of KL(policy || reference) from samples of the policy.
-
-    k1 = log p - log q (unbiased, can be negative); k3 = (q/p - 1) - log(q/p) (unbiased, never negative).
-    """
-    log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"unknown KL estimator {estimator!r}; allowed: k1, k3")
-
-
-def token_level_rewards(
-    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, last_index: torch.Tensor, kl_coef: float
-) -> torch.Tensor:
-    """PPO's per-token reward: -beta * KL at every token, plus the sequence score at its last token."""
-    rewards = -kl_coef * kl * mask
-    rewards[torch.arange(rewards.size(0), device=rewards.device), last_index] += scores
-    return rewards
-
-
-def generalized_advantage_estimation(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """GAE over response tokens; the value after the last real token is 0 (the episode ends).
-
-    Returns ``(advantages, returns)`` with ``returns = advantages + values``; both are 0 where masked.
-    """
-    rewards = rewards * mask
-    values = values * mask
-    length = rewards.size(1)
-    advantages_reversed = []
-    last_gae = torch.zeros(rewards.size(0), dtype=rewards.dtype, device=rewards.device)
-    for t in reversed(range(length)):
-        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(last_gae)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last_gae = delta + gamma * lam * last_gae
-        advantages_reversed.append(last_gae)
-    advantages = torch.stack(advantages_reversed[::-1], dim=1) * mask
-    return advantages, (advantages + values) * mask
-
-
-def leave_one_out_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
-    """RLOO: each sample's baseline is the mean reward of the other k - 1 samples of its prompt.
-
-    ``rewards`` is flat and grouped prompt-major: the k samples of a prompt are consecutive.
-    """
-    if rewards.numel() % k:
-        raise ValueError(f"{rewards.numel()} rewards cannot be split into groups of k={k}")
-    grouped = rewards.view(-1, k)
-    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (k - 1)
-    return (grouped - baseline).reshape(-1)
 
 
 class AdaptiveKLController:

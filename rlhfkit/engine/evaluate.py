@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from rlhfkit.engine.core import kl_per_token
+from rlhfkit.engine.functional import kl_k1, sequence_sum
 
 
 def eval_prompt_rows(eval_prompts: list[str], rows: int, samples_per_prompt: int) -> tuple[list[str], list[int]]:
@@ -55,7 +55,9 @@ def evaluate_policy(ctx, step: int) -> dict:
         rollout = ctx.rollout(prompts)
     finally:
         ctx.generator = saved_generator
-    seq_kl = (kl_per_token(rollout.logprobs, rollout.ref_logprobs, "k1") * rollout.mask).sum(1)
+    # Always k1 (the log-ratio), whatever the algorithm optimises: the KL axis every arm is compared on.
+    seq_kl = sequence_sum(kl_k1(logprobs=rollout.logprobs, ref_logprobs=rollout.ref_logprobs, mask=rollout.mask),
+                          rollout.mask)
     result = {"eval/step": step, **_progress(ctx, step)}
     measured = {"score": rollout.raw_scores, "kl": seq_kl}
     gold = ctx.gold(rollout.prompts, rollout.completions)
