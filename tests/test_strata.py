@@ -197,3 +197,29 @@ def test_report_has_blocked_comparisons_and_the_variance_table(tmp_path):
     assert "Data seeds ([grid] data_seeds)" in md  # the methods say what blocked means
     assert context.stages["tiny@d1"]["reward/eval_accuracy"] == 0.9
     plugins.reset()
+
+
+@pytest.mark.slow
+def test_run_trains_stages_per_data_seed_and_cells_use_their_own(small_recipe, tmp_path):
+    path = small_recipe(algorithms=("rloo",), seeds=(1, 2), steps=2)
+    path.write_text(path.read_text().replace("seeds = [1, 2]\n", "seeds = [1, 2]\ndata_seeds = [0, 1]\n"))
+    out = tmp_path / "run"
+    done = run_cli("run", path, "--output", out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    stages = json.loads((out / "stages.json").read_text())
+    assert set(stages) == {"llama-tiny", "llama-tiny@d1"} and all(s["status"] == "ok" for s in stages.values())
+    root = out / "artifacts"
+    assert len(list(root.glob("sft-*"))) == 2 and len(list(root.glob("reward-*"))) == 2
+    recipe = load_recipe(out / "recipe.toml")
+    for cell in recipe.cells():
+        result = json.loads((out / "cells" / cell.id / "result.json").read_text())
+        assert result["status"] == "ok"
+        own = artifact_dirs(recipe, recipe.models["llama-tiny"], root, cell.data_seed).as_dict()
+        assert {k: Path(v).name for k, v in result["artifacts"].items()} == {k: Path(v).name for k, v in own.items()}
+    table = pd.read_csv(out / "results.csv")
+    assert list(table["cell"]) == ["llama-tiny__rloo__full__s1", "llama-tiny__rloo__full__s2",
+                                   "llama-tiny__rloo__full__d1__s1", "llama-tiny__rloo__full__d1__s2"]
+    assert list(table["data_seed"]) == [0, 0, 1, 1]
+    accuracy = [stages["llama-tiny"]["reward/eval_accuracy"]] * 2 + [stages["llama-tiny@d1"]["reward/eval_accuracy"]] * 2
+    assert list(table["rm_accuracy"]) == pytest.approx(accuracy)
+    assert "### Variance: reward-model seeds vs RL seeds" in (out / "report.md").read_text()
