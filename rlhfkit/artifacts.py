@@ -31,7 +31,7 @@ _SCRATCH = re.compile(r"^(?P<name>.+)\.(?:tmp|damaged)-(?P<pid>\d+)$")
 
 @dataclass(frozen=True)
 class StageArtifacts:
-    """Where the stages of one ``[[models]]`` row live."""
+    """Where the stages of one ``[[models]]`` row (and data seed) live."""
 
     tokenizer: Path
     sft: Path
@@ -41,10 +41,11 @@ class StageArtifacts:
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}
 
 
-def artifact_dirs(recipe: Recipe, entry: ModelEntry, root: Path) -> StageArtifacts:
+def artifact_dirs(recipe: Recipe, entry: ModelEntry, root: Path, data_seed: int | None = None) -> StageArtifacts:
+    """``data_seed``: the stratum's (a cell's ``data_seed``); None = ``[run] data_seed``, the key of a plain grid."""
     data = {
         "data": recipe.stage_fingerprint()["data"],
-        "data_seed": recipe.run.data_seed,
+        "data_seed": recipe.run.data_seed if data_seed is None else data_seed,
     }
     # A preset policy gets a tokenizer trained on the data; a checkpoint brings its own.
     tokenizer_key = fingerprint({**data, "tokenizer_from": entry.policy})

@@ -71,11 +71,14 @@ class GridSettings:
     """RL seeds; SFT and reward model are trained once, shared by every seed."""
     models: list[str] = field(default_factory=list)
     """Names of ``[[models]]`` rows to run; empty means all."""
+    data_seeds: list[int] = field(default_factory=list)
+    """Data seeds, each an outer stratum with its own data draw, tokenizer, SFT policy and reward model (RL seeds
+    are nested in it); empty means ``[run] data_seed`` only."""
 
     def __post_init__(self):
-        for key in ("algorithms", "memory", "seeds", "models"):
+        for key in ("algorithms", "memory", "seeds", "models", "data_seeds"):
             values = getattr(self, key)
-            if not values and key != "models":
+            if not values and key not in ("models", "data_seeds"):
                 raise ValueError(f"{key} must not be empty")
             _refuse_duplicates(values, key)
 
@@ -208,6 +211,8 @@ class Cell:
     """Swept config keys of this cell, sorted by key: ``(("kl_coef", 0.1),)``."""
     phase: str = "grid"
     """``grid`` (plain grid), ``tuning`` (tuning seeds) or ``final`` (the tuned setting on fresh seeds)."""
+    data_seed: int | None = None
+    """The stage stratum (data draw, tokenizer, SFT policy, reward model); None = the recipe's ``[run] data_seed``."""
 
     def __post_init__(self):
         # Settings come back from JSON as lists of lists: normalise so equal cells compare and hash equal.
@@ -226,11 +231,21 @@ class Cell:
         parts = [self.model, self.algorithm, memory]
         if self.settings or self.phase != "grid":
             parts.append(self.settings_text or "default")  # a final/tuning cell never shares a grid cell's id
+        if self.data_seed is not None:  # only other strata: the run.data_seed cells keep the ids of a plain grid
+            parts.append(f"d{self.data_seed}")
         cell_id = "__".join(parts) + f"__s{self.seed}"
         return "tune__" + cell_id if self.phase == "tuning" else cell_id
 
+    @property
+    def stage(self) -> str:
+        """Key of the cell's stages in ``stages.json``: the model row, ``<model>@d<seed>`` for another data seed."""
+        return self.model if self.data_seed is None else f"{self.model}@d{self.data_seed}"
+
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.data_seed is None:  # spec.json/result.json of default-stratum cells stay as before
+            del out["data_seed"]
+        return out
 
 
 @dataclass
@@ -288,9 +303,10 @@ class Recipe:
         (:attr:`tuned`), each arm's tuned setting on the grid seeds."""
         if self.tuning is None:
             return [
-                Cell(m, a, mem, s, settings=settings)
+                Cell(m, a, mem, s, settings=settings, data_seed=d)
                 for m, a, mem in self.arms()
                 for settings in self.settings_for(a)
+                for d in self.strata()
                 for s in self.grid.seeds
             ]
         return self.tuning_cells() + self.default_cells() + self.final_cells()
@@ -299,23 +315,34 @@ class Recipe:
         if self.tuning is None:
             return []
         return [
-            Cell(m, a, mem, s, settings=settings, phase="tuning")
+            Cell(m, a, mem, s, settings=settings, phase="tuning", data_seed=d)
             for m, a, mem in self.arms()
             if len(self.settings_for(a)) > 1
             for settings in self.settings_for(a)
+            for d in self.strata()
             for s in self.tuning.seeds
         ]
 
     def default_cells(self) -> list[Cell]:
-        return [Cell(m, a, mem, s) for m, a, mem in self.arms() for s in self.grid.seeds]
+        return [Cell(m, a, mem, s, data_seed=d) for m, a, mem in self.arms() for d in self.strata() for s in self.grid.seeds]
 
     def final_cells(self) -> list[Cell]:
         return [
-            Cell(m, a, mem, s, settings=self.tuned[(m, a, mem)], phase="final")
+            Cell(m, a, mem, s, settings=self.tuned[(m, a, mem)], phase="final", data_seed=d)
             for m, a, mem in self.arms()
             if (m, a, mem) in self.tuned
+            for d in self.strata()
             for s in self.grid.seeds
         ]
+
+    def strata(self) -> list[int | None]:
+        """The ``data_seed`` of each stage stratum's cells: None for ``[run] data_seed`` (ids as without
+        ``data_seeds``), the seed itself for the others."""
+        return [None if d == self.run.data_seed else d for d in self.grid.data_seeds] or [None]
+
+    def data_seed_of(self, cell: Cell) -> int:
+        """The data seed a cell's stages were built with."""
+        return self.run.data_seed if cell.data_seed is None else cell.data_seed
 
     def warnings(self) -> list[str]:
         """One line per way the arms differ that is not the algorithm and is not swept."""
@@ -572,6 +599,7 @@ def parse_recipe(raw: dict, path: Path | None = None, base_dir: Path | None = No
         models = _parse_models(raw.get("models"))
 
         grid = build_dataclass(GridSettings, raw.get("grid"), "grid", skip=("sweep",))
+        check_range("data_seed", grid.data_seeds, "grid.data_seeds")
         for i, model in enumerate(grid.models):
             _choose(model, list(models), f"grid.models[{i}]")
         for i, algo in enumerate(grid.algorithms):

@@ -42,6 +42,7 @@ COLUMNS = [
     "train_s",
     "wall_s",
     "trainable_parameters",
+    "data_seed",
     "rm_accuracy",
     "error",
 ]
@@ -57,7 +58,8 @@ def read_json(path: Path) -> dict | None:
 
 
 def read_stages(output_dir: Path) -> dict:
-    """``stages.json``: model row -> its stage metrics (entries that are not objects are left out)."""
+    """``stages.json``: stage key (``<model>``, or ``<model>@d<data seed>`` for another data seed than
+    ``[run] data_seed``) -> its stage metrics (entries that are not objects are left out)."""
     stages = read_json(Path(output_dir) / "stages.json") or {}
     return {name: entry for name, entry in stages.items() if isinstance(entry, dict)}
 
@@ -172,8 +174,10 @@ def _metric_damage(row) -> str | None:
     return None
 
 
-def results_table(output_dir: Path, cells: list[Cell], stages: dict | None = None, planned: dict | None = None):
-    """One row per cell; cells without a result are ``pending``.
+def results_table(output_dir: Path, cells: list[Cell], stages: dict | None = None, planned: dict | None = None,
+                  data_seed: int | None = None):
+    """One row per cell; cells without a result are ``pending``.  ``data_seed`` (the recipe's ``[run]
+    data_seed``) fills the column for cells of that stratum; ``rm_accuracy`` is the cell's own reward model's.
 
     Each swept key gets a column named as the key (after ``settings``): the cell's swept value, else its
     effective value from ``resolved.json`` (the default an unswept cell ran with), so a sweep's frontier
@@ -189,6 +193,7 @@ def results_table(output_dir: Path, cells: list[Cell], stages: dict | None = Non
     for cell in cells:
         result, damage = inspect_result(output_dir, cell)
         row = {"cell": cell.id, **cell.as_dict(), "settings": cell.settings_text}
+        row["data_seed"] = data_seed if cell.data_seed is None else cell.data_seed
         config = (resolved.get(cell.id) or {}).get("config")
         config = config if isinstance(config, dict) else {}
         own = dict(cell.settings)
@@ -202,7 +207,7 @@ def results_table(output_dir: Path, cells: list[Cell], stages: dict | None = Non
             row["error"] = result.get("error")
         if row.get("gold_final") is not None and row.get("gold_sft") is not None:
             row["gold_gain"] = row["gold_final"] - row["gold_sft"]
-        row["rm_accuracy"] = (stages.get(cell.model) or {}).get("reward/eval_accuracy")
+        row["rm_accuracy"] = (stages.get(cell.stage) or {}).get("reward/eval_accuracy")
         if cell.id in planned:
             row["planned_memory_bytes"] = planned[cell.id]
         rows.append(row)
@@ -215,7 +220,7 @@ def results_table(output_dir: Path, cells: list[Cell], stages: dict | None = Non
     return frame[columns + [c for c in frame.columns if c not in columns]]
 
 
-NUMERIC_COLUMNS = frozenset(COLUMNS) - {"cell", "model", "algorithm", "memory", "seed", "phase", "settings", "status", "error"}
+NUMERIC_COLUMNS = frozenset(COLUMNS) - {"cell", "model", "algorithm", "memory", "seed", "data_seed", "phase", "settings", "status", "error"}
 
 
 def _cell_value(value):

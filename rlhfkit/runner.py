@@ -247,12 +247,14 @@ class Runner:
 
     # -- stages ---------------------------------------------------------------------------------------
     def run_stages(self) -> dict[str, dict]:
-        """Build tokenizer, SFT policy and reward model for every model row the grid uses."""
+        """Build tokenizer, SFT policy and reward model for every (model row, data seed) the grid uses;
+        ``stages.json`` is keyed by :attr:`Cell.stage` (``<model>``, ``<model>@d<seed>`` for another data seed)."""
         stages = read_json(self.output_dir / STAGES_FILE) or {}
-        model_names = sorted({c.model for c in self.recipe.cells()})
+        strata = sorted({(c.model, c.data_seed) for c in self.recipe.cells()}, key=lambda k: (k[0], k[1] is not None, k[1] or 0))
         self.artifacts_root.mkdir(parents=True, exist_ok=True)
-        for name in model_names:
-            dirs = artifact_dirs(self.recipe, self.recipe.models[name], self.artifacts_root)
+        for model, data_seed in strata:
+            name = Cell(model, "", "", 0, data_seed=data_seed).stage
+            dirs = artifact_dirs(self.recipe, self.recipe.models[model], self.artifacts_root, data_seed)
             if all(is_complete(p) for p in (dirs.tokenizer, dirs.sft, dirs.reward_model)) and name in stages:
                 continue
             if self.progress:
@@ -260,16 +262,11 @@ class Runner:
             spec_path = self.artifacts_root / f"stages-{name}.spec.json"
             result_path = self.artifacts_root / f"stages-{name}.result.json"
             log_path = self.artifacts_root / f"stages-{name}.log"
-            write_json_atomic(
-                spec_path,
-                {
-                    "recipe": str(self.output_dir / RECIPE_COPY),
-                    "model": name,
-                    "artifacts_root": str(self.artifacts_root),
-                    "threads": self.recipe.run.threads_per_cell or (os.cpu_count() or 1),
-                    "result": str(result_path),
-                },
-            )
+            spec = {"recipe": str(self.output_dir / RECIPE_COPY), "model": model, "artifacts_root": str(self.artifacts_root),
+                    "threads": self.recipe.run.threads_per_cell or (os.cpu_count() or 1), "result": str(result_path)}
+            if data_seed is not None:
+                spec["data_seed"] = data_seed
+            write_json_atomic(spec_path, spec)
             started = time.perf_counter()
             rc = self._run_stage_process(spec_path, log_path)
             if rc == 0 and (metrics := read_json(result_path)) is not None:
@@ -281,6 +278,8 @@ class Runner:
                 tail = log_path.read_bytes()[-2000:].decode(errors="replace").strip().splitlines()
                 stages[name] = {"status": "failed", "error": tail[-1] if tail else f"exit code {rc}"}
             stages[name]["wall_s"] = time.perf_counter() - started
+            if data_seed is not None:  # entries of the [run] data_seed stratum stay as in a plain grid
+                stages[name]["data_seed"] = data_seed
             write_json_atomic(self.output_dir / STAGES_FILE, stages)
             if self.progress:
                 self.progress.stage_finished(name, stages[name])
@@ -422,10 +421,10 @@ class Runner:
             if keep:
                 outcome.kept.append(cell)
                 outcome.statuses[cell.id] = result["status"]
-            elif (stages.get(cell.model) or {}).get("status") != "ok":
+            elif (stages.get(cell.stage) or {}).get("status") != "ok":
                 directory = cell_dir(self.output_dir, cell)
                 directory.mkdir(parents=True, exist_ok=True)
-                error = (stages.get(cell.model) or {}).get("error", "stages did not run")
+                error = (stages.get(cell.stage) or {}).get("error", "stages did not run")
                 result = {"cell": cell.as_dict(), "status": "failed", "error": f"SFT/reward-model stage failed: {error}"}
                 write_json_atomic(directory / "result.json", result)
                 outcome.statuses[cell.id] = "failed"

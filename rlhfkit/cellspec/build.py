@@ -429,8 +429,8 @@ def build_cell(spec: dict, config_overrides: dict | None = None, broadcast: bool
     seed_everything(seed)
     measurement = _measurement(accelerator.device, recipe.run.cpu_memory)
     memory = PhaseMemory(accelerator.device)
-    task = build_task(recipe)
-    dirs = artifact_dirs(recipe, recipe.models[cell.model], Path(spec["artifacts_root"]))
+    task = build_task(recipe, cell.data_seed)  # the stratum's data draw: the one its SFT and reward model saw
+    dirs = artifact_dirs(recipe, recipe.models[cell.model], Path(spec["artifacts_root"]), cell.data_seed)
     tokenizer = load_tokenizer(dirs.tokenizer)
     memory.reset_baseline()  # measured memory = models, optimizer states, activations: not the task/tokenizer
     models = build_models(model_set, recipe, cell.model, dirs, accelerator.device)

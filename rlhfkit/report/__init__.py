@@ -59,7 +59,7 @@ def load_context(output_dir: Path, console=None) -> ReportContext:
         raise FileNotFoundError(f"{output_dir} is not an rlhfkit run directory (no recipe.toml)")
     recipe = load_recipe(recipe_path)
     stages = read_stages(output_dir)
-    results = results_table(output_dir, recipe.cells(), stages)
+    results = results_table(output_dir, recipe.cells(), stages, data_seed=recipe.run.data_seed)
     return ReportContext(
         output_dir=output_dir,
         recipe=recipe,

@@ -209,8 +209,10 @@ def group_table(groups) -> Table:
              f"{', '.join(map(str, g['seeds']))} (n={g['n']})"]
             + [fmt_estimate(m, g[m]) for m in st.METRICS]
         )
+    strata = (" Rows over several data seeds: the interval is over the strata's means (n = strata), since RL seeds "
+              "of one reward model are not independent replicates.") if any(g.get("strata") for g in groups) else ""
     return Table(header, rows, "Mean over seeds [95% t interval: mean ± t(n−1) · s/√n]; a value without an interval "
-                 "rests on one seed. One row per algorithm and swept setting: settings are never pooled as seeds.")
+                 "rests on one seed. One row per algorithm and swept setting: settings are never pooled as seeds." + strata)
 
 
 def _p(value) -> str:
@@ -224,7 +226,7 @@ def comparison_table(comparisons) -> Table:
     for c in comparisons:
         comp = c["comparison"]
         direction = {True: "higher is better", False: "lower is better", None: "no direction"}[c["higher_is_better"]]
-        verdict = c["verdict"] + (f"; {c['censored']}" if c.get("censored") else "")
+        verdict = c["verdict"] + conditional_text(comp, c["metric"]) + (f"; {c['censored']}" if c.get("censored") else "")
         rows.append([
             c["model"], c["memory"], f"{c['label']} ({c['a']} − {c['b']}, {direction})",
             fmt_difference(c["metric"], c["difference"]), _p(comp.poi),
@@ -235,7 +237,8 @@ def comparison_table(comparisons) -> Table:
     return Table(header, rows, "Difference of means A − B with Welch's 95% interval; P(A better): probability that a run "
                  f"of A beats a run of B (ties ½); Holm p: Welch p adjusted over the metrics compared for the pair. A "
                  f"verdict needs ≥ {st.MIN_SEEDS} seeds per arm and Holm p < {st.ALPHA}; speed and memory only under "
-                 f"equal run conditions, memory only beyond {st.MEMORY_PRACTICAL:.0%} of the peak.")
+                 f"equal run conditions, memory only beyond {st.MEMORY_PRACTICAL:.0%} of the peak."
+                 + (BLOCKED_NOTE if any(c["comparison"].strata for c in comparisons) else ""))
 
 
 PHASE_NAMES = tuple(phase.value for phase in Phase)
@@ -369,16 +372,26 @@ def matched_table(m) -> Table:
     for arm in m.arena.arms:
         values = m.values[arm.algorithm]
         k, n = arm.improving(m.primary)
-        row = [m.arena.arm_label(arm), f"{', '.join(map(str, arm.seeds))} (n={len(arm.seeds)})"]
-        row += [st.format_estimate(st.t_interval(values[(key, b)])) for key in m.keys for b in m.budgets]
+        strata = [d for d, _ in arm.units]
+        row = [m.arena.arm_label(arm), arm.seeds_text]
+        row += [st.format_estimate(st.stratified_interval(values[(key, b)], strata)) for key in m.keys for b in m.budgets]
         area = values[(m.primary, "area")]
-        row += [st.format_estimate(st.t_interval(area)), st.format_estimate(st.iqm_ci([area])), f"{k}/{n} seeds"]
+        row += [st.format_estimate(st.stratified_interval(area, strata)),
+                st.format_estimate(st.stratified_iqm(area, strata)), f"{k}/{n} seeds"]
         rows.append(row)
     reach = ", ".join(f"{alg} {r:.3g}" for alg, r in m.reach.items())
     return Table(header, rows, f"F(b) = best {names[m.primary]} among a seed's checkpoints (SFT point included, all the "
                  f"arm's settings pooled) with KL ≤ b; budgets at {', '.join(f'{f:.0%}' for f in mk.FRACTIONS)} of the "
                  f"common KL range [0, b_max = {m.b_max:.3g}], b_max = the smallest of the arms' reach (reach = smallest "
-                 f"over seeds of the largest KL reached: {reach}). Mean over seeds [95% t interval].")
+                 f"over seeds of the largest KL reached: {reach}). Mean over seeds [95% t interval]." + _strata_note(m.arena))
+
+
+def _strata_note(arena) -> str:
+    """The caption's extra sentence when an arena's cells come from several data seeds (reward models)."""
+    if all(len(arm.strata) < 2 for arm in arena.arms):
+        return ""
+    return (" Several data seeds: intervals are over the strata's means (RL seeds are nested in each reward model) "
+            "and the IQM's bootstrap resamples each stratum on its own.")
 
 
 def matched_comparison_table(m) -> Table:
@@ -389,10 +402,29 @@ def matched_comparison_table(m) -> Table:
         mde = f"{c.mde:.3g} ({c.mde_sd:.2f} SD)" if c.mde is not None else "-"
         rows.append([f"{c.a} − {c.b}", c.label, st.format_difference(c.difference), _p(c.poi),
                      _p(c.p_perm) + (" (exact)" if c.perm_exact else ""), _p(c.p_holm), mde,
-                     TableCell(c.verdict, "win" if c.winner else "")])
+                     TableCell(c.verdict + conditional_text(c), "win" if c.winner else "")])
     return Table(header, rows, "Holm's correction over the budgets and the area compared for each pair; the smallest "
                  "detectable effect is the true difference a two-sided test at α = 0.05 finds with power 0.8 at these "
-                 "seed counts (in the metric's units and in pooled standard deviations).")
+                 "seed counts (in the metric's units and in pooled standard deviations)."
+                 + (BLOCKED_NOTE if any(c.strata for c in m.comparisons) else ""))
+
+
+BLOCKED_NOTE = (" Several data seeds: the difference, its interval, p-values and verdict are blocked by stratum (per "
+                "data seed the difference of the arms' means over RL seeds; t over the strata, n = strata), because "
+                "every algorithm of a stratum is scored by that stratum's reward model. \"conditional\": the "
+                "pooled-within-stratum Welch over all cells, valid only for these reward models (strata held fixed).")
+
+
+def conditional_text(c, metric: str = "") -> str:
+    """The pooled-within-stratum Welch stated beside a blocked verdict ("" for an unblocked comparison, and where
+    the cells may not be compared at all, e.g. speed under different run conditions)."""
+    if not getattr(c, "strata", 0) or c.blocked:
+        return ""
+    w = c.conditional
+    if w is None:
+        return "; conditional on these reward models: needs ≥ 2 RL seeds per arm in every stratum"
+    return (f"; conditional on these reward models (pooled-within-stratum Welch, {w.n_a} and {w.n_b} cells): "
+            f"{fmt_difference(metric, w)}, p = {_p(w.p)}")
 
 
 LEDGER_MODELS = ("policy", "reference", "reward", "critic")
@@ -544,6 +576,10 @@ def budget_sentence(context, arena) -> str:
     return f"Budget ({arena.title}): " + "; ".join(parts) + "."
 
 
+def _arm_interval(m, arm, budget):
+    return st.stratified_interval(m.values[arm.algorithm][(m.primary, budget)], [d for d, _ in arm.units])
+
+
 def matched_findings(m) -> list[str]:
     title = m.arena.title
     if m.b_max <= st.KL_ZERO:
@@ -552,8 +588,8 @@ def matched_findings(m) -> list[str]:
     items = [f"**Matched KL** ({title}): common KL range [0, {m.b_max:.3g}], the smallest of the arms' reach ({reach})."]
     for budget in m.budgets + ["area"]:
         label = mk.metric_label(m.primary, budget, m.b_max)
-        values = ", ".join(f"{arm.algorithm} {st.format_estimate(st.t_interval(m.values[arm.algorithm][(m.primary, budget)]))}"
-                           f" (n={len(arm.seeds)})" for arm in m.arena.arms)
+        values = ", ".join(f"{arm.algorithm} {st.format_estimate(_arm_interval(m, arm, budget))} (n={len(arm.units)})"
+                           for arm in m.arena.arms)
         verdicts = " ".join(f"{c.a} − {c.b} = {st.format_difference(c.difference)}: {c.verdict}." for c in m.comparisons
                             if c.label == label)
         items.append(f"{label}: {values}. {verdicts}".rstrip())
@@ -711,9 +747,44 @@ def comparison_blocks(context, a, figures) -> list:
     for arena, rows in a["finals"]:
         if rows:
             blocks += [Heading(f"Final values: {arena.title}", 3), budget_table(context, arena), comparison_table(rows)]
+    blocks += variance_blocks(a)
     blocks.append(Heading("Results over seeds", 3))
     blocks.append(group_table(a["groups"]) if a["groups"] else Paragraph("No cell has finished ok yet."))
     return blocks
+
+
+VARIANCE_TITLE = "Variance: reward-model seeds vs RL seeds"
+
+
+def variance_blocks(a) -> list:
+    """With several data seeds: per arm and metric, how much of the spread comes from the stage stratum (its data
+    draw, SFT policy and reward model) and how much from the RL seeds inside it ([] with one stratum)."""
+    matched = {id(m.arena): m for m in a["matched"]}
+    rows = [(arena, r) for arena in a["arenas"] for r in mk.variance_rows(arena, matched.get(id(arena)))]
+    if not rows:
+        return []
+    several = len({id(arena) for arena, _ in rows}) > 1
+    table = Table(
+        (["arena"] if several else []) + ["arm", "metric", "strata", "cells", "σ² between strata (RM/SFT)",
+                                          "σ² within (RL seeds)", "share from the RM/SFT stratum"],
+        [([arena.title] if several else []) + [r["arm"], r["metric"], str(r["split"].strata), str(r["split"].cells),
+          f"{r['split'].between:.4g}", f"{r['split'].within:.4g}",
+          f"{r['split'].share:.0%}" if r["split"].share is not None else "-"] for arena, r in rows],
+        "One-way random-effects ANOVA over data seeds (method of moments): σ²_within = MS_within, σ²_between = "
+        "max(0, (MS_between − MS_within) / n0), n0 = (N − Σ n_i²/N) / (k − 1); share = σ²_between / (σ²_between + "
+        "σ²_within). A large share means more reward models, not more RL seeds, narrow the comparison.")
+    return [Heading(VARIANCE_TITLE, 3), table]
+
+
+STRATA_METHODS = [
+    "Data seeds ([grid] data_seeds): each is a stratum with its own data draw, tokenizer, SFT policy and reward model; "
+    "RL seeds are nested in it, so algorithms are compared blocked by stratum (per stratum the difference of the "
+    "arms' means over RL seeds, t interval and verdict over strata, n = strata) and the pooled-within-stratum Welch "
+    "over all cells is shown beside it as the comparison conditional on these reward models.",
+    "Variance split: a one-way random-effects ANOVA over strata (method of moments) gives the reward-model/SFT "
+    "stratum's variance and the RL seeds' variance within it; IQM intervals resample each stratum on its own "
+    "(rliable's stratified bootstrap).",
+]
 
 
 def build_document(context):
@@ -769,7 +840,9 @@ def build_document(context):
     if not problems.empty:
         doc.add(Heading("Problems", 3), BulletList([f"`{r['cell']}`: {r['status']}: {r['error']}" for _, r in problems.iterrows()]))
     doc.add(*context_blocks(context))
-    doc.add(Heading("Methods"), BulletList(METHODS), Heading("Effective configuration", 3), *config_blocks(context, a))
+    several = "data_seed" in results and results["data_seed"].nunique() > 1
+    doc.add(Heading("Methods"), BulletList(METHODS + (STRATA_METHODS if several else [])),
+            Heading("Effective configuration", 3), *config_blocks(context, a))
     samples = samples_table(a)
     if samples is not None:
         doc.add(Heading("Sample completions at the start and end of training", 3), samples)

@@ -46,6 +46,8 @@ class CellRecord:
     row: dict
     evals: list[dict]
     cell: object = None
+    data_seed: int | None = None
+    """The stage stratum (results.csv ``data_seed``); RL seeds of different strata are different runs."""
 
     def points(self, key: str) -> list[tuple[float, float]]:
         return [(float(e["eval/kl"]), float(e[key])) for e in self.evals
@@ -73,8 +75,10 @@ def cell_records(context) -> list[CellRecord]:
             continue
         settings = row.get("settings") if isinstance(row.get("settings"), str) else getattr(cell, "settings", ())
         phase = row.get("phase") if isinstance(row.get("phase"), str) and row.get("phase") else getattr(cell, "phase", "grid")
+        data_seed = row.get("data_seed")
+        data_seed = getattr(cell, "data_seed", None) if st._isnan(data_seed) else int(data_seed)
         out.append(CellRecord(cell.id, cell.model, cell.algorithm, cell.memory, int(cell.seed), settings_text(settings),
-                              phase, row, _evaluations(context, cell), cell))
+                              phase, row, _evaluations(context, cell), cell, data_seed))
     context.cache["records"] = out
     return out
 
@@ -92,8 +96,29 @@ class Arm:
     def settings(self) -> list[str]:
         return list(dict.fromkeys(r.settings for r in self.records))
 
-    def points(self, seed: int, key: str) -> list[tuple[float, float]]:
-        """Checkpoints of every cell of this arm with this seed, pooled across settings."""
+    @property
+    def units(self) -> list[tuple]:
+        """(data seed, RL seed) of each run, strata in first-seen order: one frontier per unit."""
+        strata = list(dict.fromkeys(r.data_seed for r in self.records))
+        return [(d, s) for d in strata for s in sorted({r.seed for r in self.records if r.data_seed == d})]
+
+    @property
+    def strata(self) -> list:
+        return list(dict.fromkeys(r.data_seed for r in self.records))
+
+    @property
+    def seeds_text(self) -> str:
+        """``1, 2 (n=2)``; with several strata ``d0: 1, 2; d1: 1, 2 (n=4 in 2 strata)``."""
+        if len(self.strata) < 2:
+            return f"{', '.join(map(str, self.seeds))} (n={len(self.seeds)})"
+        parts = "; ".join(f"d{d}: " + ", ".join(str(s) for e, s in self.units if e == d) for d in self.strata)
+        return f"{parts} (n={len(self.units)} in {len(self.strata)} strata)"
+
+    def points(self, seed, key: str) -> list[tuple[float, float]]:
+        """Checkpoints of every cell of this arm with this seed (an RL seed, or a (data seed, RL seed) unit),
+        pooled across settings."""
+        if isinstance(seed, tuple):
+            return [p for r in self.records if (r.data_seed, r.seed) == seed for p in r.points(key)]
         return [p for r in self.records if r.seed == seed for p in r.points(key)]
 
     def improving(self, key: str = "eval/gold") -> tuple[int, int]:
@@ -154,7 +179,7 @@ class MatchedKL:
     reach: dict[str, float]
     budgets: list[float]
     values: dict[str, dict[tuple, list[float]]]
-    """algorithm -> (key, budget or "area") -> one value per seed."""
+    """algorithm -> (key, budget or "area") -> one value per unit (``Arm.units``: per seed in one stratum)."""
     comparisons: list = field(default_factory=list)
 
     @property
@@ -174,7 +199,7 @@ def matched_kl(arena: Arena) -> MatchedKL | None:
         return None
     has_gold = all(r.points("eval/gold") for r in records)
     keys = ["eval/gold", "eval/score"] if has_gold else ["eval/score"]
-    reached = {arm.algorithm: [max(k for k, _ in arm.points(s, "eval/score")) for s in arm.seeds] for arm in arena.arms}
+    reached = {arm.algorithm: [max(k for k, _ in arm.points(u, "eval/score")) for u in arm.units] for arm in arena.arms}
     b_max, reach = st.common_kl_range(reached)
     budgets = [f * b_max for f in FRACTIONS]
     values = {}
@@ -182,19 +207,20 @@ def matched_kl(arena: Arena) -> MatchedKL | None:
         per = {}
         for key in keys:
             for b in budgets:
-                per[(key, b)] = [st.frontier(arm.points(s, key), b) for s in arm.seeds]
-            per[(key, "area")] = [st.frontier_area(arm.points(s, key), b_max) for s in arm.seeds]
+                per[(key, b)] = [st.frontier(arm.points(u, key), b) for u in arm.units]
+            per[(key, "area")] = [st.frontier_area(arm.points(u, key), b_max) for u in arm.units]
         values[arm.algorithm] = per
     result = MatchedKL(arena, keys, b_max, reach, budgets, values)
     if b_max <= st.KL_ZERO:
         return result  # no arm moved away from the SFT policy: nothing to compare at matched KL
     tested = [(keys[0], b) for b in budgets] + [(keys[0], "area")]
+    strata = {arm.algorithm: [d for d, _ in arm.units] for arm in arena.arms}
     for a, b in st.algorithm_pairs([arm.algorithm for arm in arena.arms]):
         family = []
         for key, budget in tested:
             label = metric_label(key, budget, b_max)
             family.append(st.compare(values[a][(key, budget)], values[b][(key, budget)], "gold_at_kl", a, b, label,
-                                     direction=True))
+                                     direction=True, strata_a=strata[a], strata_b=strata[b]))
         result.comparisons += st.decide(family)
     return result
 
@@ -219,3 +245,22 @@ def tuning_summary(context) -> list[dict]:
         out.append({"algorithm": algorithm, "keys": keys, "settings": rows, "tuned": final,
                     "seeds": sorted({r.seed for r in mine})})
     return out
+
+
+def variance_rows(arena: Arena, m: MatchedKL | None) -> list[dict]:
+    """Per arm with cells in ≥ 2 strata: the variance split (:func:`stats.variance_split`) of final gold and,
+    when matched KL was computed, of gold at each budget.  Rows: ``{arm, metric, split}``."""
+    rows = []
+    for arm in arena.arms:
+        if len(arm.strata) < 2:
+            continue
+        metrics = [("final gold", [r.row.get("gold_final") for r in arm.records], [r.data_seed for r in arm.records])]
+        if m is not None and m.b_max > st.KL_ZERO:
+            units = [d for d, _ in arm.units]
+            metrics += [(metric_label(m.primary, b, m.b_max), m.values[arm.algorithm][(m.primary, b)], units)
+                        for b in m.budgets]
+        for label, values, strata in metrics:
+            split = st.variance_split(values, strata)
+            if split is not None:
+                rows.append({"arm": arena.arm_label(arm), "metric": label, "split": split})
+    return rows

@@ -114,16 +114,16 @@ def reward_vs_kl(context, directory: Path) -> Plot | None:
     for row, m in zip(axes, matched):
         for ax, key in zip(row, keys):
             for arm in m.arena.arms:
-                reach = max(max((k for k, _ in arm.points(s, key)), default=0.0) for s in arm.seeds)
+                reach = max(max((k for k, _ in arm.points(s, key)), default=0.0) for s in arm.units)
                 grid = np.linspace(0.0, max(reach, 1e-9), 400)
-                curves = np.vstack([_frontier_on(arm.points(s, key), grid) for s in arm.seeds])
+                curves = np.vstack([_frontier_on(arm.points(s, key), grid) for s in arm.units])
                 color = colors[arm.algorithm]
-                for s in arm.seeds:
+                for s in arm.units:
                     pts = arm.points(s, key)
                     ax.scatter([k for k, _ in pts], [v for _, v in pts], color=color, alpha=0.25, s=10)
                 ax.step(grid, np.nanmean(curves, 0), where="post", color=color, linewidth=2,
-                        label=f"{m.arena.arm_label(arm)} (n={len(arm.seeds)})")
-                if len(arm.seeds) > 1:
+                        label=f"{m.arena.arm_label(arm)} (n={len(arm.units)})")
+                if len(arm.units) > 1:
                     ax.fill_between(grid, np.nanmin(curves, 0), np.nanmax(curves, 0), step="post", color=color,
                                     alpha=0.15, linewidth=0)
             ax.axvline(m.b_max, color="grey", linestyle="--", linewidth=1)

@@ -381,6 +381,11 @@ class Comparison:
     p_holm: float = math.nan
     verdict: str = ""
     winner: str | None = None
+    strata: int = 0
+    """Blocked by stage stratum (several data seeds): the number of strata ``difference`` rests on; 0 = cells
+    compared as independent replicates (one stratum)."""
+    conditional: Welch | None = None
+    """Blocked comparisons only: the pooled-within-stratum Welch over all cells, conditional on these reward models."""
 
     @property
     def significant(self) -> bool:
@@ -388,9 +393,13 @@ class Comparison:
 
 
 def compare(values_a, values_b, metric: str, a: str, b: str, label: str | None = None, blocked: str = "",
-            practical: float = 0.0, direction: bool | None | str = "registry") -> Comparison:
-    """Every statistic of one comparison (no verdict yet: that needs the whole family, see :func:`decide`)."""
+            practical: float = 0.0, direction: bool | None | str = "registry", strata_a=None,
+            strata_b=None) -> Comparison:
+    """Every statistic of one comparison (no verdict yet: that needs the whole family, see :func:`decide`).
+    ``strata_a``/``strata_b``: each value's stage stratum (data seed); with several, see :func:`compare_blocked`."""
     higher = higher_is_better(metric) if direction == "registry" else direction
+    if strata_a is not None and strata_b is not None and len(set(strata_a) | set(strata_b)) > 1:
+        return compare_blocked(values_a, values_b, strata_a, strata_b, metric, a, b, label, blocked, practical, higher)
     difference = welch(values_a, values_b)
     c = Comparison(metric, label or metric, a, b, higher, difference, blocked=blocked, practical=practical)
     if difference is None:
@@ -426,12 +435,14 @@ def _verdict(c: Comparison) -> tuple[str, str | None]:
     d = c.difference
     if d is None:
         return "nothing to compare: no finished cells, or no values of this metric (e.g. no gold reward)", None
+    if c.strata and c.strata < MIN_SEEDS:  # RL seeds are nested in reward models: the strata are the replicates
+        return f"too few data seeds to compare: {c.strata} reward-model strata, {MIN_SEEDS} needed", None
     if min(d.n_a, d.n_b) < MIN_SEEDS:
         per_arm = str(d.n_a) if d.n_a == d.n_b else f"{d.n_a} and {d.n_b}"
         return f"too few seeds to compare: {per_arm} per arm, {MIN_SEEDS} needed", None
     if c.blocked:
         return c.blocked, None
-    seeds = seeds_phrase(d.n_a, d.n_b)
+    seeds = f"n={c.strata} reward-model strata" if c.strata else seeds_phrase(d.n_a, d.n_b)
     if math.isnan(c.p_holm):
         return f"no verdict: no spread over seeds at {seeds}, the Welch test is undefined", None
     if c.p_holm >= ALPHA:
@@ -443,6 +454,143 @@ def _verdict(c: Comparison) -> tuple[str, str | None]:
         return f"no verdict: |difference| below the practical threshold {c.practical:.3g} ({_p_text(c)})", None
     winner = c.a if (d.diff > 0) == c.higher_is_better else c.b
     return f"{winner} better ({_p_text(c)}, {seeds})", winner
+
+
+# -- stage strata (several data seeds: reward models as an outer stratum) --------------------------------------
+
+def by_stratum(values, strata) -> dict:
+    """``{stratum: clean values}`` in first-seen order (strata without a finite value left out)."""
+    out: dict = {}
+    for value, stratum in zip(values, strata):
+        out.setdefault(stratum, []).append(value)
+    return {k: v for k, v in ((k, _clean(v)) for k, v in out.items()) if len(v)}
+
+
+def blocked_welch(a, b, strata_a, strata_b, level: float = LEVEL) -> Welch | None:
+    """A − B blocked by stratum: per stratum shared by both arms the difference of the arms' means over RL seeds;
+    their mean with a one-sample t interval and p-value over strata (df = S − 1, ``n_a = n_b = S``).  Every
+    algorithm of a stratum is scored by the same reward model, so the stratum is the replicate, not the cell."""
+    ma, mb = by_stratum(a, strata_a), by_stratum(b, strata_b)
+    shared = [k for k in ma if k in mb]
+    if not shared:
+        return None
+    d = np.array([ma[k].mean() - mb[k].mean() for k in shared])
+    n = len(d)
+    if n < 2 or np.ptp(d) == 0:
+        return Welch(float(d.mean()), None, None, None, math.nan, n, n)
+    import warnings
+
+    from scipy import stats
+
+    with warnings.catch_warnings():  # nearly identical differences warn about precision; the result is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_1samp(d, 0.0)
+    ci = result.confidence_interval(level)
+    return Welch(float(d.mean()), float(ci.low), float(ci.high), float(n - 1), float(result.pvalue), n, n)
+
+
+def conditional_welch(a, b, strata_a, strata_b, level: float = LEVEL) -> Welch | None:
+    """The same mean of per-stratum differences, with the strata held fixed (conditional on these reward
+    models): variance Σ_s (s²_A,s/n_A,s + s²_B,s/n_B,s) / S² from the RL seeds within strata, df by
+    Welch–Satterthwaite over the 2S groups; ``n_a``/``n_b`` count cells.  None unless every shared stratum
+    has ≥ 2 cells per arm."""
+    ma, mb = by_stratum(a, strata_a), by_stratum(b, strata_b)
+    shared = [k for k in ma if k in mb]
+    groups = [g for k in shared for g in (ma[k], mb[k])]
+    if not shared or any(len(g) < 2 for g in groups):
+        return None
+    diff = float(np.mean([ma[k].mean() - mb[k].mean() for k in shared]))
+    parts = np.array([g.var(ddof=1) / len(g) for g in groups]) / len(shared) ** 2
+    n_a, n_b = sum(len(ma[k]) for k in shared), sum(len(mb[k]) for k in shared)
+    if parts.sum() == 0:
+        return Welch(diff, None, None, None, math.nan, n_a, n_b)
+    from scipy import stats
+
+    df = float(parts.sum() ** 2 / sum(p * p / (len(g) - 1) for p, g in zip(parts, groups)))
+    se = math.sqrt(parts.sum())
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    p = float(2 * stats.t.sf(abs(diff) / se, df))
+    return Welch(diff, diff - half, diff + half, df, p, n_a, n_b)
+
+
+def compare_blocked(values_a, values_b, strata_a, strata_b, metric, a, b, label, blocked, practical,
+                    higher) -> Comparison:
+    """:func:`compare` with several strata: the difference, verdict and permutation p (sign flips of the
+    per-stratum differences, exact up to ``PERMUTATIONS``) over strata; P(A better) is the mean over strata of
+    the within-stratum probability (rliable's average over tasks); ``conditional`` as stated alongside."""
+    difference = blocked_welch(values_a, values_b, strata_a, strata_b)
+    c = Comparison(metric, label or metric, a, b, higher, difference, blocked=blocked, practical=practical,
+                   strata=difference.n_a if difference else 0,
+                   conditional=conditional_welch(values_a, values_b, strata_a, strata_b))
+    ma, mb = by_stratum(values_a, strata_a), by_stratum(values_b, strata_b)
+    shared = [k for k in ma if k in mb]
+    if len(shared) >= 2:
+        from scipy import stats
+
+        x, y = np.array([ma[k].mean() for k in shared]), np.array([mb[k].mean() for k in shared])
+        result = stats.permutation_test((x, y), lambda u, v, axis: np.mean(u - v, axis=axis), vectorized=True,
+                                        permutation_type="samples", n_resamples=PERMUTATIONS, rng=SEED)
+        c.p_perm, c.perm_exact = float(result.pvalue), 2 ** len(shared) <= PERMUTATIONS
+    pois = [probability_of_improvement(ma[k], mb[k]) for k in shared]
+    if pois:
+        poi = float(np.mean(pois))
+        c.poi = 1.0 - poi if higher is False else poi
+    return c
+
+
+def stratified_interval(values, strata=None, level: float = LEVEL) -> Estimate | None:
+    """:func:`t_interval` of the values, or with several strata of the strata's means (n = strata: the cells of
+    one reward model are not independent replicates)."""
+    if strata is None or len(set(strata)) < 2:
+        return t_interval(values, level)
+    return t_interval([g.mean() for g in by_stratum(values, strata).values()], level)
+
+
+def stratified_iqm(values, strata=None, **kwargs) -> Estimate | None:
+    """:func:`iqm_ci` with each stratum resampled on its own (rliable's stratified bootstrap), one stratum
+    when there are no several."""
+    if strata is None or len(set(strata)) < 2:
+        return iqm_ci([values], **kwargs)
+    return iqm_ci(list(by_stratum(values, strata).values()), **kwargs)
+
+
+@dataclass
+class VarianceSplit:
+    """One-way random-effects ANOVA of cells grouped by stratum (method of moments)."""
+
+    strata: int
+    cells: int
+    n0: float
+    """Effective cells per stratum: (N − Σ n_i² / N) / (k − 1) (= n when every stratum has n cells)."""
+    ms_between: float
+    ms_within: float
+    between: float
+    """σ²_between = max(0, (MS_between − MS_within) / n0): the reward-model/SFT stratum's variance."""
+    within: float
+    """σ²_within = MS_within: the RL seeds' variance inside a stratum."""
+
+    @property
+    def share(self) -> float | None:
+        """σ²_between / (σ²_between + σ²_within), the share of variance from the stratum."""
+        total = self.between + self.within
+        return self.between / total if total > 0 else None
+
+
+def variance_split(values, strata) -> VarianceSplit | None:
+    """Split the variance of one metric over an arm's cells into stratum and RL-seed parts; None with fewer
+    than 2 strata or no stratum holding 2 cells (then nothing estimates the within part)."""
+    groups = list(by_stratum(values, strata).values())
+    k, sizes = len(groups), np.array([len(g) for g in groups], dtype=float)
+    total = sizes.sum()
+    if k < 2 or total - k < 1:
+        return None
+    grand = float(np.concatenate(groups).mean())
+    ss_between = float(sum(len(g) * (g.mean() - grand) ** 2 for g in groups))
+    ss_within = float(sum(((g - g.mean()) ** 2).sum() for g in groups))
+    ms_between, ms_within = ss_between / (k - 1), ss_within / (total - k)
+    n0 = float((total - (sizes ** 2).sum() / total) / (k - 1))
+    between = max(0.0, (ms_between - ms_within) / n0)
+    return VarianceSplit(k, int(total), n0, ms_between, ms_within, between, ms_within)
 
 
 GROUP_KEYS = ["model", "algorithm", "memory"]
@@ -473,7 +621,8 @@ def _setting_frame(frame):
 
 def group_stats(frame, metrics=tuple(METRICS), **kwargs) -> list[dict]:
     """Per (model, algorithm, memory, settings, phase) group of ``ok`` cells: ``{model, algorithm, memory,
-    settings, phase, n, seeds, metric: Estimate}`` (mean with its t interval)."""
+    settings, phase, n, seeds, metric: Estimate}`` (mean with its t interval); with several data seeds also
+    ``strata``, and the t interval is over the strata's means (n = strata)."""
     ok = _setting_frame(frame[frame["status"] == "ok"])
     keys = GROUP_KEYS + setting_keys(ok)
     out = []
@@ -481,10 +630,24 @@ def group_stats(frame, metrics=tuple(METRICS), **kwargs) -> list[dict]:
         row = {"settings": "", "phase": "grid", **dict(zip(keys, key))}
         row["n"] = len(group)
         row["seeds"] = [int(s) for s in group["seed"]]
+        strata = _strata(group)
+        several = strata is not None and len(set(strata)) > 1
+        if several:  # cells of one reward model are not independent: the interval is over stratum means
+            row["strata"] = len(set(strata))
         for metric in metrics:
-            row[metric] = t_interval(group[metric].tolist(), **kwargs) if metric in group else None
+            if metric not in group:
+                row[metric] = None
+                continue
+            row[metric] = stratified_interval(group[metric].tolist(), strata if several else None, **kwargs)
         out.append(row)
     return out
+
+
+def _strata(group) -> list | None:
+    """Each row's data seed (``data_seed`` column); None when the column is absent (results of older runs)."""
+    if "data_seed" not in group:
+        return None
+    return [None if _isnan(v) else int(v) for v in group["data_seed"]]
 
 
 def algorithm_pairs(algorithms: list[str]) -> list[tuple[str, str]]:
@@ -535,11 +698,12 @@ def comparisons(frame, algorithms: list[str] | None = None, metrics=tuple(METRIC
                     means = [_clean(g[metric]) for g in (ga, gb)]
                     practical = MEMORY_PRACTICAL * max((float(m.mean()) for m in means if len(m)), default=0.0)
                 label = METRICS.get(metric, (metric,))[0]
-                family.append(compare(ga[metric].tolist(), gb[metric].tolist(), metric, a, b, label, blocked, practical))
+                family.append(compare(ga[metric].tolist(), gb[metric].tolist(), metric, a, b, label, blocked, practical,
+                                      strata_a=_strata(ga), strata_b=_strata(gb)))
             for c in decide(family):
                 rows.append({**where, "a": a, "b": b, "metric": c.metric, "label": c.label,
                              "higher_is_better": c.higher_is_better, "difference": c.difference, "comparison": c,
-                             "verdict": c.verdict, "winner": c.winner})
+                             "verdict": c.verdict, "winner": c.winner, "conditional": c.conditional})
     return rows
 
 

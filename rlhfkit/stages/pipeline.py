@@ -15,12 +15,13 @@ from rlhfkit.artifacts import artifact_dirs, publish, read_marker, remove_stale_
 from rlhfkit.recipe import load_recipe
 
 
-def build_task(recipe):
+def build_task(recipe, data_seed: int | None = None):
+    """The data set drawn with ``data_seed`` (a stratum's; None = ``[run] data_seed``)."""
     from rlhfkit.plugins import get_registry
     from rlhfkit.registry import resolve
 
     spec = get_registry().get("dataset", recipe.data_name)
-    return resolve(spec.build)(recipe.data_options, recipe.run.data_seed)
+    return resolve(spec.build)(recipe.data_options, recipe.run.data_seed if data_seed is None else data_seed)
 
 
 def load_tokenizer(path):
@@ -92,18 +93,33 @@ def ensure_reward_model(recipe, entry, task, tokenizer, out: Path, notes: list |
     return metrics
 
 
+def _stratum_seeds(recipe, data_seed: int) -> None:
+    """Another stratum than ``[run] data_seed``: its SFT and reward-model seeds are offset by the data seeds'
+    difference, so its models differ in initialisation and data order as well as in data (a reward-model "seed",
+    not only a resample); the ``[run] data_seed`` stratum keeps the recipe's seeds (the models of a plain grid)."""
+    import dataclasses
+
+    offset = data_seed - recipe.run.data_seed
+    recipe.sft = dataclasses.replace(recipe.sft, seed=(recipe.sft.seed + offset) % 2**31)
+    recipe.reward_model = dataclasses.replace(recipe.reward_model, seed=(recipe.reward_model.seed + offset) % 2**31)
+
+
 def run_stages(spec: dict) -> dict:
-    """Build every missing artifact of one model row; return the stage metrics."""
+    """Build every missing artifact of one model row and data seed (``spec["data_seed"]``, None = the
+    recipe's); return the stage metrics."""
     import torch
 
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     recipe = load_recipe(spec["recipe"])
     entry = recipe.models[spec["model"]]
     root = Path(spec["artifacts_root"])
-    dirs = artifact_dirs(recipe, entry, root)
+    data_seed = spec.get("data_seed")
+    dirs = artifact_dirs(recipe, entry, root, data_seed)
+    if data_seed is not None:
+        _stratum_seeds(recipe, data_seed)
     # A stage killed earlier (timeout, SIGKILL) left its staging directory; its process is gone.
     remove_stale_scratch(root)
-    task = build_task(recipe)
+    task = build_task(recipe, data_seed)
     started = time.perf_counter()
     notes: list[str] = []
     tokenizer = ensure_tokenizer(entry, task, dirs.tokenizer, notes)
