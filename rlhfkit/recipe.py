@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.memory import strategy_id
 from rlhfkit.plugins import get_registry
 from rlhfkit.registry import config_fields
 from rlhfkit.sweeps import confounder_warnings, freeze, setting_combinations, settings_text, thaw
@@ -66,7 +67,8 @@ class GridSettings:
     algorithms: list[str] = field(default_factory=lambda: ["ppo", "rloo"])
     """Registered algorithm names."""
     memory: list[str] = field(default_factory=lambda: ["full"])
-    """Memory strategies, parts joined by '+' (``"lora"``, ``"zero3+lora"``)."""
+    """Memory strategies, parts joined by '+' (``"lora"``, ``"zero3+lora"``); a part takes settings in
+    parentheses (``"lora(r=8,alpha=16)"``, lists with '|': ``target_modules=q_proj|v_proj``)."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """RL seeds; SFT and reward model are trained once, shared by every seed."""
     models: list[str] = field(default_factory=list)
@@ -222,7 +224,7 @@ class Cell:
 
     @property
     def id(self) -> str:
-        memory = self.memory.replace("+", "-")
+        memory = strategy_id(self.memory)  # "zero3+lora(r=4)" -> "zero3-lora_r4": file-name safe, stable
         parts = [self.model, self.algorithm, memory]
         if self.settings or self.phase != "grid":
             parts.append(self.settings_text or "default")  # a final/tuning cell never shares a grid cell's id
@@ -487,9 +489,9 @@ def _resolve_data_paths(data: dict, base_dir: Path | None) -> dict:
 
 
 def _check_memory(memory: list[str]) -> None:
-    """Each strategy composes (unknown parts get a "did you mean"); the same parts in another order are the
-    same strategy listed twice."""
-    from rlhfkit.memory import build_memory_plan, split_strategy
+    """Each strategy composes with valid settings (unknown parts and settings get a "did you mean"); the same
+    parts with the same settings in another order are the same strategy listed twice."""
+    from rlhfkit.memory import build_memory_plan, strategy_parts
 
     names = get_registry().names("memory_strategy")
     seen: dict[frozenset, int] = {}
@@ -498,15 +500,25 @@ def _check_memory(memory: list[str]) -> None:
         try:
             build_memory_plan(strategy)
         except ValueError as exc:
-            unknown = [p for p in strategy.split("+") if p.strip() and p.strip() not in names]
-            raise RecipeError(f"grid.memory[{i}]: {exc}{hint(unknown[0].strip(), names) if unknown else ''}") from None
-        parts = frozenset(split_strategy(strategy))
+            text = str(exc)
+            unknown = [] if "did you mean" in text else [p for p, _ in _parsed_or_empty(strategy) if p not in names]
+            raise RecipeError(f"grid.memory[{i}]: {text}{hint(unknown[0], names) if unknown else ''}") from None
+        parts = frozenset((s.name, repr(s.params)) for s in strategy_parts(strategy))
         if parts in seen:
             raise RecipeError(
                 f"grid.memory[{i}]: {strategy!r} is the same strategy as grid.memory[{seen[parts]}] "
                 f"{memory[seen[parts]]!r}; each value must be distinct"
             )
         seen[parts] = i
+
+
+def _parsed_or_empty(strategy: str) -> list:
+    from rlhfkit.memory import parse_strategy
+
+    try:
+        return parse_strategy(strategy)
+    except ValueError:
+        return []
 
 
 def _parse_data(raw: dict, base_dir: Path | None) -> tuple[str, Any]:

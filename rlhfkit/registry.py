@@ -176,6 +176,12 @@ class MemoryStrategy(abc.ABC):
 
     name: str = ""
     description: str = ""
+    params_class: type | None = None
+    """Dataclass of the settings the part takes in the recipe (``lora(r=8,alpha=16)``), its fields documented
+    by the string literal after each (``rlhfkit config memory.<name>`` shows them); ``None``: no settings."""
+    params: Any = None
+    """The validated settings of this use of the part (an instance of :attr:`params_class`), set on the copy
+    :func:`rlhfkit.memory.strategy_parts` makes for one strategy string; read it in :meth:`apply`."""
 
     @abc.abstractmethod
     def apply(self, plan) -> None:
@@ -422,17 +428,6 @@ class ModelAdapter:
         if not decoder_class.supports(model, cache):
             return None
         return decoder_class(model, cache, query_mask, positions, max_new_tokens)
-
-
-def architecture_numbers(c: dict, qkv_bias: bool = False) -> dict:  # merge shim for planner.py on branch anatomy: use adapter.architecture_numbers; the integrator removes it
-    from rlhfkit.plugins import get_registry
-
-    registry = get_registry()
-    for name in registry.names("model_adapter"):
-        adapter = registry.get("model_adapter", name)
-        if adapter.claims(c):
-            return adapter.architecture_numbers(c)
-    return architecture.architecture_numbers(c, qkv_bias=qkv_bias)
 
 
 @dataclass

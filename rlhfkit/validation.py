@@ -130,6 +130,10 @@ def hint(name: Any, known: Iterable[str]) -> str:
     if len(longer) > 1:
         return f"; did you mean one of: {', '.join(repr(k) for k in longer)}?"
     close = longer[0] if longer else closest(name, known)
+    if close is None:
+        # a short name spelt out (``rank`` for LoRA's ``r``): difflib scores it too low, the prefix finds it
+        shorter = [k for k in known if k and str(name).startswith(k)]
+        close = max(shorter, key=len) if shorter else None
     return f"; did you mean {close!r}?" if close else ""
 
 
