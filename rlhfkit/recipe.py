@@ -14,13 +14,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rlhfkit.memory import strategy_id
 from rlhfkit.plugins import get_registry
 from rlhfkit.registry import config_fields
 from rlhfkit.sweeps import confounder_warnings, freeze, setting_combinations, settings_text, thaw
-from rlhfkit.validation import check_number, check_range, check_string, did_you_mean, hint
+from rlhfkit.validation import check_choices, check_number, check_range, check_string, choice_error, did_you_mean, hint
 
 TUNING_FILE = "tuning.json"
 RUN_RECIPE_COPY = "recipe.toml"
@@ -104,9 +104,9 @@ class RunSettings:
     stage_timeout_s: float = 86400.0
     """The SFT + reward-model stages of one model row still running after this many seconds are stopped and
     marked failed (their cells then fail without running)."""
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
-    precision: str = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Training precision: ``fp32``, ``bf16`` or ``fp16`` (mixed precision through accelerate)."""
     num_processes: int = 1
     """Processes per cell (data parallel / ZeRO shards)."""
@@ -119,7 +119,7 @@ class RunSettings:
     """Devices ``rlhfkit plan`` plans for when ``--num-gpus`` is not given; 0 = ``num_processes``."""
     gpu_memory_gib: float = 0.0
     """A custom device capacity for ``rlhfkit plan`` (GiB), instead of a named GPU's; 0 = none."""
-    cpu_memory: str = "resident"
+    cpu_memory: Literal["resident", "live"] = "resident"
     """How CPU cells measure memory.  ``resident``: the resident set with the allocator as it is (fast; glibc
     keeps freed blocks resident, so peaks are upper bounds that depend on allocation history).  ``live``: glibc
     returns every freed block of 64 KiB or more, so the resident set follows live memory (what the planner
@@ -132,14 +132,9 @@ class RunSettings:
             raise ValueError("threads_per_cell must be >= 0")
         if self.cell_timeout_s <= 0:
             raise ValueError("cell_timeout_s must be > 0")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError("device must be one of: auto, cpu, cuda")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError("precision must be one of: fp32, bf16, fp16")
+        check_choices(self)  # device, precision, cpu_memory
         if self.num_processes < 1:
             raise ValueError("num_processes must be >= 1")
-        if self.cpu_memory not in ("resident", "live"):
-            raise ValueError("cpu_memory must be one of: resident, live")
         if self.gpu:
             from rlhfkit.planner import gpu_capacity
 
@@ -175,7 +170,7 @@ class TuningSettings:
 
     seeds: list[int]
     """Tuning seeds; never reused by the final comparison (disjoint from ``[grid] seeds``)."""
-    metric: str = "gold_at_kl"
+    metric: Literal["gold_at_kl", "gold_final"] = "gold_at_kl"
     """``gold_at_kl``: mean over tuning seeds of the best eval gold among checkpoints with eval KL <= kl_budget;
     ``gold_final``: mean over tuning seeds of the last evaluation's gold."""
     kl_budget: float | None = None
@@ -188,8 +183,7 @@ class TuningSettings:
             raise ValueError("seeds must not be empty")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds lists a value twice")
-        if self.metric not in TUNING_METRICS:
-            raise ValueError(f"metric must be one of: {', '.join(TUNING_METRICS)}")
+        check_choices(self)  # metric
         if self.metric == "gold_at_kl" and self.kl_budget is None:
             raise ValueError("kl_budget is required for metric gold_at_kl (e.g. kl_budget = 1.0)")
         if self.kl_budget is not None and self.metric != "gold_at_kl":
@@ -367,6 +361,11 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
         tp = eval(tp, vars(typing) | {"Any": Any})  # annotations are strings under "from __future__"
     origin = typing.get_origin(tp)
     if tp is Any:
+        return value
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp) or isinstance(value, bool) != any(isinstance(c, bool) for c in typing.get_args(tp)):
+            parent, _, key = where.rpartition(".")
+            raise RecipeError(f"{parent or where}: {choice_error(key or where, value, typing.get_args(tp))}")
         return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
