@@ -64,8 +64,8 @@ class ModelEntry:
 class GridSettings:
     """The grid: every combination runs as one cell."""
 
-    algorithms: list[str] = field(default_factory=lambda: ["ppo", "rloo"])
-    """Registered algorithm names."""
+    algorithms: list[str] = field(default_factory=lambda: default_algorithms())
+    """Registered algorithm names; by default those whose plugin marks them ``default_in_grid``."""
     memory: list[str] = field(default_factory=lambda: ["full"])
     """Memory strategies, parts joined by '+' (``"lora"``, ``"zero3+lora"``); a part takes settings in
     parentheses (``"lora(r=8,alpha=16)"``, lists with '|': ``target_modules=q_proj|v_proj``)."""
@@ -151,17 +151,32 @@ class ReportSettings:
     reporters: list[str] = field(default_factory=list)
     """Reporter names; empty means every reporter registered as default."""
     trackers: list[str] = field(default_factory=list)
-    """Experiment trackers fed from every training step: ``tensorboard``, ``wandb``, ``trackio`` (when installed)."""
+    """Experiment trackers fed from every training step: registered tracker names (``rlhfkit plugins`` lists
+    them; built in: ``tensorboard``, ``wandb``, ``trackio``, each when its package is installed)."""
 
     def __post_init__(self):
+        known = get_registry().names("tracker")
         for i, name in enumerate(self.trackers):
-            if name not in TRACKERS:
-                raise ValueError(f"trackers[{i}]: unknown tracker {name!r}{did_you_mean(name, TRACKERS)}; allowed: {', '.join(TRACKERS)}")
+            if name not in known:
+                raise ValueError(f"trackers[{i}]: unknown tracker {name!r}{did_you_mean(name, known)}; allowed: {', '.join(known)}")
         _refuse_duplicates(self.trackers, "trackers")
         _refuse_duplicates(self.reporters, "reporters")
 
 
-TRACKERS = ("tensorboard", "wandb", "trackio")
+def default_algorithms() -> list[str]:
+    """The algorithms registered with ``default_in_grid`` (the grid of a recipe that names none)."""
+    registry = get_registry()
+    return [name for name in registry.names("algorithm") if registry.get("algorithm", name).default_in_grid]
+
+
+def default_dataset() -> str:
+    """The data set registered with ``default`` (``[data]`` without a name)."""
+    registry = get_registry()
+    flagged = [name for name in registry.names("dataset") if registry.get("dataset", name).default]
+    if len(flagged) != 1:
+        raise RecipeError(f"data.name: required (no single default data set is registered; found: "
+                          f"{', '.join(flagged) or 'none'}); allowed: {', '.join(registry.names('dataset'))}")
+    return flagged[0]
 
 
 @dataclass
@@ -334,6 +349,13 @@ class Recipe:
         if self.run.output:
             return Path(self.run.output)
         return Path("reports") / self.name
+
+    def run_context(self, recipe_path) -> "RunContext":
+        """What lifecycle hooks receive about this run (``recipe_path``: the copy in the run directory)."""
+        from rlhfkit.registry import RunContext
+
+        return RunContext(recipe_name=self.name, recipe_path=str(recipe_path), output_dir=str(Path(recipe_path).parent),
+                          trackers=tuple(self.report.trackers))
 
     def stage_fingerprint(self) -> dict:
         """What the SFT and reward-model stages depend on (their cache key)."""
@@ -522,10 +544,10 @@ def _parsed_or_empty(strategy: str) -> list:
 
 def _parse_data(raw: dict, base_dir: Path | None) -> tuple[str, Any]:
     """``[data]``: the data set's name and its validated options (a relative ``path`` resolved, and present)."""
-    data = raw.get("data", {"name": "synthetic"})
+    data = raw.get("data", {})
     if not isinstance(data, dict):
         raise RecipeError(f"data: expected a table, got {data!r}")
-    data_name = data.get("name", "synthetic")
+    data_name = data.get("name") or default_dataset()
     registry = get_registry()
     _choose(data_name, registry.names("dataset"), "data.name")
     dataset = registry.get("dataset", data_name)
@@ -733,8 +755,6 @@ def _model_hint(text: str) -> str:
 def check_trainable(recipe: Recipe) -> None:
     """What ``run`` and ``validate`` need beyond a well-formed recipe: every model row the grid uses can be
     trained (no architecture-only reference), and every tracker named is installed."""
-    import importlib.util
-
     from rlhfkit.models import parse_model_spec
 
     prefix = f"{recipe.path}: " if recipe.path else ""
@@ -748,9 +768,12 @@ def check_trainable(recipe: Recipe) -> None:
                     "no weights): it can only be planned (rlhfkit plan); to train, use 'family:preset' or a "
                     "checkpoint directory"
                 )
+    registry = get_registry()
     for i, tracker in enumerate(recipe.report.trackers):
-        if importlib.util.find_spec(tracker) is None:
+        spec = registry.get("tracker", tracker)
+        if not spec.available():
+            missing = " ".join(spec.requires)
             raise RecipeError(
-                f"{prefix}report.trackers[{i}]: tracker {tracker!r} is not installed (pip install {tracker}); "
+                f"{prefix}report.trackers[{i}]: tracker {tracker!r} is not installed (pip install {missing}); "
                 "install it or remove it from [report] trackers"
             )

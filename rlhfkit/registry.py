@@ -27,6 +27,7 @@ KINDS = (
     "loss_aggregation",
     "kl_estimator",
     "metric",
+    "tracker",
 )
 
 
@@ -65,6 +66,8 @@ class AlgorithmSpec:
     critic_from: str = "reward_model"
     """Where the critic starts, when ``needs_value_model``: ``reward_model`` (the trained reward model, its
     score head included) or ``policy`` (the SFT policy's backbone with a new one-output head)."""
+    default_in_grid: bool = False
+    """In the grid of a recipe that does not list ``[grid] algorithms`` (core names no algorithm itself)."""
 
 
 @dataclass
@@ -151,6 +154,8 @@ class DatasetSpec:
     build: Any
     """Callable ``build(options, seed) -> PreferenceTask`` (or a lazy ``"module:attr"`` string)."""
     description: str = ""
+    default: bool = False
+    """The data set of a recipe without ``[data] name`` (exactly one registered data set should say so)."""
 
 
 @dataclass
@@ -163,6 +168,39 @@ class Reporter:
     description: str = ""
     default: bool = True
     """Run by default after every run (recipes may restrict the list with ``[report] reporters``)."""
+
+
+@dataclass
+class RunContext:
+    """What lifecycle hooks are told about the run (no plugin needs to read ``sys.argv`` or files for it)."""
+
+    recipe_name: str
+    recipe_path: str
+    """The recipe copy inside the run directory."""
+    output_dir: str
+    trackers: tuple[str, ...] = ()
+    """``[report] trackers``: the tracker names the recipe asks for."""
+
+
+@dataclass
+class TrackerSpec:
+    """An experiment tracker fed from every training step (``[report] trackers = ["tensorboard"]``).
+
+    ``factory(run, cell, cell_dir)`` (object or lazy ``"module:attr"``, imported only when a cell opens it)
+    returns an object with ``log(step, metrics)`` and ``close()``; ``run`` is a :class:`RunContext`.
+    """
+
+    name: str
+    factory: Any
+    description: str = ""
+    requires: tuple[str, ...] = ()
+    """Modules that must be importable (``rlhfkit validate`` refuses the recipe otherwise, naming them)."""
+
+    def available(self) -> bool:
+        """Whether every module of :attr:`requires` can be imported (nothing is imported to find out)."""
+        import importlib.util
+
+        return all(importlib.util.find_spec(module) is not None for module in self.requires)
 
 
 class MemoryStrategy(abc.ABC):
