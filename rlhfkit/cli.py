@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rlhfkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("plugins", help="list registered model adapters, algorithms, memory strategies, data sets, reporters")
+    p = sub.add_parser("plugins", help="list registered model adapters, algorithms, memory strategies, data sets, reporters, trackers...")
     p.add_argument("--json", action="store_true", help="print a JSON list of {kind, name, plugin, distribution}")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables, one per kind (docs/plugins.md)")
     p.add_argument("--builtin", action="store_true", help="only what rlhfkit itself registers")
