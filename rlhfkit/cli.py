@@ -74,6 +74,21 @@ def plugin_modules_markdown(builtin_only: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cmd_config(args) -> int:
+    """A config key's type, default and help (``rlhfkit config rl.kl_coef``), a section's keys, the sections,
+    or the whole reference as Markdown (docs/config.md)."""
+    from rlhfkit import configdoc
+
+    if args.markdown:
+        print(configdoc.HEADER + configdoc.markdown(), end="")
+        return 0
+    try:
+        print(configdoc.describe(args.key or ""))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
 def _load(path: str, trainable: bool = True):
     """Load and validate a recipe; ``trainable``: also refuse what can be planned but not run (architecture-only
     model references, trackers that are not installed) and run the preflight checks (lazy references, data
@@ -274,11 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rlhfkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("plugins", help="list registered model adapters, algorithms, memory strategies, data sets, reporters")
+    p = sub.add_parser("plugins", help="list registered model adapters, algorithms, memory strategies, data sets, reporters, trackers...")
     p.add_argument("--json", action="store_true", help="print a JSON list of {kind, name, plugin, distribution}")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables, one per kind (docs/plugins.md)")
     p.add_argument("--builtin", action="store_true", help="only what rlhfkit itself registers")
     p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("config", help="help on recipe keys: rlhfkit config rl.kl_coef (a key), rl (a section), or none (the sections)")
+    p.add_argument("key", nargs="?", help="SECTION or SECTION.KEY, e.g. rl.kl_coef, algorithms.ppo, memory.lora.r")
+    p.add_argument("--markdown", action="store_true", help="print the whole reference as Markdown (docs/config.md)")
+    p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("validate", help="check a recipe without running anything")
     p.add_argument("recipe", help="path to a TOML recipe")

@@ -113,6 +113,16 @@ def register_metrics(register):
     """
 
 
+@hookspec
+def register_trackers(register):
+    """Register experiment trackers (TensorBoard, Weights & Biases...).
+
+    Called once when the registry is first built.  ``register(spec)`` takes a
+    :class:`rlhfkit.registry.TrackerSpec`: a name (what ``[report] trackers`` lists), the modules it needs and a
+    lazy factory; the built-in trackers plugin opens the ones a run asks for on ``log_metrics``.
+    """
+
+
 @hookspec(firstresult=True)
 def detect_model_family(model_config):
     """Claim a checkpoint for a model family.
@@ -124,25 +134,29 @@ def detect_model_family(model_config):
 
 
 @hookspec
-def cell_started(cell, cell_dir):
+def cell_started(cell, cell_dir, run):
     """A grid cell is about to run.
 
-    Called in the runner process with the :class:`rlhfkit.recipe.Cell` and the directory its files go to.
+    Called in the runner process with the :class:`rlhfkit.recipe.Cell`, the directory its files go to and the
+    :class:`rlhfkit.registry.RunContext`.
     """
 
 
 @hookspec
-def log_metrics(cell, step, metrics):
+def log_metrics(cell, step, metrics, run, cell_dir):
     """One training step of a cell finished.
 
-    Called in the cell's (main) training process with the cell, the step number (0-based) and a flat dict
-    of namespaced metrics (``objective/kl``, ``loss/policy``...).
+    Called in the cell's (main) training process with the cell, the step number (0-based), a flat dict of
+    namespaced metrics (``objective/kl``, ``loss/policy``...), the :class:`rlhfkit.registry.RunContext` and the
+    cell's directory (``None`` for in-process cells without one).  An implementation may take any subset of
+    these arguments.
     """
 
 
 @hookspec
-def cell_finished(cell, cell_dir, result):
+def cell_finished(cell, cell_dir, result, run):
     """A grid cell ended (``ok`` or not).
 
-    Called in the runner process with the cell, its directory and the ``result.json`` contents as a dict.
+    Called in the runner process with the cell, its directory, the ``result.json`` contents as a dict and the
+    :class:`rlhfkit.registry.RunContext`.
     """

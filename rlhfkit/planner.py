@@ -30,6 +30,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rlhfkit.architecture import lora_parameters  # noqa: F401  (re-exported: exact for every family's layers)
 from rlhfkit.cellspec.arch import cell_architecture, cell_model_set, task_info
 from rlhfkit.cellspec.modelset import DTYPE_BYTES, ZERO3_MAX_LIVE_PARAMETERS  # noqa: F401  (re-exported)
 
@@ -159,23 +160,6 @@ class CellPlan:
 
 
 # --- parts ------------------------------------------------------------------------------------------------
-
-_LORA_SHAPES = {
-    "q_proj": lambda a: (a["hidden_size"], a["num_heads"] * a["head_dim"]),
-    "k_proj": lambda a: (a["hidden_size"], a["num_kv_heads"] * a["head_dim"]),
-    "v_proj": lambda a: (a["hidden_size"], a["num_kv_heads"] * a["v_head_dim"]),
-    "o_proj": lambda a: (a["num_heads"] * a["v_head_dim"], a["hidden_size"]),
-    "gate_proj": lambda a: (a["hidden_size"], a["intermediate_size"]),
-    "up_proj": lambda a: (a["hidden_size"], a["intermediate_size"]),
-    "down_proj": lambda a: (a["intermediate_size"], a["hidden_size"]),
-}
-
-
-def lora_parameters(arch: dict, r: int, targets) -> int:
-    """LoRA A and B matrices: r x (in + out) per adapted linear layer (dense Llama-style names)."""
-    per_layer = sum(r * sum(_LORA_SHAPES[t](arch)) for t in targets if t in _LORA_SHAPES)
-    return per_layer * arch["num_layers"]
-
 
 def largest_module_parameters(arch: dict) -> int:
     """Parameters of the biggest single module (embedding, LM head or one linear layer)."""

@@ -39,6 +39,7 @@ REGISTRATION_HOOKS = {
     "register_policy_losses": "policy_loss",
     "register_kl_estimators": "kl_estimator",
     "register_metrics": "metric",
+    "register_trackers": "tracker",
 }
 
 _lock = threading.RLock()

@@ -30,7 +30,9 @@ def check_dataset(name: str, options, registry=None) -> dict:
 
 
 def check_memory_strategies(recipe, registry) -> None:
-    parts = dict.fromkeys(part for strategy in recipe.grid.memory for part in strategy.split("+"))
+    from rlhfkit.memory import split_strategy
+
+    parts = dict.fromkeys(part for strategy in recipe.grid.memory for part in split_strategy(strategy))
     for part in parts:
         check = getattr(registry.get("memory_strategy", part), "check_recipe", None)
         if callable(check):

@@ -14,12 +14,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from rlhfkit.memory import strategy_id
 from rlhfkit.plugins import get_registry
 from rlhfkit.registry import config_fields
 from rlhfkit.sweeps import confounder_warnings, freeze, setting_combinations, settings_text, thaw
-from rlhfkit.validation import check_number, check_range, check_string, did_you_mean, hint
+from rlhfkit.validation import check_choices, check_number, check_range, check_string, choice_error, did_you_mean, hint
 
 TUNING_FILE = "tuning.json"
 RUN_RECIPE_COPY = "recipe.toml"
@@ -63,10 +64,11 @@ class ModelEntry:
 class GridSettings:
     """The grid: every combination runs as one cell."""
 
-    algorithms: list[str] = field(default_factory=lambda: ["ppo", "rloo"])
-    """Registered algorithm names."""
+    algorithms: list[str] = field(default_factory=lambda: default_algorithms())
+    """Registered algorithm names; by default those whose plugin marks them ``default_in_grid``."""
     memory: list[str] = field(default_factory=lambda: ["full"])
-    """Memory strategies, parts joined by '+' (``"lora"``, ``"zero3+lora"``)."""
+    """Memory strategies, parts joined by '+' (``"lora"``, ``"zero3+lora"``); a part takes settings in
+    parentheses (``"lora(r=8,alpha=16)"``, lists with '|': ``target_modules=q_proj|v_proj``)."""
     seeds: list[int] = field(default_factory=lambda: [0])
     """RL seeds; SFT and reward model are trained once, shared by every seed."""
     models: list[str] = field(default_factory=list)
@@ -105,9 +107,9 @@ class RunSettings:
     stage_timeout_s: float = 86400.0
     """The SFT + reward-model stages of one model row still running after this many seconds are stopped and
     marked failed (their cells then fail without running)."""
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
-    precision: str = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Training precision: ``fp32``, ``bf16`` or ``fp16`` (mixed precision through accelerate)."""
     num_processes: int = 1
     """Processes per cell (data parallel / ZeRO shards)."""
@@ -120,7 +122,7 @@ class RunSettings:
     """Devices ``rlhfkit plan`` plans for when ``--num-gpus`` is not given; 0 = ``num_processes``."""
     gpu_memory_gib: float = 0.0
     """A custom device capacity for ``rlhfkit plan`` (GiB), instead of a named GPU's; 0 = none."""
-    cpu_memory: str = "resident"
+    cpu_memory: Literal["resident", "live"] = "resident"
     """How CPU cells measure memory.  ``resident``: the resident set with the allocator as it is (fast; glibc
     keeps freed blocks resident, so peaks are upper bounds that depend on allocation history).  ``live``: glibc
     returns every freed block of 64 KiB or more, so the resident set follows live memory (what the planner
@@ -133,14 +135,9 @@ class RunSettings:
             raise ValueError("threads_per_cell must be >= 0")
         if self.cell_timeout_s <= 0:
             raise ValueError("cell_timeout_s must be > 0")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError("device must be one of: auto, cpu, cuda")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError("precision must be one of: fp32, bf16, fp16")
+        check_choices(self)  # device, precision, cpu_memory
         if self.num_processes < 1:
             raise ValueError("num_processes must be >= 1")
-        if self.cpu_memory not in ("resident", "live"):
-            raise ValueError("cpu_memory must be one of: resident, live")
         if self.gpu:
             from rlhfkit.planner import gpu_capacity
 
@@ -157,17 +154,32 @@ class ReportSettings:
     reporters: list[str] = field(default_factory=list)
     """Reporter names; empty means every reporter registered as default."""
     trackers: list[str] = field(default_factory=list)
-    """Experiment trackers fed from every training step: ``tensorboard``, ``wandb``, ``trackio`` (when installed)."""
+    """Experiment trackers fed from every training step: registered tracker names (``rlhfkit plugins`` lists
+    them; built in: ``tensorboard``, ``wandb``, ``trackio``, each when its package is installed)."""
 
     def __post_init__(self):
+        known = get_registry().names("tracker")
         for i, name in enumerate(self.trackers):
-            if name not in TRACKERS:
-                raise ValueError(f"trackers[{i}]: unknown tracker {name!r}{did_you_mean(name, TRACKERS)}; allowed: {', '.join(TRACKERS)}")
+            if name not in known:
+                raise ValueError(f"trackers[{i}]: unknown tracker {name!r}{did_you_mean(name, known)}; allowed: {', '.join(known)}")
         _refuse_duplicates(self.trackers, "trackers")
         _refuse_duplicates(self.reporters, "reporters")
 
 
-TRACKERS = ("tensorboard", "wandb", "trackio")
+def default_algorithms() -> list[str]:
+    """The algorithms registered with ``default_in_grid`` (the grid of a recipe that names none)."""
+    registry = get_registry()
+    return [name for name in registry.names("algorithm") if registry.get("algorithm", name).default_in_grid]
+
+
+def default_dataset() -> str:
+    """The data set registered with ``default`` (``[data]`` without a name)."""
+    registry = get_registry()
+    flagged = [name for name in registry.names("dataset") if registry.get("dataset", name).default]
+    if len(flagged) != 1:
+        raise RecipeError(f"data.name: required (no single default data set is registered; found: "
+                          f"{', '.join(flagged) or 'none'}); allowed: {', '.join(registry.names('dataset'))}")
+    return flagged[0]
 
 
 @dataclass
@@ -176,7 +188,7 @@ class TuningSettings:
 
     seeds: list[int]
     """Tuning seeds; never reused by the final comparison (disjoint from ``[grid] seeds``)."""
-    metric: str = "gold_at_kl"
+    metric: Literal["gold_at_kl", "gold_final"] = "gold_at_kl"
     """``gold_at_kl``: mean over tuning seeds of the best eval gold among checkpoints with eval KL <= kl_budget;
     ``gold_final``: mean over tuning seeds of the last evaluation's gold."""
     kl_budget: float | None = None
@@ -189,8 +201,7 @@ class TuningSettings:
             raise ValueError("seeds must not be empty")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds lists a value twice")
-        if self.metric not in TUNING_METRICS:
-            raise ValueError(f"metric must be one of: {', '.join(TUNING_METRICS)}")
+        check_choices(self)  # metric
         if self.metric == "gold_at_kl" and self.kl_budget is None:
             raise ValueError("kl_budget is required for metric gold_at_kl (e.g. kl_budget = 1.0)")
         if self.kl_budget is not None and self.metric != "gold_at_kl":
@@ -227,7 +238,7 @@ class Cell:
 
     @property
     def id(self) -> str:
-        memory = self.memory.replace("+", "-")
+        memory = strategy_id(self.memory)  # "zero3+lora(r=4)" -> "zero3-lora_r4": file-name safe, stable
         parts = [self.model, self.algorithm, memory]
         if self.settings or self.phase != "grid":
             parts.append(self.settings_text or "default")  # a final/tuning cell never shares a grid cell's id
@@ -366,6 +377,13 @@ class Recipe:
             return Path(self.run.output)
         return Path("reports") / self.name
 
+    def run_context(self, recipe_path) -> "RunContext":
+        """What lifecycle hooks receive about this run (``recipe_path``: the copy in the run directory)."""
+        from rlhfkit.registry import RunContext
+
+        return RunContext(recipe_name=self.name, recipe_path=str(recipe_path), output_dir=str(Path(recipe_path).parent),
+                          trackers=tuple(self.report.trackers))
+
     def stage_fingerprint(self) -> dict:
         """What the SFT and reward-model stages depend on (their cache key)."""
         return {
@@ -392,6 +410,11 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
         tp = eval(tp, vars(typing) | {"Any": Any})  # annotations are strings under "from __future__"
     origin = typing.get_origin(tp)
     if tp is Any:
+        return value
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp) or isinstance(value, bool) != any(isinstance(c, bool) for c in typing.get_args(tp)):
+            parent, _, key = where.rpartition(".")
+            raise RecipeError(f"{parent or where}: {choice_error(key or where, value, typing.get_args(tp))}")
         return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -514,9 +537,9 @@ def _resolve_data_paths(data: dict, base_dir: Path | None) -> dict:
 
 
 def _check_memory(memory: list[str]) -> None:
-    """Each strategy composes (unknown parts get a "did you mean"); the same parts in another order are the
-    same strategy listed twice."""
-    from rlhfkit.memory import build_memory_plan, split_strategy
+    """Each strategy composes with valid settings (unknown parts and settings get a "did you mean"); the same
+    parts with the same settings in another order are the same strategy listed twice."""
+    from rlhfkit.memory import build_memory_plan, strategy_parts
 
     names = get_registry().names("memory_strategy")
     seen: dict[frozenset, int] = {}
@@ -525,9 +548,10 @@ def _check_memory(memory: list[str]) -> None:
         try:
             build_memory_plan(strategy)
         except ValueError as exc:
-            unknown = [p for p in strategy.split("+") if p.strip() and p.strip() not in names]
-            raise RecipeError(f"grid.memory[{i}]: {exc}{hint(unknown[0].strip(), names) if unknown else ''}") from None
-        parts = frozenset(split_strategy(strategy))
+            text = str(exc)
+            unknown = [] if "did you mean" in text else [p for p, _ in _parsed_or_empty(strategy) if p not in names]
+            raise RecipeError(f"grid.memory[{i}]: {text}{hint(unknown[0], names) if unknown else ''}") from None
+        parts = frozenset((s.name, repr(s.params)) for s in strategy_parts(strategy))
         if parts in seen:
             raise RecipeError(
                 f"grid.memory[{i}]: {strategy!r} is the same strategy as grid.memory[{seen[parts]}] "
@@ -536,12 +560,21 @@ def _check_memory(memory: list[str]) -> None:
         seen[parts] = i
 
 
+def _parsed_or_empty(strategy: str) -> list:
+    from rlhfkit.memory import parse_strategy
+
+    try:
+        return parse_strategy(strategy)
+    except ValueError:
+        return []
+
+
 def _parse_data(raw: dict, base_dir: Path | None) -> tuple[str, Any]:
     """``[data]``: the data set's name and its validated options (a relative ``path`` resolved, and present)."""
-    data = raw.get("data", {"name": "synthetic"})
+    data = raw.get("data", {})
     if not isinstance(data, dict):
         raise RecipeError(f"data: expected a table, got {data!r}")
-    data_name = data.get("name", "synthetic")
+    data_name = data.get("name") or default_dataset()
     registry = get_registry()
     _choose(data_name, registry.names("dataset"), "data.name")
     dataset = registry.get("dataset", data_name)
@@ -750,8 +783,6 @@ def _model_hint(text: str) -> str:
 def check_trainable(recipe: Recipe) -> None:
     """What ``run`` and ``validate`` need beyond a well-formed recipe: every model row the grid uses can be
     trained (no architecture-only reference), and every tracker named is installed."""
-    import importlib.util
-
     from rlhfkit.models import parse_model_spec
 
     prefix = f"{recipe.path}: " if recipe.path else ""
@@ -765,9 +796,12 @@ def check_trainable(recipe: Recipe) -> None:
                     "no weights): it can only be planned (rlhfkit plan); to train, use 'family:preset' or a "
                     "checkpoint directory"
                 )
+    registry = get_registry()
     for i, tracker in enumerate(recipe.report.trackers):
-        if importlib.util.find_spec(tracker) is None:
+        spec = registry.get("tracker", tracker)
+        if not spec.available():
+            missing = " ".join(spec.requires)
             raise RecipeError(
-                f"{prefix}report.trackers[{i}]: tracker {tracker!r} is not installed (pip install {tracker}); "
+                f"{prefix}report.trackers[{i}]: tracker {tracker!r} is not installed (pip install {missing}); "
                 "install it or remove it from [report] trackers"
             )

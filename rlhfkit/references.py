@@ -65,6 +65,7 @@ def check_entry(registry, kind: str, name: str) -> None:
 
 def recipe_entries(recipe, registry) -> list[tuple[str, str]]:
     """The ``(kind, name)`` registry entries a recipe's cells and reports will use."""
+    from rlhfkit.memory import split_strategy
     from rlhfkit.models import parse_model_spec
 
     used = [("dataset", recipe.data_name)]
@@ -73,7 +74,7 @@ def recipe_entries(recipe, registry) -> list[tuple[str, str]]:
         for reference in dict.fromkeys((row.policy, row.reward)):
             used.append(("model_adapter", parse_model_spec(reference, row.trust_remote_code).family))
     for strategy in recipe.grid.memory:
-        used += [("memory_strategy", part) for part in strategy.split("+")]
+        used += [("memory_strategy", part) for part in split_strategy(strategy)]
     reporters = recipe.report.reporters or [n for n in registry.names("reporter") if registry.get("reporter", n).default]
     used += [("reporter", name) for name in reporters]
     return list(dict.fromkeys(used))

@@ -27,6 +27,7 @@ KINDS = (
     "loss_aggregation",
     "kl_estimator",
     "metric",
+    "tracker",
 )
 
 
@@ -65,6 +66,8 @@ class AlgorithmSpec:
     critic_from: str = "reward_model"
     """Where the critic starts, when ``needs_value_model``: ``reward_model`` (the trained reward model, its
     score head included) or ``policy`` (the SFT policy's backbone with a new one-output head)."""
+    default_in_grid: bool = False
+    """In the grid of a recipe that does not list ``[grid] algorithms`` (core names no algorithm itself)."""
 
 
 @dataclass
@@ -151,6 +154,8 @@ class DatasetSpec:
     build: Any
     """Callable ``build(options, seed) -> PreferenceTask`` (or a lazy ``"module:attr"`` string)."""
     description: str = ""
+    default: bool = False
+    """The data set of a recipe without ``[data] name`` (exactly one registered data set should say so)."""
 
 
 @dataclass
@@ -165,6 +170,39 @@ class Reporter:
     """Run by default after every run (recipes may restrict the list with ``[report] reporters``)."""
 
 
+@dataclass
+class RunContext:
+    """What lifecycle hooks are told about the run (no plugin needs to read ``sys.argv`` or files for it)."""
+
+    recipe_name: str
+    recipe_path: str
+    """The recipe copy inside the run directory."""
+    output_dir: str
+    trackers: tuple[str, ...] = ()
+    """``[report] trackers``: the tracker names the recipe asks for."""
+
+
+@dataclass
+class TrackerSpec:
+    """An experiment tracker fed from every training step (``[report] trackers = ["tensorboard"]``).
+
+    ``factory(run, cell, cell_dir)`` (object or lazy ``"module:attr"``, imported only when a cell opens it)
+    returns an object with ``log(step, metrics)`` and ``close()``; ``run`` is a :class:`RunContext`.
+    """
+
+    name: str
+    factory: Any
+    description: str = ""
+    requires: tuple[str, ...] = ()
+    """Modules that must be importable (``rlhfkit validate`` refuses the recipe otherwise, naming them)."""
+
+    def available(self) -> bool:
+        """Whether every module of :attr:`requires` can be imported (nothing is imported to find out)."""
+        import importlib.util
+
+        return all(importlib.util.find_spec(module) is not None for module in self.requires)
+
+
 class MemoryStrategy(abc.ABC):
     """One composable part of a memory strategy (``zero3``, ``lora``, ``gc``...).
 
@@ -176,6 +214,12 @@ class MemoryStrategy(abc.ABC):
 
     name: str = ""
     description: str = ""
+    params_class: type | None = None
+    """Dataclass of the settings the part takes in the recipe (``lora(r=8,alpha=16)``), its fields documented
+    by the string literal after each (``rlhfkit config memory.<name>`` shows them); ``None``: no settings."""
+    params: Any = None
+    """The validated settings of this use of the part (an instance of :attr:`params_class`), set on the copy
+    :func:`rlhfkit.memory.strategy_parts` makes for one strategy string; read it in :meth:`apply`."""
 
     @abc.abstractmethod
     def apply(self, plan) -> None:
@@ -422,17 +466,6 @@ class ModelAdapter:
         if not decoder_class.supports(model, cache):
             return None
         return decoder_class(model, cache, query_mask, positions, max_new_tokens)
-
-
-def architecture_numbers(c: dict, qkv_bias: bool = False) -> dict:  # merge shim for planner.py on branch anatomy: use adapter.architecture_numbers; the integrator removes it
-    from rlhfkit.plugins import get_registry
-
-    registry = get_registry()
-    for name in registry.names("model_adapter"):
-        adapter = registry.get("model_adapter", name)
-        if adapter.claims(c):
-            return adapter.architecture_numbers(c)
-    return architecture.architecture_numbers(c, qkv_bias=qkv_bias)
 
 
 @dataclass

@@ -344,7 +344,7 @@ class Runner:
                 "parallel_cells": self.recipe.run.parallel_cells,
             },
         )
-        self.hook.cell_started(cell=cell, cell_dir=directory)
+        self.hook.cell_started(cell=cell, cell_dir=directory, run=self.recipe.run_context(self.output_dir / RECIPE_COPY))
         log = open(directory / "log.txt", "w")
         proc = subprocess.Popen(
             self.cell_command(spec_path), stdout=log, stderr=subprocess.STDOUT,
@@ -371,7 +371,8 @@ class Runner:
                 status, error = "failed", (lines[-1] if lines else f"exit code {rc}")
             result = {"cell": run.cell.as_dict(), "status": status, "error": error}
             write_json_atomic(directory / "result.json", result)
-        self.hook.cell_finished(cell=run.cell, cell_dir=directory, result=result)
+        self.hook.cell_finished(cell=run.cell, cell_dir=directory, result=result,
+                                run=self.recipe.run_context(self.output_dir / RECIPE_COPY))
         return result
 
     def _poll_progress(self, run: Running) -> None:

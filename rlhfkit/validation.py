@@ -13,8 +13,10 @@ takes seeds below 2**32, so every seed must be at most :data:`MAX_SEED`.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
+import typing
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -130,6 +132,10 @@ def hint(name: Any, known: Iterable[str]) -> str:
     if len(longer) > 1:
         return f"; did you mean one of: {', '.join(repr(k) for k in longer)}?"
     close = longer[0] if longer else closest(name, known)
+    if close is None:
+        # a short name spelt out (``rank`` for LoRA's ``r``): difflib scores it too low, the prefix finds it
+        shorter = [k for k in known if k and str(name).startswith(k)]
+        close = max(shorter, key=len) if shorter else None
     return f"; did you mean {close!r}?" if close else ""
 
 
@@ -155,6 +161,38 @@ def check_range(key: str, value: Any, where: str) -> None:
         if not allowed.holds(item):
             at = where if i is None else f"{where}[{i}]"
             raise _error(f"{at}: {item!r} is out of range; allowed: {allowed.text(key)}")
+
+
+def literal_choices(tp) -> tuple | None:
+    """The allowed values of a ``Literal[...]`` annotation (also inside ``X | None``), or None."""
+    if typing.get_origin(tp) is typing.Literal:
+        return typing.get_args(tp)
+    for arg in typing.get_args(tp) if typing.get_origin(tp) is not None else ():
+        if typing.get_origin(arg) is typing.Literal:
+            return typing.get_args(arg)
+    return None
+
+
+def choice_error(key: str, value: Any, choices: tuple) -> str:
+    """``key must be one of: a, b (got 'x'); did you mean 'a'?`` (one line)."""
+    listed = ", ".join(str(c) for c in choices)
+    return f"{key} must be one of: {listed} (got {value!r}){hint(value, [str(c) for c in choices])}"
+
+
+@functools.lru_cache(maxsize=None)
+def _literal_fields(cls: type) -> tuple:
+    hints = typing.get_type_hints(cls)
+    return tuple((name, choices) for name, tp in hints.items() if (choices := literal_choices(tp)) is not None)
+
+
+def check_choices(obj) -> None:
+    """Every ``Literal[...]`` field of a dataclass instance holds one of its choices; ``ValueError`` (one line)
+    otherwise.  Config ``__post_init__``s call it, so a config built in code is checked like one from a recipe
+    (where :func:`rlhfkit.recipe.build_dataclass` checks the choices before the instance exists)."""
+    for name, choices in _literal_fields(type(obj)):
+        value = getattr(obj, name)
+        if value not in choices and not (value is None and None in choices):
+            raise ValueError(choice_error(name, value, choices))
 
 
 def _error(message: str) -> Exception:

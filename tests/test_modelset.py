@@ -95,7 +95,7 @@ def saved_models(tmp_path_factory):
     return SimpleNamespace(sft=root / "sft", reward_model=root / "rm"), arch
 
 
-@pytest.mark.parametrize("memory", ["full", "lora", "lora+gc", "qlora"])
+@pytest.mark.parametrize("memory", ["full", "lora", "lora+gc", "qlora", "lora(r=4,alpha=8,target_modules=q_proj|v_proj)"])
 def test_built_models_match_the_planned_sizes(saved_models, small_recipe, memory):
     import torch
 
@@ -183,3 +183,100 @@ def test_adamw8bit_cell_trains_in_process():
     # The planner's rule: 8-bit states for tensors of 4096 elements and more (none in this 32-wide model), else fp32.
     states = ctx.policy_optimizer.optimizer.state
     assert states and all((s["state1"].dtype == torch.uint8) == (p.numel() >= 4096) for p, s in states.items())
+
+
+# --- strategies with settings: lora(r=4) ------------------------------------------------------------------
+
+
+def test_lora_settings_reach_the_model_set():
+    ms = model_set("zero2+lora(r=4, alpha=8, dropout=0.05, target_modules=q_proj|v_proj)")
+    assert (ms.policy.lora.r, ms.policy.lora.alpha, ms.policy.lora.dropout) == (4, 8, 0.05)
+    assert ms.policy.lora.target_modules == ("q_proj", "v_proj") and ms.critic.lora == ms.policy.lora
+    assert model_set("qlora(r=8)").policy.lora.r == 8
+    assert model_set("lora(target_modules=q_proj)").policy.lora.target_modules == ("q_proj",)
+
+
+@pytest.mark.parametrize("memory, message", [
+    ("lora(rank=8)", "lora: unknown key 'rank'; allowed: alpha, dropout, r, target_modules; did you mean 'r'?"),
+    ("lora(r=0)", "lora: r must be >= 1"),
+    ("lora(r=8.5)", "lora.r: expected an integer, got 8.5"),
+    ("zero3(r=4)+lora", "part 'zero3' takes no settings"),
+    ("lora(r=4", "part 'lora(r=4' is malformed"),
+    ("lora(r)", "setting 'r' of 'lora' is malformed; write key=value"),
+    ("lora(r=4,r=8)", "lora: 'r' is set twice"),
+])
+def test_strategy_settings_are_refused_in_one_line(memory, message):
+    with pytest.raises(ValueError) as info:
+        build_memory_plan(memory)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_strategy_settings_in_a_recipe(small_recipe):
+    from rlhfkit.recipe import RecipeError
+
+    recipe = load_recipe(small_recipe(extra=""))
+    grid = {**recipe.raw["grid"], "memory": ["lora(r=4)", "zero2+lora(alpha=8, r=4)", "lora"]}
+    from rlhfkit.recipe import parse_recipe
+
+    parsed = parse_recipe({**recipe.raw, "grid": grid})
+    ids = sorted({c.id.split("__")[2] for c in parsed.cells()})
+    assert ids == ["lora", "lora_r4", "zero2-lora_alpha8_r4"]
+    with pytest.raises(RecipeError, match=r"grid.memory\[1\]: 'lora\(r=16\)' is the same strategy as grid.memory\[0\]"):
+        parse_recipe({**recipe.raw, "grid": {**grid, "memory": ["lora", "lora(r=16)"]}})
+    with pytest.raises(RecipeError, match=r"grid.memory\[0\]: memory strategy 'lora\(rank=4\)': .*did you mean 'r'\?$"):
+        parse_recipe({**recipe.raw, "grid": {**grid, "memory": ["lora(rank=4)"]}})
+
+
+def test_cell_ids_of_strategies_with_settings_are_stable_and_file_safe():
+    from rlhfkit.memory import strategy_id
+
+    assert strategy_id("zero3+lora") == "zero3-lora"  # no settings: the id it always had
+    assert strategy_id("lora(r=4, alpha=8)") == strategy_id("lora(alpha=8,r=4)") == "lora_alpha8_r4"
+    assert strategy_id("lora(target_modules=q_proj|v_proj)") == "lora_target_modulesq_proj.v_proj"
+    odd = strategy_id("lora(target_modules='a/b c')")
+    assert "/" not in odd and " " not in odd and odd != strategy_id("lora(target_modules='a/b.c')")
+
+
+def test_the_planner_sizes_lora_rank_from_the_settings(small_recipe):
+    """llama:tiny (H=64, I=128, 2 layers, 2 KV heads of 16): LoRA adds r x (in + out) per adapted layer:
+    q 64+64, k 64+32, v 64+32, o 64+64, gate/up 64+128, down 128+64 = 1024 per layer, 2048 per unit of r."""
+    from rlhfkit.planner import plan_cell
+
+    recipe = load_recipe(small_recipe(algorithms=("rloo",)))
+    r16 = plan_cell(recipe, Cell("llama-tiny", "rloo", "lora", 1), "cpu", 1)
+    r4 = plan_cell(recipe, Cell("llama-tiny", "rloo", "lora(r=4)", 1), "cpu", 1)
+    extra = (16 - 4) * 2048
+    assert r16.assumptions["trainable"]["policy"] - r4.assumptions["trainable"]["policy"] == extra
+    states16, states4 = r16.assumptions["model_states"]["policy"], r4.assumptions["model_states"]["policy"]
+    assert states16["weights"] - states4["weights"] == extra * 4  # fp32 adapters
+    assert states16["optimizer"] - states4["optimizer"] == extra * 8  # AdamW moments
+    assert r4.assumptions["model_set"]["policy"].startswith("from sft, LoRA r=4")
+
+
+def test_a_lora_r4_cell_trains_in_process(saved_models, small_recipe):
+    """Two RLOO steps on the tiny saved models built from the model set of ``lora(r=4)``: rank-4 adapters."""
+    import torch
+    from accelerate import Accelerator
+
+    from rlhfkit.cellspec.build import build_context
+    from rlhfkit.engine.context import MetricsLogger
+    from rlhfkit.engine.memory_tracker import PhaseMemory
+    from rlhfkit.registry import resolve
+    from rlhfkit.testing import tiny_task, tiny_tokenizer
+
+    dirs, arch = saved_models
+    recipe = load_recipe(small_recipe(algorithms=("rloo",)))
+    ms = model_set("lora(r=4,alpha=8)", "rloo", arch=arch)
+    models = build_models(ms, recipe, "llama-tiny", dirs, "cpu")
+    ranks = {m.r["default"] for m in models[0].modules() if hasattr(m, "lora_A") and isinstance(m.r, dict)}
+    assert ranks == {4}
+    spec = get_registry().get("algorithm", "rloo")
+    task = tiny_task()
+    config = spec.config_class(steps=2, batch_size=8, response_length=6, eval_every=100, eval_batch_size=4)
+    accelerator = Accelerator(cpu=True, mixed_precision="no")
+    ctx = build_context(config, accelerator, ms, models, tiny_tokenizer(task), task, PhaseMemory(accelerator.device),
+                        MetricsLogger(None, None, None), 1000, algorithm="rloo")
+    resolve(spec.trainer)(ctx)
+    ctx.memory.close()
+    assert len(ctx.logger.history) == 2
+    assert all(torch.isfinite(torch.tensor(h["loss/policy"])) for h in ctx.logger.history)

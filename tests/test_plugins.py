@@ -571,3 +571,20 @@ def test_memory_strategy_checks_its_recipe_before_a_run(monkeypatch):
                            "grid": {"memory": ["lora", "zero2+qlora"]}})
     check_memory_strategies(recipe, registry)
     assert seen == [["lora", "zero2+qlora"]]  # called once, for the part that has the check
+
+
+def test_core_defaults_come_from_the_registry_not_from_names():
+    """The default grid and data set are what the built-in plugins flag; recipe.py names no built-in."""
+    import re
+
+    from rlhfkit.plugins import get_registry
+    from rlhfkit.recipe import GridSettings, default_algorithms, default_dataset, parse_recipe
+
+    registry = get_registry()
+    assert default_algorithms() == [n for n in registry.names("algorithm") if registry.get("algorithm", n).default_in_grid]
+    assert GridSettings().algorithms == default_algorithms() == ["ppo", "rloo"]
+    assert default_dataset() == "synthetic" == parse_recipe({"models": [{"name": "m", "policy": "llama:tiny"}]}).data_name
+    source = (Path(__file__).resolve().parents[1] / "rlhfkit" / "recipe.py").read_text()
+    code = re.sub(r'""".*?"""', "", source, flags=re.DOTALL)
+    for name in ("ppo", "rloo", "synthetic", "tensorboard", "wandb", "trackio"):
+        assert f'"{name}"' not in code, name

@@ -293,44 +293,48 @@ def test_builtin_reporters_are_registered():
 
 # -- trackers -------------------------------------------------------------------------------------------------
 
-def _cell_spec(tmp_path, trackers):
+def _cell_run(tmp_path, trackers):
+    """A cell, its directory and the run context the hooks receive (no spec.json, no sys.argv)."""
     from rlhfkit.recipe import Cell
+    from rlhfkit.registry import RunContext
 
     run = tmp_path / "trk"
     cell = Cell(model="tiny", algorithm="ppo", memory="full", seed=1)
     cell_dir = run / "cells" / cell.id
     cell_dir.mkdir(parents=True)
-    recipe = textwrap.dedent(RECIPE) + f"[report]\ntrackers = {json.dumps(trackers)}\n"
-    (run / "recipe.toml").write_text(recipe)
-    spec = cell_dir / "spec.json"
-    spec.write_text(json.dumps({"recipe": str(run / "recipe.toml"), "cell": cell.as_dict(), "cell_dir": str(cell_dir)}))
-    return cell, cell_dir, spec
+    context = RunContext(recipe_name="trk", recipe_path=str(run / "recipe.toml"), output_dir=str(run),
+                         trackers=tuple(trackers))
+    return cell, cell_dir, context
+
+
+def _log(cell, step, context, cell_dir, kl=1.0):
+    plugins.get_plugin_manager().hook.log_metrics(cell=cell, step=step, metrics={"objective/kl": kl}, run=context,
+                                                  cell_dir=str(cell_dir))
 
 
 def test_tracker_plugin_is_builtin_and_idle_without_trackers(tmp_path, monkeypatch):
     from rlhfkit_plugins.reporters import trackers
 
     assert "rlhfkit_plugins.reporters.trackers" in plugins.builtin_plugin_names()
-    cell, _, spec = _cell_spec(tmp_path, [])
-    monkeypatch.setattr(sys, "argv", ["rlhfkit.cell", str(spec)])
+    assert {"tensorboard", "wandb", "trackio"} <= set(plugins.get_registry().names("tracker"))
+    cell, cell_dir, context = _cell_run(tmp_path, [])
     monkeypatch.setattr(trackers, "_state", {"cell": None, "trackers": []})
     opened = []
     monkeypatch.setattr(trackers, "open_trackers", lambda *a: opened.append(a) or [])
-    plugins.get_plugin_manager().hook.log_metrics(cell=cell, step=0, metrics={"objective/kl": 1.0})
+    _log(cell, 0, context, cell_dir)
     assert opened == []
 
 
 def test_tracker_receives_every_step_through_the_hook(tmp_path, monkeypatch):
+    from rlhfkit.registry import TrackerSpec
+    from rlhfkit.hookspecs import hookimpl
     from rlhfkit_plugins.reporters import trackers
 
-    cell, cell_dir, spec = _cell_spec(tmp_path, ["tensorboard"])
-    monkeypatch.setattr(sys, "argv", ["rlhfkit.cell", str(spec)])
-    monkeypatch.setattr(trackers, "_state", {"cell": None, "trackers": []})
     logged = []
 
     class Recorder:
-        def __init__(self, logdir, cell):
-            self.logdir = logdir
+        def __init__(self, run, cell, cell_dir):
+            self.run = run
 
         def log(self, step, metrics):
             logged.append((step, metrics["objective/kl"]))
@@ -338,27 +342,39 @@ def test_tracker_receives_every_step_through_the_hook(tmp_path, monkeypatch):
         def close(self):
             logged.append("closed")
 
-    monkeypatch.setattr(trackers, "TensorBoardTracker", Recorder)
-    monkeypatch.setattr(trackers, "available", lambda name: True)
-    hook = plugins.get_plugin_manager().hook
-    for step in range(3):
-        hook.log_metrics(cell=cell, step=step, metrics={"objective/kl": float(step)})
-    assert logged == [(0, 0.0), (1, 1.0), (2, 2.0)]
-    assert trackers._state["trackers"][0].logdir == cell_dir.parent.parent / "tensorboard" / cell.id
-    trackers._close_all()
-    assert logged[-1] == "closed"
+    class ThirdParty:  # a tracker a plugin registers: accepted by recipes like a built-in one
+        @staticmethod
+        @hookimpl
+        def register_trackers(register):
+            register(TrackerSpec("recorder", Recorder, "test tracker"))
+
+    plugins.register_plugin(ThirdParty, name="third-party-tracker")
+    try:
+        cell, cell_dir, context = _cell_run(tmp_path, ["recorder"])
+        monkeypatch.setattr(trackers, "_state", {"cell": None, "trackers": []})
+        for step in range(3):
+            _log(cell, step, context, cell_dir, float(step))
+        assert logged == [(0, 0.0), (1, 1.0), (2, 2.0)]
+        assert trackers._state["trackers"][0].run.recipe_name == "trk"
+        trackers._close_all()
+        assert logged[-1] == "closed"
+        from rlhfkit.recipe import parse_recipe
+
+        assert parse_recipe({"models": [{"name": "m", "policy": "llama:tiny"}],
+                             "report": {"trackers": ["recorder"]}}).report.trackers == ["recorder"]
+    finally:
+        plugins.unregister_plugin(name="third-party-tracker")
 
 
 def test_missing_tracker_package_is_skipped_with_a_warning(tmp_path, monkeypatch, capsys):
+    from rlhfkit.registry import TrackerSpec
     from rlhfkit_plugins.reporters import trackers
 
-    cell, _, spec = _cell_spec(tmp_path, ["wandb"])
-    monkeypatch.setattr(sys, "argv", ["rlhfkit.cell", str(spec)])
+    cell, cell_dir, context = _cell_run(tmp_path, ["wandb"])
     monkeypatch.setattr(trackers, "_state", {"cell": None, "trackers": []})
-    monkeypatch.setattr(trackers, "available", lambda name: False)
-    hook = plugins.get_plugin_manager().hook
-    hook.log_metrics(cell=cell, step=0, metrics={"objective/kl": 1.0})
-    hook.log_metrics(cell=cell, step=1, metrics={"objective/kl": 1.0})
+    monkeypatch.setattr(TrackerSpec, "available", lambda self: False)
+    _log(cell, 0, context, cell_dir)
+    _log(cell, 1, context, cell_dir)
     assert capsys.readouterr().err.count("not installed") == 1
 
 
@@ -377,9 +393,8 @@ def test_recipe_accepts_trackers_and_refuses_unknown_ones(tmp_path):
 def test_tensorboard_writes_event_files(tmp_path, monkeypatch):
     from rlhfkit_plugins.reporters import trackers
 
-    cell, cell_dir, spec = _cell_spec(tmp_path, ["tensorboard"])
-    monkeypatch.setattr(sys, "argv", ["rlhfkit.cell", str(spec)])
+    cell, cell_dir, context = _cell_run(tmp_path, ["tensorboard"])
     monkeypatch.setattr(trackers, "_state", {"cell": None, "trackers": []})
-    plugins.get_plugin_manager().hook.log_metrics(cell=cell, step=0, metrics={"objective/kl": 1.0})
+    _log(cell, 0, context, cell_dir)
     trackers._close_all()
     assert list((cell_dir.parent.parent / "tensorboard" / cell.id).glob("events.out.tfevents.*"))

@@ -19,6 +19,7 @@ def register_algorithms(register):
     register(
         AlgorithmSpec(
             name="ppo",
+            default_in_grid=True,  # the grid of a recipe without [grid] algorithms: the classic pair
             config_class=PPOConfig,
             trainer="rlhfkit_plugins.algorithms.ppo:train",
             description="PPO with a critic initialised from the reward model, GAE, clipped losses",
@@ -28,6 +29,7 @@ def register_algorithms(register):
     register(
         AlgorithmSpec(
             name="rloo",
+            default_in_grid=True,  # the grid of a recipe without [grid] algorithms: the classic pair
             config_class=RLOOConfig,
             trainer="rlhfkit_plugins.algorithms.rloo:train",
             description="REINFORCE leave-one-out: k samples per prompt, no critic",

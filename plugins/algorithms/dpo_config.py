@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from rlhfkit.engine.config import RLConfig
 
@@ -17,10 +18,10 @@ class DPOConfig(RLConfig):
     kl_coef: float = 0.1
     """DPO's beta (TRL's default 0.1): the weight of the implicit KL leash to the reference.  Sweeping
     ``kl_coef`` in a grid therefore sweeps beta for DPO as it sweeps the KL penalty for the others."""
-    kl_placement: str = "none"
+    kl_placement: Literal["token_reward", "sequence_reward", "loss", "none"] = "none"
     """Must be ``"none"``: beta already ties the policy to the reference; ``objective/kl`` still monitors
     the k1 KL of online samples, and evaluations measure KL to SFT as for every algorithm."""
-    loss_type: str = "sigmoid"
+    loss_type: Literal["sigmoid", "hinge"] = "sigmoid"
     """``"sigmoid"`` (DPO: -log sigmoid(beta h)) or ``"hinge"`` (SLiC: max(0, 1 - beta h))."""
 
     def __post_init__(self):
@@ -32,8 +33,6 @@ class DPOConfig(RLConfig):
             raise ValueError("adaptive_kl_target is not supported by DPO: kl_coef is DPO's fixed beta")
         if self.kl_coef <= 0:
             raise ValueError(f"kl_coef (DPO's beta) must be > 0 (got {self.kl_coef})")
-        if self.loss_type not in DPO_LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of: {', '.join(DPO_LOSS_TYPES)} (got {self.loss_type!r})")
         if self.batch_size % 2 or (self.batch_size // 2) % self.num_minibatches:
             raise ValueError(f"batch_size ({self.batch_size}) must be 2 x pairs, and the pairs (batch_size / 2) "
                              f"divisible by num_minibatches ({self.num_minibatches})")

@@ -13,6 +13,7 @@ def register_datasets(register):
     register(
         DatasetSpec(
             name="synthetic",
+            default=True,  # a recipe without [data] name: no download, trains on two CPU cores
             options_class=SyntheticOptions,
             build="rlhfkit_plugins.datasets.synthetic:build",
             description="offline word-lexicon task with a known gold reward (over-optimisation visible)",

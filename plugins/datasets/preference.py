@@ -38,9 +38,10 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal
 
 from rlhfkit.data import PreferenceTask
+from rlhfkit.validation import check_choices
 
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
@@ -68,13 +69,13 @@ class PreferenceOptions:
     max_prompt_chars: int = 0
     """Longest prompt kept, in characters; 0 = no limit.  Long prompts keep their *last* turns (the context
     closest to the answer), cut at a turn boundary; see ``long_prompts``."""
-    long_prompts: str = "truncate"
+    long_prompts: Literal["truncate", "drop"] = "truncate"
     """What to do when even the last turn is longer than ``max_prompt_chars``: ``"truncate"`` keeps its last
     ``max_prompt_chars`` characters, ``"drop"`` drops the pair (counted as ``prompt_too_long``)."""
     max_completion_chars: int = 0
     """Longest chosen/rejected answer, in characters (cut at a word boundary); 0 = no limit.  A pair whose
     answers become identical is dropped (counted as ``identical``)."""
-    tokenizer_kind: str = "bpe"
+    tokenizer_kind: Literal["bpe", "word"] = "bpe"
     """Tokenizer trained for tiny-preset models: ``"bpe"`` (byte-level BPE, right for real text) or ``"word"``."""
     tokenizer_vocab_size: int = 2048
     """Vocabulary of that tokenizer (checkpoints bring their own tokenizer)."""
@@ -90,10 +91,7 @@ class PreferenceOptions:
         for name in ("max_rl_prompts", "max_prompt_chars", "max_completion_chars"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = no limit)")
-        if self.long_prompts not in LONG_PROMPT_POLICIES:
-            raise ValueError(f"long_prompts must be one of: {', '.join(LONG_PROMPT_POLICIES)}")
-        if self.tokenizer_kind not in ("bpe", "word"):
-            raise ValueError("tokenizer_kind must be one of: bpe, word")
+        check_choices(self)  # long_prompts, tokenizer_kind
 
 
 # --- files -----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Parts compose with '+' (``"zero3+lora+gc"``); every part's :meth:`check` sees th
 combinations that cannot work, with the reason, before anything runs (``rlhfkit validate`` exits 2).
 """
 
+import dataclasses
 import os
 
 from rlhfkit.hookspecs import hookimpl
@@ -23,13 +24,18 @@ class Full(MemoryStrategy):
             raise ValueError("'full' cannot be combined with other parts; name the parts you want instead")
 
 
+def _lora_settings(params) -> LoraSettings:
+    """The part's validated settings (``lora(r=8)``), or LoRA's defaults."""
+    return dataclasses.replace(params) if params is not None else LoraSettings()
+
+
 class Lora(MemoryStrategy):
     name = "lora"
-    description = "LoRA adapters (peft); reference policy = base with adapters disabled"
+    description = "LoRA adapters (peft); reference policy = base with adapters disabled; settings: lora(r=,alpha=,dropout=,target_modules=)"
+    params_class = LoraSettings
 
     def apply(self, plan):
-        if plan.lora is None:
-            plan.lora = LoraSettings()
+        plan.lora = _lora_settings(self.params)
 
     def check(self, plan):
         if "qlora" in plan.parts:
@@ -38,12 +44,12 @@ class Lora(MemoryStrategy):
 
 class QLora(MemoryStrategy):
     name = "qlora"
-    description = "QLoRA: frozen base in 4-bit NF4 (bitsandbytes, double quantisation) + LoRA adapters"
+    description = "QLoRA: frozen base in 4-bit NF4 (bitsandbytes, double quantisation) + LoRA adapters; settings as lora's"
+    params_class = LoraSettings
 
     def apply(self, plan):
         plan.quantization = "nf4"
-        if plan.lora is None:
-            plan.lora = LoraSettings()
+        plan.lora = _lora_settings(self.params)
 
     def check(self, plan):
         if plan.zero_stage == 3:
@@ -154,6 +160,7 @@ def check_qlora_on_cpu(recipe, avx512_bf16: bool | None = None) -> None:
     bitsandbytes cannot run its model on (see :func:`qlora_cpu_problem`).  The policy is always quantized; the
     critic (loaded from the reward model) too when the algorithm trains one.  A model whose architecture
     cannot be read here (an offline hub id) is left to the run."""
+    from rlhfkit.memory import split_strategy
     from rlhfkit.models import model_architecture
     from rlhfkit.plugins import get_registry
 
@@ -162,7 +169,7 @@ def check_qlora_on_cpu(recipe, avx512_bf16: bool | None = None) -> None:
     registry = get_registry()
     seen = set()
     for cell in recipe.cells():
-        if "qlora" not in [part.strip() for part in cell.memory.split("+")]:
+        if "qlora" not in split_strategy(cell.memory):
             continue
         entry = recipe.models[cell.model]
         refs = [entry.policy]

@@ -1,13 +1,14 @@
-"""Experiment trackers (TensorBoard, Weights & Biases, Trackio) on the lifecycle hooks.
+"""Experiment trackers (TensorBoard, Weights & Biases, Trackio): registered as a kind, fed by the lifecycle hooks.
 
-Loaded in every process as a built-in plugin, it does nothing unless the recipe asks for it::
+Each tracker is a :class:`rlhfkit.registry.TrackerSpec` (``register_trackers``), so a third-party plugin adds
+one the same way and a recipe may name it::
 
     [report]
-    trackers = ["tensorboard"]          # and/or "wandb", "trackio"
+    trackers = ["tensorboard"]          # and/or "wandb", "trackio", or a plugin's tracker
 
-``log_metrics`` runs inside the cell's training process and is only given the cell and the metrics, so the
-plugin finds the cell's ``spec.json`` (the argument of ``python -m rlhfkit.cell SPEC``), reads the recipe
-path and the cell directory from it, and opens the trackers the recipe lists, once per process:
+``log_metrics`` runs inside the cell's training process and receives the run context (recipe name, the
+trackers the recipe lists) and the cell directory, so the trackers are opened from what the hook is told,
+once per process and cell:
 
 * ``tensorboard``: ``torch.utils.tensorboard.SummaryWriter`` writing to ``RUN_DIR/tensorboard/<cell id>``
   (compare cells with ``tensorboard --logdir RUN_DIR/tensorboard``); needs the ``tensorboard`` package.
@@ -15,41 +16,23 @@ path and the cell directory from it, and opens the trackers the recipe lists, on
   whatever mode wandb is configured for (``WANDB_MODE=offline`` works without network).
 * ``trackio``: ``trackio.init(project=<recipe name>, name=<cell id>)``.
 
-A tracker whose package is not installed is skipped with one warning on stderr (the cell still trains).
-Trackers are closed when the cell process exits.  ``cell_finished`` (runner process) logs each finished
-cell's final summary to its TensorBoard directory as ``final/*`` scalars.
+A tracker whose package is not installed is skipped with one warning on stderr (the cell still trains;
+``rlhfkit validate`` refuses it beforehand).  Trackers are closed when the cell process exits.
+``cell_finished`` (runner process) logs each finished cell's final summary to its TensorBoard directory as
+``final/*`` scalars.
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 from rlhfkit.hookspecs import hookimpl
-
-KNOWN = ("tensorboard", "wandb", "trackio")
+from rlhfkit.registry import TrackerSpec, resolve
 
 _state: dict = {"cell": None, "trackers": []}
-
-
-def _spec_path() -> Path | None:
-    for arg in sys.argv[1:]:
-        if arg.endswith(".json"):
-            path = Path(arg)
-            if path.is_file():
-                return path
-    return None
-
-
-def _recipe_trackers(recipe_path) -> tuple[list[str], str]:
-    import tomllib
-
-    raw = tomllib.loads(Path(recipe_path).read_text())
-    trackers = list((raw.get("report") or {}).get("trackers") or [])
-    return trackers, raw.get("name", "rlhfkit")
 
 
 class TensorBoardTracker:
@@ -96,30 +79,51 @@ class TrackioTracker:
         self.trackio.finish()
 
 
-REQUIRES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+def open_tensorboard(run, cell, cell_dir):
+    return TensorBoardTracker(Path(run.output_dir) / "tensorboard" / cell.id, cell)
 
 
-def available(name: str) -> bool:
-    return importlib.util.find_spec(REQUIRES[name]) is not None
+def open_wandb(run, cell, cell_dir):
+    return WandbTracker(run.recipe_name, cell, Path(cell_dir or run.output_dir))
 
 
-def open_trackers(names: list[str], project: str, cell, cell_dir: Path) -> list:
+def open_trackio(run, cell, cell_dir):
+    return TrackioTracker(run.recipe_name, cell)
+
+
+BUILTIN_TRACKERS = (
+    TrackerSpec("tensorboard", "rlhfkit_plugins.reporters.trackers:open_tensorboard",
+                "TensorBoard scalars per cell under RUN_DIR/tensorboard/<cell id>", requires=("tensorboard",)),
+    TrackerSpec("wandb", "rlhfkit_plugins.reporters.trackers:open_wandb",
+                "Weights & Biases run per cell (project = recipe name, group = model/algorithm/memory)", requires=("wandb",)),
+    TrackerSpec("trackio", "rlhfkit_plugins.reporters.trackers:open_trackio",
+                "Trackio run per cell (project = recipe name)", requires=("trackio",)),
+)
+
+
+@hookimpl
+def register_trackers(register):
+    for spec in BUILTIN_TRACKERS:
+        register(spec)
+
+
+def open_trackers(names, run, cell, cell_dir) -> list:
+    """The named trackers opened for one cell; one that is unknown, missing or failing is skipped with a warning."""
+    from rlhfkit.plugins import get_registry
+
+    registry = get_registry()
     trackers = []
     for name in names:
-        if name not in KNOWN:
-            print(f"rlhfkit: unknown tracker {name!r} (known: {', '.join(KNOWN)}); skipped", file=sys.stderr)
+        if name not in registry.entries["tracker"]:
+            print(f"rlhfkit: unknown tracker {name!r} (known: {', '.join(registry.names('tracker'))}); skipped", file=sys.stderr)
             continue
-        if not available(name):
-            print(f"rlhfkit: tracker {name!r} requested but the {REQUIRES[name]} package is not installed; skipped",
+        spec = registry.get("tracker", name)
+        if not spec.available():
+            print(f"rlhfkit: tracker {name!r} requested but {', '.join(spec.requires)} is not installed; skipped",
                   file=sys.stderr)
             continue
         try:
-            if name == "tensorboard":
-                trackers.append(TensorBoardTracker(cell_dir.parent.parent / "tensorboard" / cell.id, cell))
-            elif name == "wandb":
-                trackers.append(WandbTracker(project, cell, cell_dir))
-            elif name == "trackio":
-                trackers.append(TrackioTracker(project, cell))
+            trackers.append(resolve(spec.factory)(run, cell, cell_dir))
         except Exception as exc:  # a tracker must never stop training
             print(f"rlhfkit: tracker {name!r} failed to start: {type(exc).__name__}: {exc}", file=sys.stderr)
     return trackers
@@ -134,28 +138,20 @@ def _close_all() -> None:
     _state["trackers"] = []
 
 
-def _trackers_for(cell) -> list:
+def _trackers_for(cell, run, cell_dir) -> list:
     if _state["cell"] == cell.id:
         return _state["trackers"]
     _close_all()
     _state["cell"] = cell.id
-    spec_path = _spec_path()
-    if spec_path is None:
-        return []
-    try:
-        spec = json.loads(spec_path.read_text())
-        names, project = _recipe_trackers(spec["recipe"])
-    except (OSError, KeyError, ValueError):
-        return []
-    if names:
-        _state["trackers"] = open_trackers(names, project, cell, Path(spec["cell_dir"]))
+    if run is not None and run.trackers:
+        _state["trackers"] = open_trackers(run.trackers, run, cell, cell_dir)
         atexit.register(_close_all)
     return _state["trackers"]
 
 
 @hookimpl
-def log_metrics(cell, step, metrics):
-    for tracker in _trackers_for(cell):
+def log_metrics(cell, step, metrics, run, cell_dir):
+    for tracker in _trackers_for(cell, run, cell_dir):
         try:
             tracker.log(step, metrics)
         except Exception as exc:
@@ -163,18 +159,16 @@ def log_metrics(cell, step, metrics):
 
 
 @hookimpl
-def cell_finished(cell, cell_dir, result):
+def cell_finished(cell, cell_dir, result, run):
     """Runner process: the final summary of an ``ok`` cell as ``final/*`` TensorBoard scalars."""
-    if result.get("status") != "ok":
+    from rlhfkit.plugins import get_registry
+
+    if result.get("status") != "ok" or "tensorboard" not in run.trackers:
+        return
+    if not get_registry().get("tracker", "tensorboard").available():
         return
     try:
-        names, _ = _recipe_trackers(Path(cell_dir).parent.parent / "recipe.toml")
-    except (OSError, ValueError):
-        return
-    if "tensorboard" not in names or not available("tensorboard"):
-        return
-    try:
-        tracker = TensorBoardTracker(Path(cell_dir).parent.parent / "tensorboard" / cell.id, cell)
+        tracker = TensorBoardTracker(Path(run.output_dir) / "tensorboard" / cell.id, cell)
         summary = result.get("summary") or {}
         for key, value in summary.items():
             if isinstance(value, (int, float)) and value is not None:

@@ -39,9 +39,7 @@ def cell_architecture(recipe, model_name: str, which: str = "policy", artifacts_
         return adapter.architecture(written)
     if getattr(spec, "is_reference", False):
         # Published config numbers: computed straight from the dict (no transformers import needed).
-        from rlhfkit.registry import architecture_numbers
-
-        return architecture_numbers(dict(adapter.known_checkpoints[spec.reference]), qkv_bias=adapter.qkv_bias)
+        return adapter.architecture_numbers(dict(adapter.known_checkpoints[spec.reference]))
     if spec.is_preset:
         vocab = task_info(recipe)["vocab_size"]
         return adapter.architecture(adapter.preset_config(spec.preset, vocab_size=vocab))

@@ -436,7 +436,7 @@ def build_cell(spec: dict, config_overrides: dict | None = None, broadcast: bool
     models = build_models(model_set, recipe, cell.model, dirs, accelerator.device)
     metrics = Path(spec["cell_dir"]) / "metrics.jsonl" if spec.get("cell_dir") else None
     hook = get_plugin_manager().hook if broadcast else None
-    logger = MetricsLogger(metrics, cell, hook, accelerator.is_main_process)
+    logger = MetricsLogger(metrics, cell, hook, accelerator.is_main_process, run=recipe.run_context(spec["recipe"]))
     ctx = build_context(config, accelerator, model_set, models, tokenizer, task, memory, logger, seed,
                         algorithm=cell.algorithm)
     return BuiltCell(spec=spec, recipe=recipe, cell=cell, algorithm=algorithm, model_set=model_set,

@@ -41,7 +41,18 @@ class LoraSettings:
     dropout: float = 0.0
     """Dropout on the LoRA branch; 0 keeps rollout log-probs equal to training log-probs."""
     target_modules: tuple[str, ...] | None = None
-    """Module names to adapt; ``None`` takes the model family's default."""
+    """Module names to adapt (in a recipe: ``target_modules=q_proj|v_proj``); ``None`` takes the model family's
+    default."""
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise ValueError("r must be >= 1")
+        if self.alpha <= 0:
+            raise ValueError("alpha must be > 0")
+        if not 0 <= self.dropout < 1:
+            raise ValueError("dropout must be >= 0 and < 1")
+        if self.target_modules is not None and not self.target_modules:
+            raise ValueError("target_modules must name at least one module (leave it out for the family's default)")
 
 
 @dataclass

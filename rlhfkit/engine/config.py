@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
+
+from rlhfkit.validation import check_choices
 
 KL_PLACEMENTS = ("token_reward", "sequence_reward", "loss", "none")
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_sum", "seq_mean_token_mean")
@@ -32,7 +35,7 @@ class RLConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
-    lr_schedule: str = "linear"
+    lr_schedule: Literal["linear", "constant"] = "linear"
     """``"linear"`` decay to zero over the run, or ``"constant"``."""
     response_length: int = 16
     """Maximum generated tokens per completion."""
@@ -47,7 +50,7 @@ class RLConfig:
     ((r-1) - log r, clamped as verl).  Allowed with ``kl_placement``: k1 in a reward placement, k2 or k3 in
     the loss (k3 in the loss is the reverse-KL gradient of GRPO); other pairs only with ``kl_monitor_only``.
     ``"auto"``: k1 in a reward placement (or none), k2 in the loss (resolved when the config is built)."""
-    kl_placement: str = "token_reward"
+    kl_placement: Literal["token_reward", "sequence_reward", "loss", "none"] = "token_reward"
     """Where the KL penalty goes: ``"token_reward"`` (-beta KL_t at every token), ``"sequence_reward"``
     (-beta sum_t KL_t on the completion's reward), ``"loss"`` (+beta KL term in the policy loss, aggregated
     like it) or ``"none"`` (no penalty; the KL is still measured as ``objective/kl``)."""
@@ -60,7 +63,7 @@ class RLConfig:
     """Episodes over which the adaptive controller reacts; 0 = the run's planned episodes / 4
     (ADAPTIVE_KL_HORIZON_FRACTION), so a run can move beta by up to about e^(0.2*4) = 2.2x either way.  The
     old fixed 10,000 episodes could move beta by at most 3% in a 1,280-episode run."""
-    loss_agg: str = "token_mean"
+    loss_agg: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"] = "token_mean"
     """How per-token loss terms become one number: ``"token_mean"``, ``"seq_mean_token_sum"`` or
     ``"seq_mean_token_mean"`` (a sequence-level policy loss is always averaged over completions)."""
     budget: str = "episodes"
@@ -93,6 +96,7 @@ class RLConfig:
     fetching layer by layer: slow, but the peak holds only one module's full parameters at a time."""
 
     def __post_init__(self):
+        check_choices(self)  # lr_schedule, kl_placement, loss_agg (and subclasses' Literal fields)
         positive_ints = ("steps", "batch_size", "num_minibatches", "num_epochs", "response_length", "eval_every", "eval_batch_size", "eval_samples_per_prompt")
         for name in positive_ints:
             if getattr(self, name) < 1:
@@ -107,10 +111,6 @@ class RLConfig:
             raise ValueError("kl_coef must be >= 0")
         self._check_kl()
         self._check_budget()
-        if self.loss_agg not in LOSS_AGGREGATIONS:
-            raise ValueError(f"loss_agg must be one of: {', '.join(LOSS_AGGREGATIONS)} (got {self.loss_agg!r})")
-        if self.lr_schedule not in ("linear", "constant"):
-            raise ValueError("lr_schedule must be one of: linear, constant")
         if self.cliprange <= 0:
             raise ValueError("cliprange must be > 0")
         if self.adaptive_kl_target is not None and self.adaptive_kl_target <= 0:
@@ -122,8 +122,6 @@ class RLConfig:
         """KL estimators are registered parts (``KLEstimatorSpec``): their names, the placements where each
         penalises KL to the reference (issue 11 §7) and the ``"auto"`` choice per placement come from the
         registry, so a plugin's estimator is accepted like a built-in one."""
-        if self.kl_placement not in KL_PLACEMENTS:
-            raise ValueError(f"kl_placement must be one of: {', '.join(KL_PLACEMENTS)} (got {self.kl_placement!r})")
         from rlhfkit.plugins import get_registry  # loaded by whoever reads a recipe; no torch
 
         estimators = {name: entry.obj for name, entry in get_registry().entries["kl_estimator"].items()}

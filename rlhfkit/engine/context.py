@@ -44,8 +44,10 @@ class PromptSampler:
 class MetricsLogger:
     """Appends one JSON line per step to metrics.jsonl and broadcasts ``log_metrics`` to plugins."""
 
-    def __init__(self, path: Path | None, cell, hook, is_main: bool = True):
+    def __init__(self, path: Path | None, cell, hook, is_main: bool = True, run=None):
         self.path = path
+        self.run = run
+        """The :class:`rlhfkit.registry.RunContext` the ``log_metrics`` hook receives."""
         self.cell = cell
         self.hook = hook
         self.is_main = is_main
@@ -61,7 +63,8 @@ class MetricsLogger:
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
         if self.hook is not None:
-            self.hook.log_metrics(cell=self.cell, step=step, metrics=dict(clean))
+            cell_dir = str(self.path.parent) if self.path is not None else None
+            self.hook.log_metrics(cell=self.cell, step=step, metrics=dict(clean), run=self.run, cell_dir=cell_dir)
 
     def close(self) -> None:
         if self._file is not None:

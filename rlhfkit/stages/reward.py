@@ -9,6 +9,10 @@ torch at module import time.
 
 from __future__ import annotations
 
+from typing import Literal
+
+from rlhfkit.validation import check_choices
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +47,7 @@ class RewardStageConfig:
     """Fraction of the optimisation steps spent warming the learning rate up linearly from zero."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    lr_scheduler: str = "cosine"
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     """Learning-rate schedule after warm-up: ``"cosine"``, ``"linear"`` (decay to zero) or ``"constant"``."""
     center_rewards_coefficient: float | None = None
     """If set, adds ``coef * mean((r_chosen + r_rejected)^2)`` to the loss, pulling scores towards zero mean
@@ -64,8 +68,7 @@ class RewardStageConfig:
             raise ValueError("warmup_ratio must be in [0, 1)")
         if self.weight_decay < 0:
             raise ValueError("weight_decay must be >= 0")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise ValueError(f"lr_scheduler must be one of: {', '.join(LR_SCHEDULERS)}")
+        check_choices(self)  # lr_scheduler
         if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
             raise ValueError("center_rewards_coefficient must be >= 0 (or unset)")
 

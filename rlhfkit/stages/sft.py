@@ -7,6 +7,10 @@ torch at module import time (recipes import the config dataclass without touchin
 
 from __future__ import annotations
 
+from typing import Literal
+
+from rlhfkit.validation import check_choices
+
 import contextlib
 import time
 from dataclasses import dataclass
@@ -37,7 +41,7 @@ class SFTStageConfig:
     """Fraction of the optimisation steps spent warming the learning rate up linearly from zero."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    lr_scheduler: str = "cosine"
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     """Learning-rate schedule after warm-up: ``"cosine"``, ``"linear"`` (decay to zero) or ``"constant"``."""
     eval_fraction: float = 0.05
     """Fraction of the demonstrations held out (the last rows) to measure ``sft/eval_loss``; 0 trains on all."""
@@ -55,8 +59,7 @@ class SFTStageConfig:
             raise ValueError("warmup_ratio must be in [0, 1)")
         if self.weight_decay < 0:
             raise ValueError("weight_decay must be >= 0")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise ValueError(f"lr_scheduler must be one of: {', '.join(LR_SCHEDULERS)}")
+        check_choices(self)  # lr_scheduler
         if not 0 <= self.eval_fraction < 1:
             raise ValueError("eval_fraction must be in [0, 1)")
 
