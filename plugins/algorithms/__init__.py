@@ -9,7 +9,9 @@ from rlhfkit_plugins.algorithms.parts import (  # noqa: F401
     register_policy_losses,
 )
 from rlhfkit_plugins.algorithms.dpo_config import DPOConfig, OnlineDPOConfig
-from rlhfkit_plugins.algorithms.new_configs import GRPOConfig, ReinforcePPConfig, ReMaxConfig
+from rlhfkit_plugins.algorithms.grpo_config import GRPOConfig
+from rlhfkit_plugins.algorithms.reinforce_pp_config import ReinforcePPConfig
+from rlhfkit_plugins.algorithms.remax_config import ReMaxConfig
 from rlhfkit_plugins.algorithms.ppo_config import PPOConfig
 from rlhfkit_plugins.algorithms.rloo_config import RLOOConfig
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rlhfkit.engine.config import RLConfig
+from rlhfkit.engine.config import KLPlacement, RLConfig
 
 
 @dataclass
 class RLOOConfig(RLConfig):
     k: int = 4
     """Completions sampled per prompt; each one's baseline is the mean reward of the other k - 1."""
-    kl_placement: str = "sequence_reward"
+    kl_placement: KLPlacement = "sequence_reward"
     """RLOO puts beta * sequence KL on each completion's reward (see ``RLConfig.kl_placement``)."""
     kl_in_reward: bool = True
     """Kept for old recipes: False is ``kl_placement = "none"`` (no KL term at all)."""

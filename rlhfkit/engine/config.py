@@ -19,6 +19,10 @@ ADAPTIVE_KL_HORIZON_FRACTION = 4
 """Default adaptive-KL horizon = planned episodes / this: the controller can act within the run."""
 
 
+KLPlacement = Literal["token_reward", "sequence_reward", "loss", "none"]
+"""Where the KL penalty goes; subclasses that change the default annotate with this alias so the choices stay checked."""
+LossAggregation = Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"]
+
 @dataclass
 class RLConfig:
     steps: int = 60
@@ -50,7 +54,7 @@ class RLConfig:
     ((r-1) - log r, clamped as verl).  Allowed with ``kl_placement``: k1 in a reward placement, k2 or k3 in
     the loss (k3 in the loss is the reverse-KL gradient of GRPO); other pairs only with ``kl_monitor_only``.
     ``"auto"``: k1 in a reward placement (or none), k2 in the loss (resolved when the config is built)."""
-    kl_placement: Literal["token_reward", "sequence_reward", "loss", "none"] = "token_reward"
+    kl_placement: KLPlacement = "token_reward"
     """Where the KL penalty goes: ``"token_reward"`` (-beta KL_t at every token), ``"sequence_reward"``
     (-beta sum_t KL_t on the completion's reward), ``"loss"`` (+beta KL term in the policy loss, aggregated
     like it) or ``"none"`` (no penalty; the KL is still measured as ``objective/kl``)."""
@@ -63,7 +67,7 @@ class RLConfig:
     """Episodes over which the adaptive controller reacts; 0 = the run's planned episodes / 4
     (ADAPTIVE_KL_HORIZON_FRACTION), so a run can move beta by up to about e^(0.2*4) = 2.2x either way.  The
     old fixed 10,000 episodes could move beta by at most 3% in a 1,280-episode run."""
-    loss_agg: Literal["token_mean", "seq_mean_token_sum", "seq_mean_token_mean"] = "token_mean"
+    loss_agg: LossAggregation = "token_mean"
     """How per-token loss terms become one number: ``"token_mean"``, ``"seq_mean_token_sum"`` or
     ``"seq_mean_token_mean"`` (a sequence-level policy loss is always averaged over completions)."""
     budget: str = "episodes"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlhfkit.algorithms import PolicyGradient
-from rlhfkit.engine.config import RLConfig
+from rlhfkit.engine.config import KLPlacement, RLConfig
 
 GROUP_REINFORCE = PolicyGradient(advantage="group_mean", policy_loss="vanilla_pg", samples_per_prompt="k")
 
@@ -21,7 +21,7 @@ GROUP_REINFORCE = PolicyGradient(advantage="group_mean", policy_loss="vanilla_pg
 class GroupReinforceConfig(RLConfig):
     k: int = 4
     """Completions per prompt: the group whose mean reward is the baseline."""
-    kl_placement: str = "sequence_reward"
+    kl_placement: KLPlacement = "sequence_reward"
     """beta * sequence k1 KL on each completion's reward."""
     whiten_advantages: bool = False
     """Off: the baseline already centres the advantages."""
