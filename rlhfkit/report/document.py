@@ -15,7 +15,7 @@ from rlhfkit.report import stats as st
 from rlhfkit.report.curves import eval_curves, gold_peak
 
 UNFINISHED = ("pending",)
-PROBLEM_STATUSES = ("failed", "oom", "diverged", "timeout")
+PROBLEM_STATUSES = ("failed", "oom", "diverged", "timeout", "killed")
 
 
 @dataclass
