@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from rlhfkit.artifacts import artifact_dirs, is_complete
+from rlhfkit.artifacts import artifact_dirs, is_complete, stage_threads
 from rlhfkit.exits import MemoryWatch, classify_exit
 from rlhfkit.fileio import atomic_write_json as write_json_atomic
 from rlhfkit.fileio import atomic_write_text
@@ -269,7 +269,7 @@ class Runner:
                     "recipe": str(self.output_dir / RECIPE_COPY),
                     "model": name,
                     "artifacts_root": str(self.artifacts_root),
-                    "threads": self.recipe.run.threads_per_cell or (os.cpu_count() or 1),
+                    "threads": stage_threads(self.recipe),  # part of the SFT/RM keys (artifacts.py)
                     "result": str(result_path),
                 },
             )
