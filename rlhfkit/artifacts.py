@@ -41,17 +41,35 @@ class StageArtifacts:
         return {k: str(v) for k, v in dataclasses.asdict(self).items()}
 
 
+def stage_threads(recipe: Recipe) -> int:
+    """torch threads of the stage process: ``[run] threads_per_cell``, else every CPU core."""
+    return recipe.run.threads_per_cell or (os.cpu_count() or 1)
+
+
+def _threads_key(recipe: Recipe) -> dict:
+    """The stages' thread count, for the SFT and reward-model keys: their numbers depend on it (torch splits
+    reductions by thread).  Left out at the default (every core of this machine), so keys of existing run
+    directories stay valid; setting ``threads_per_cell`` to another count retrains those stages once.  (The
+    key cannot see a directory moved to a machine with another core count under the default.)"""
+    threads = stage_threads(recipe)
+    return {} if threads == (os.cpu_count() or 1) else {"threads": threads}
+
+
 def artifact_dirs(recipe: Recipe, entry: ModelEntry, root: Path, data_seed: int | None = None) -> StageArtifacts:
     """``data_seed``: the stratum's (a cell's ``data_seed``); None = ``[run] data_seed``, the key of a plain grid."""
     data = {
         "data": recipe.stage_fingerprint()["data"],
         "data_seed": recipe.run.data_seed if data_seed is None else data_seed,
     }
-    # A preset policy gets a tokenizer trained on the data; a checkpoint brings its own.
+    # A preset policy gets a tokenizer trained on the data (no torch arithmetic: no thread count); a
+    # checkpoint brings its own.
     tokenizer_key = fingerprint({**data, "tokenizer_from": entry.policy})
-    sft_key = fingerprint({**data, "tokenizer": tokenizer_key, "policy": entry.policy, "sft": dataclasses.asdict(recipe.sft)})
+    threads = _threads_key(recipe)
+    sft_key = fingerprint({**data, "tokenizer": tokenizer_key, "policy": entry.policy, "sft": dataclasses.asdict(recipe.sft),
+                           **threads})
     rm_key = fingerprint(
-        {**data, "tokenizer": tokenizer_key, "reward": entry.reward, "reward_model": dataclasses.asdict(recipe.reward_model)}
+        {**data, "tokenizer": tokenizer_key, "reward": entry.reward, "reward_model": dataclasses.asdict(recipe.reward_model),
+         **threads}
     )
     return StageArtifacts(
         tokenizer=root / f"tokenizer-{tokenizer_key}",

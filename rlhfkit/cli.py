@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train every cell of a recipe's grid and write the report")
     p.add_argument("recipe", help="path to a TOML recipe")
     p.add_argument("--output", "-o", help="output directory (default: the recipe's [run] output, else reports/NAME)")
-    p.add_argument("--retry-failed", action="store_true", help="rerun cells that ended failed/oom/diverged/timeout")
+    p.add_argument("--retry-failed", action="store_true", help="rerun cells that ended failed/oom/diverged/timeout/killed")
     p.add_argument("--num-processes", type=_positive_int, metavar="N",
                    help="processes per cell (torch.distributed.run; overrides [run] num_processes)")
     p.set_defaults(func=_cmd_run)

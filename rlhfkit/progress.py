@@ -14,7 +14,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-STATUS_STYLE = {"ok": "green", "failed": "red", "oom": "magenta", "diverged": "yellow", "timeout": "yellow"}
+STATUS_STYLE = {"ok": "green", "failed": "red", "oom": "magenta", "diverged": "yellow", "timeout": "yellow", "killed": "red"}
 LOG_WIDTH = 140
 """Console width when stdout is not a terminal (unless ``COLUMNS`` is set)."""
 LOG_EVERY = 4

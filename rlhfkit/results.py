@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rlhfkit.recipe import Cell
 
-TERMINAL_STATUSES = ("ok", "failed", "oom", "diverged", "timeout")
+TERMINAL_STATUSES = ("ok", "failed", "oom", "diverged", "timeout", "killed")
 DAMAGED = "damaged"
 """Status of a cell whose result.json cannot be read back (never written by a cell; see :func:`inspect_result`)."""
 COLUMNS = [

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from rlhfkit.artifacts import artifact_dirs, is_complete
+from rlhfkit.artifacts import artifact_dirs, is_complete, stage_threads
+from rlhfkit.exits import MemoryWatch, classify_exit
 from rlhfkit.fileio import atomic_write_json as write_json_atomic
 from rlhfkit.fileio import atomic_write_text
 from rlhfkit.recipe import TUNING_FILE, Cell, Recipe, fingerprint
@@ -138,6 +139,8 @@ class Running:
     log: object
     steps_done: int = 0
     metrics_offset: int = 0
+    watch: MemoryWatch | None = None
+    """Samples of the cell's memory: evidence for ``oom`` if a signal ends it (rlhfkit/exits.py)."""
 
 
 @dataclass
@@ -263,7 +266,8 @@ class Runner:
             result_path = self.artifacts_root / f"stages-{name}.result.json"
             log_path = self.artifacts_root / f"stages-{name}.log"
             spec = {"recipe": str(self.output_dir / RECIPE_COPY), "model": model, "artifacts_root": str(self.artifacts_root),
-                    "threads": self.recipe.run.threads_per_cell or (os.cpu_count() or 1), "result": str(result_path)}
+                    "threads": stage_threads(self.recipe),  # part of the SFT/RM keys (artifacts.py)
+                    "result": str(result_path)}
             if data_seed is not None:
                 spec["data_seed"] = data_seed
             write_json_atomic(spec_path, spec)
@@ -350,7 +354,7 @@ class Runner:
             self.cell_command(spec_path), stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent, env=self._env(), cwd=os.getcwd(),
         )
-        return Running(cell=cell, proc=proc, started=time.monotonic(), log=log)
+        return Running(cell=cell, proc=proc, started=time.monotonic(), log=log, watch=MemoryWatch(proc.pid))
 
     def _finish(self, run: Running, timed_out: bool = False) -> dict:
         run.log.close()
@@ -363,9 +367,7 @@ class Runner:
         elif result is None:
             rc = run.proc.returncode
             if rc is not None and rc < 0:
-                sig = signal.Signals(-rc).name
-                status = "oom" if -rc == signal.SIGKILL else "failed"
-                error = f"killed by {sig}" + (" (likely the kernel's out-of-memory killer)" if status == "oom" else "")
+                status, error = classify_exit(-rc, run.watch)
             else:
                 lines = (directory / "log.txt").read_bytes()[-2000:].decode(errors="replace").strip().splitlines()
                 status, error = "failed", (lines[-1] if lines else f"exit code {rc}")
@@ -452,6 +454,7 @@ class Runner:
                 time.sleep(0.2)
                 for cell_id, run in list(running.items()):
                     self._poll_progress(run)
+                    run.watch.sample()
                     timed_out = run.proc.poll() is None and time.monotonic() - run.started > self.recipe.run.cell_timeout_s
                     if timed_out:
                         _kill_tree(run.proc)

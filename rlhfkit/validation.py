@@ -109,6 +109,8 @@ FIELD_RANGES: dict[str, Range] = {
     "cell_timeout_s": Range(gt=0, le=MAX_SECONDS),
     "stage_timeout_s": Range(gt=0, le=MAX_SECONDS),
     "kl_budget": Range(gt=0),
+    "diverge_approxkl": Range(ge=0, why="0 = no check"),
+    "diverge_grad_norm": Range(ge=0, why="0 = no check"),
 }
 
 

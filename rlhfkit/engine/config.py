@@ -98,6 +98,18 @@ class RLConfig:
     rollout and generate with DeepSpeed's hooks off: fast, but needs memory for a full copy of the model
     beside the own shard.  False: generate with ZeRO-3's per-module gather/release hooks on, every forward
     fetching layer by layer: slow, but the peak holds only one module's full parameters at a time."""
+    diverge_approxkl: float = 10.0
+    """End the cell as ``diverged`` when a step's mean approximate KL between the updated and the rollout
+    policy (``policy/approxkl``, 0.5 E[log-ratio^2] over each minibatch) exceeds this; 0 = no check.  The
+    largest value of 2,156 healthy step lines on the development machine (default recipe, fairness and
+    algorithm grids, sweeps) was 0.79, of the default recipe's 400 lines 0.199; learning rate 1e3 gives
+    8.7e13 in PPO's first step (2.8e14 in the issue's grid).  Algorithms that take one on-policy update
+    per rollout log about 0 here, so they rely on ``diverge_grad_norm``."""
+    diverge_grad_norm: float = 10_000.0
+    """End the cell as ``diverged`` when a step's mean policy gradient norm before clipping
+    (``policy/grad_norm``) exceeds this; 0 = no check.  The largest of 2,260 healthy step lines was 30.1
+    (DPO and ReMax on the tiny model; the default recipe's largest 7.37); learning rate 1e3 gives 1.1e11
+    by DPO's third step.  A non-finite mean (a skipped fp16 overflow step) is left to the loss check."""
 
     def __post_init__(self):
         check_choices(self)  # lr_schedule, kl_placement, loss_agg (and subclasses' Literal fields)
@@ -121,6 +133,9 @@ class RLConfig:
             raise ValueError("adaptive_kl_target must be > 0")
         if self.top_k < 0:
             raise ValueError("top_k must be >= 0")
+        for name in ("diverge_approxkl", "diverge_grad_norm"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0 (0 = no check)")
 
     def _check_kl(self) -> None:
         """KL estimators are registered parts (``KLEstimatorSpec``): their names, the placements where each

@@ -287,6 +287,19 @@ def _generation_model(ctx):
     return model
 
 
+def _scoring_mode(ctx):
+    """``inference_mode`` for the reference and reward forwards, except under ZeRO-3: there ``no_grad`` (same
+    numbers).  ZeRO-3's fetch hooks replace each module's ``param.data`` as it gathers and releases it (an
+    empty placeholder once released); run under inference mode, these are inference tensors, and the next
+    training forward fails on them ("Inference tensors cannot be saved for backward", zero/linear.py).  Under
+    LoRA the reference forward is the policy's own engine with its adapters off: with 2-process ZeRO-3 + LoRA
+    and ``zero3_gather_for_generation = false`` all 39 parameters of the tiny policy had inference-tensor data
+    after it (issue 14)."""
+    if getattr(getattr(ctx, "plan", None), "zero_stage", 0) == 3:
+        return torch.no_grad()
+    return torch.inference_mode()
+
+
 def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
     """Sample one completion per prompt (repeat prompts for k samples), score it, get reference log-probs.
 
@@ -316,7 +329,7 @@ def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
     logprobs = torch.where(mask.bool(), logprobs, INVALID_LOGPROB)
     input_ids = torch.cat([query.input_ids, responses], dim=1)
     attention_mask = torch.cat([query.attention_mask, mask.long()], dim=1)
-    with ctx.memory.phase(Phase.SCORING.value), torch.inference_mode():
+    with ctx.memory.phase(Phase.SCORING.value), _scoring_mode(ctx):
         with reference_mode(policy, ctx.reference) as ref_model:
             ref_logprobs = response_logprobs(ref_model, input_ids, attention_mask, responses, cfg.temperature)
         ref_logprobs = torch.where(mask.bool(), ref_logprobs, INVALID_LOGPROB)

@@ -8,7 +8,8 @@ bookkeeping that a trainer used to have to remember (and that failed silently wh
 - the KL controller updated with the KL penalty where the algorithm placed it;
 - evaluation when due (every ``eval_every`` steps, or at fixed fractions of the budget with ``num_evals``);
 - the compute ledger (episodes, tokens, optimizer steps, FLOPs, wall/CPU time without evaluation);
-- divergence: a non-finite loss ends the cell as ``diverged``;
+- divergence: a non-finite loss, or an approximate KL or gradient norm beyond its threshold
+  (``diverge_approxkl``, ``diverge_grad_norm``), ends the cell as ``diverged``;
 - the budget (``budget``/``budget_amount``): the run ends when it is spent.
 
 A trainer records what only it knows: :meth:`StepScope.record_rollout` (the episodes and the KL penalty it
@@ -34,6 +35,24 @@ class Phase(str, Enum):
 def metric_name(algorithm: str, name: str) -> str:
     """A statistic's metric key: a namespaced name (``loss/policy``) as given, a bare one under the algorithm."""
     return name if "/" in name else f"{algorithm or 'algorithm'}/{name}"
+
+
+# Metric name (after its namespace: ``policy/approxkl``, or ``<algorithm>/approxkl`` from a plugin) -> the
+# config field bounding it (values and the healthy runs' figures behind them: RLConfig's docstrings).
+DIVERGENCE_THRESHOLDS = {"approxkl": "diverge_approxkl", "grad_norm": "diverge_grad_norm"}
+
+
+def check_thresholds(config, index: int, metrics: dict) -> None:
+    """Raise ``DivergedError`` when a step's metric exceeds its divergence threshold (finite values only: a
+    non-finite loss is the loss check's; a threshold of 0, or a config without the field, checks nothing)."""
+    for key, value in metrics.items():
+        field = DIVERGENCE_THRESHOLDS.get(key.rsplit("/", 1)[-1]) if "/" in key else None
+        limit = getattr(config, field, 0) if field else 0
+        if limit and isinstance(value, (int, float)) and math.isfinite(value) and value > limit:
+            from rlhfkit.engine.context import DivergedError
+
+            raise DivergedError(f"{key} is {value:.4g} at step {index}, above the threshold {field} = {limit:g} "
+                                f"([rl] or [algorithms.<name>]); lower the learning rate or raise {field}")
 
 
 class StepScope:
@@ -87,6 +106,7 @@ class StepScope:
         for key, value in metrics.items():
             if key.startswith("loss/"):
                 ctx.check_finite(self.index, **{key: value})
+        check_thresholds(ctx.config, self.index, metrics)
         if self._kl_penalty is not None:
             ctx.kl_controller.update(self._kl_penalty, self._rollout.responses.size(0))
         for scheduler in ctx.schedulers():

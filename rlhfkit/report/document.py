@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 from rlhfkit.engine.steps import Phase  # torch-free
@@ -15,7 +16,7 @@ from rlhfkit.report import stats as st
 from rlhfkit.report.curves import eval_curves, gold_peak
 
 UNFINISHED = ("pending",)
-PROBLEM_STATUSES = ("failed", "oom", "diverged", "timeout")
+PROBLEM_STATUSES = ("failed", "oom", "diverged", "timeout", "killed")
 
 
 @dataclass
@@ -30,6 +31,9 @@ class Paragraph:
     """Plain text; `code` and **bold** are the only inline marks."""
     kind: str = ""
     """``note``/``warning`` for a highlighted box in HTML."""
+    literal: bool = False
+    """User text (the recipe's description): shown as written, with no inline marks; Markdown punctuation is
+    backslash-escaped in report.md and HTML escaped in report.html, so it can neither format nor inject."""
 
 
 @dataclass
@@ -796,7 +800,7 @@ def build_document(context):
     figures = {p.name: p for p in plots(context)}
     doc = Document(f"rlhfkit report: {recipe.name}")
     if recipe.description:
-        doc.add(Paragraph(recipe.description))
+        doc.add(Paragraph(recipe.description, literal=True))
     doc.add(*header_blocks(context))
 
     doc.add(Heading("Findings"))
@@ -882,6 +886,16 @@ def context_blocks(context) -> list:
 
 # -- Markdown ---------------------------------------------------------------------------------------------------
 
+# Every character with a meaning in CommonMark or as raw HTML; a backslash before ASCII punctuation always
+# stands for the character itself.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~&])")
+
+
+def md_literal(text: str) -> str:
+    """``text`` as Markdown that renders exactly as written (line breaks kept as lines)."""
+    return "\n".join(_MD_SPECIAL.sub(r"\\\1", line.strip()) for line in str(text).splitlines())
+
+
 def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -913,7 +927,8 @@ def render_markdown(doc: Document, output_dir) -> str:
         if isinstance(block, Heading):
             lines += ["#" * block.level + " " + block.text, ""]
         elif isinstance(block, Paragraph):
-            lines += [("> " if block.kind else "") + block.text, ""]
+            text = md_literal(block.text) if block.literal else block.text
+            lines += [("> " if block.kind else "") + text, ""]
         elif isinstance(block, BulletList):
             lines += [f"- {item}" for item in block.items] + [""]
         elif isinstance(block, Table):
@@ -923,5 +938,7 @@ def render_markdown(doc: Document, output_dir) -> str:
             rel = plot.path.relative_to(output_dir).as_posix()
             lines += [f"![{plot.title}]({rel})", "", f"_{plot.caption}_", ""]
         elif isinstance(block, Code):
-            lines += [f"```{block.language}", block.text.rstrip("\n"), "```", ""]
+            # A fence longer than any backtick run inside (the recipe's text may hold one): it cannot be closed early.
+            fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", block.text)), default=0))
+            lines += [f"{fence}{block.language}", block.text.rstrip("\n"), fence, ""]
     return "\n".join(lines)

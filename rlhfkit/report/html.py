@@ -82,7 +82,8 @@ def render_html(doc: Document) -> str:
             body.append(f"<h{block.level}>{inline(block.text)}</h{block.level}>")
         elif isinstance(block, Paragraph):
             cls = f' class="{block.kind}"' if block.kind else ""
-            body.append(f"<p{cls}>{inline(block.text)}</p>")
+            text = html.escape(block.text, quote=False) if block.literal else inline(block.text)
+            body.append(f"<p{cls}>{text}</p>")
         elif isinstance(block, BulletList):
             body.append("<ul>" + "".join(f"<li>{inline(item)}</li>" for item in block.items) + "</ul>")
         elif isinstance(block, Table):
