@@ -101,7 +101,12 @@ CPU_DEEPSPEED_BYTES = 1 * MiB
 ZERO3_HOST_BYTES_PER_TENSOR = 33 * 1024
 
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 absmax blocks
-TRAIN_LOGIT_COPIES = 4  # logits, /temperature, log-softmax, softmax for entropy (and their gradient)
+# Peak bytes per training logit (rows x (response + 1) x vocab) of a PPO update: forward (logits, /temperature,
+# the entropy statistic's softmax, computed without autograd) and backward (the log-softmax's and the
+# gather's gradients).  Measured 15.75 B with torch's allocator events, 19.66 B before the entropy stopped
+# keeping its softmax for backward: `python benchmarks/bench_logit_bytes.py` (rows 4, 64 response tokens,
+# vocab 85 vs 8192; tests/test_logit_bytes.py keeps it at or under this figure).
+TRAIN_LOGIT_BYTES = 16
 SCORE_LOGIT_COPIES = 2  # logits, /temperature (+ the chunked log-softmax)
 GEN_LOGIT_COPIES = 4  # one step: logits, log-softmax, uniform draws, gumbel-perturbed logits
 
@@ -445,7 +450,7 @@ def _training(c: _Cell, states: dict, buckets: float) -> dict:
     largest temporary), which runs after backward has freed the activations and buckets."""
     tokens_mb = c.rows_mb * c.tokens
     train_act = sum(_activations(c, m, tokens_mb) for m in c.trained if m.role.role in ("policy", "critic"))
-    train_logits = c.rows_mb * (c.cfg.response_length + 1) * c.arch_p["vocab_size"] * 4 * TRAIN_LOGIT_COPIES
+    train_logits = c.rows_mb * (c.cfg.response_length + 1) * c.arch_p["vocab_size"] * TRAIN_LOGIT_BYTES
     # torch AdamW foreach: sqrt of the second moments, a copy of the trainable (ZeRO: partitioned) fp32 state.
     step_temporary = 0.0
     for m in c.trained:

@@ -44,7 +44,8 @@ def test_full_ppo_on_cpu_matches_hand_computation(recipe):
     assert parts["logits"] == rows * V * 4 * 4
     assert plan.phases["generation"] == sum(parts.values())
     train = plan.parts["training"]
-    assert train["logits"] == 4 * (8 // 2) * (8 + 1) * V * 4  # 4 copies of a minibatch's response logits
+    # 16 B per logit (measured 15.75: benchmarks/bench_logit_bytes.py) x 4 rows x 9 positions x 256 = 147456
+    assert train["logits"] == 16 * (8 // 2) * (8 + 1) * V == 147456
     assert train["gradients"] == 4 * max(P, R)
     per_token_layer = 4 * H + 3 * 64 + 3 * NKV * HD + 4 * I
     tokens = (8 // 2) * t
