@@ -119,6 +119,13 @@ def _print_damaged(console, context) -> None:
             console.print(f"damaged: {cell.id}: {reason}", markup=False, highlight=False, soft_wrap=True)
 
 
+def _fraction(text: str) -> float:
+    value = _positive_number(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def _positive_number(text: str) -> float:
     import math
 
@@ -243,7 +250,8 @@ def _cmd_plan(args) -> int:
 
     recipe = _load(args.recipe, trainable=False)  # architecture-only references can be planned, for any hardware
     try:
-        plans = plan_recipe(recipe, gpu=args.gpu, num_gpus=args.num_gpus, gpu_memory_gib=args.gpu_memory_gib)
+        plans = plan_recipe(recipe, gpu=args.gpu, num_gpus=args.num_gpus, gpu_memory_gib=args.gpu_memory_gib,
+                            typical_length_fraction=args.typical_length)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
@@ -255,14 +263,17 @@ def _cmd_plan(args) -> int:
     first = plans[0]
     where = f"{first.num_devices} x {first.hardware} ({format_bytes(first.capacity_bytes)} each)"
     table = Table(title=f"rlhfkit plan {args.recipe}: per-device peak on {where}")
-    for column in ("cell", "generation", "scoring", "training", "peak", "fits"):
+    typical = f"typical ({first.typical_length_fraction:g} x length)"
+    for column in ("cell", "generation", "scoring", "training", "peak", typical, "fits"):
         table.add_column(column, justify="left" if column == "cell" else "right")
     for plan in plans:
         cells = [format_bytes(plan.phases[p]) for p in ("generation", "scoring", "training")]
         verdict = "yes" if plan.fits else f"[red]OOM[/] (+{(plan.peak_bytes - plan.capacity_bytes) / GiB:.1f} GiB)"
-        table.add_row(plan.cell, *cells, format_bytes(plan.peak_bytes), verdict)
+        table.add_row(plan.cell, *cells, format_bytes(plan.peak_bytes), format_bytes(plan.typical_peak_bytes), verdict)
     console = make_console()
     console.print(table)
+    console.print(f"peaks: the worst case, every answer reaches response_length (it decides 'fits'); typical: "
+                  f"answers of {first.typical_length_fraction:g} x response_length (--typical-length)")
     missing = [plan.cell for plan in plans if not plan.fits]
     if missing:
         console.print(f"will not fit: {', '.join(missing)}")
@@ -320,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="devices (default: [run] num_gpus, else [run] num_processes)")
     p.add_argument("--gpu-memory-gib", type=_positive_number, metavar="GIB",
                    help="a custom device capacity in GiB (with --gpu: instead of that GPU's memory)")
+    p.add_argument("--typical-length", type=_fraction, metavar="F",
+                   help="size a typical step beside the worst case: answers of F x response_length, 0 < F <= 1 "
+                   "(default: [run] plan_typical_length_fraction, 0.5)")
     p.add_argument("--json", action="store_true", help="one JSON object per cell and phase")
     p.set_defaults(func=_cmd_plan)
 

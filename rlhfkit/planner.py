@@ -21,13 +21,16 @@ plan (``zero3+lora+gc``), the algorithm's batch settings and the hardware.  The 
   wraps them in inference-only ZeRO-3 engines (sharded like the trained ones, gathered layer by layer);
 - framework overhead: a constant per process (see docs/memory.md for how the CPU value was calibrated).
 
-The peak of a cell is the max over its phases; it fits when peak <= the device's memory.
+The peak of a cell is the max over its phases; it fits when peak <= the device's memory.  That peak is the
+worst case: every answer reaches ``response_length``.  Beside it, the typical-length peak sizes the same cell with
+answers of ``[run] plan_typical_length_fraction`` x ``response_length`` (``rlhfkit plan --typical-length``); a
+batch is padded to its longest answer, so it is the typical step when a batch's answers stop at similar lengths.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from rlhfkit.architecture import lora_parameters  # noqa: F401  (re-exported: exact for every family's layers)
@@ -126,10 +129,18 @@ class CellPlan:
     """The device while the models are built, where it differs from the phases (ZeRO-3: models load whole
     before they are partitioned); 0 elsewhere."""
     assumptions: dict = field(default_factory=dict)
+    typical_phases: dict[str, int] = field(default_factory=dict)
+    """The phases with answers of ``typical_length_fraction`` x ``response_length`` (``phases``: the worst case,
+    every answer at ``response_length``)."""
+    typical_length_fraction: float = 1.0
 
     @property
     def peak_bytes(self) -> int:
         return max(*self.phases.values(), self.load_bytes)
+
+    @property
+    def typical_peak_bytes(self) -> int:
+        return max(*(self.typical_phases or self.phases).values(), self.load_bytes)
 
     @property
     def peak_phase(self) -> str:
@@ -142,7 +153,8 @@ class CellPlan:
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        out.update(peak_bytes=self.peak_bytes, peak_phase=self.peak_phase, fits=self.fits)
+        out.update(peak_bytes=self.peak_bytes, peak_phase=self.peak_phase, fits=self.fits,
+                   typical_peak_bytes=self.typical_peak_bytes)
         return out
 
     def rows(self) -> list[dict]:
@@ -153,7 +165,10 @@ class CellPlan:
                 "phase": phase,
                 "peak_bytes": value,
                 "fits": value <= self.capacity_bytes,
+                "typical_peak_bytes": self.typical_phases.get(phase, value),
+                "typical_length_fraction": self.typical_length_fraction,
                 "cell_peak_bytes": self.peak_bytes,
+                "cell_typical_peak_bytes": self.typical_peak_bytes,
                 "cell_fits": self.fits,
                 "hardware": self.hardware,
                 "num_devices": self.num_devices,
@@ -293,6 +308,8 @@ class _Cell:
     info: dict
     arch_p: dict
     arch_r: dict
+    length_fraction: float = 1.0
+    """Answers' length as a fraction of ``response_length`` (1: the worst case)."""
 
     @property
     def zero(self) -> int:
@@ -319,8 +336,12 @@ class _Cell:
         return self.cfg.batch_size // max(1, getattr(self.cfg, "num_minibatches", 1))
 
     @property
+    def response_tokens(self) -> int:
+        return max(1, round(self.cfg.response_length * self.length_fraction))
+
+    @property
     def tokens(self) -> int:
-        return self.info["prompt_tokens"] + self.cfg.response_length
+        return self.info["prompt_tokens"] + self.response_tokens
 
 
 def _on_device(c: _Cell, m: _Model) -> float:
@@ -424,7 +445,7 @@ def _generation(c: _Cell) -> dict:
 
 def _scoring(c: _Cell) -> dict:
     """The biggest of the reference log-probs, reward-model and critic forwards (no graphs kept)."""
-    t_r = c.cfg.response_length
+    t_r = c.response_tokens
     ref_logits = c.rows_gen * (t_r + 1) * c.arch_p["vocab_size"] * 4 * SCORE_LOGIT_COPIES
     transient_p = c.rows_gen * c.tokens * layer_activation_elements(c.arch_p) * c.act_b
     transient_r = c.rows_gen * c.tokens * (layer_activation_elements(c.arch_r) + 2 * c.arch_r["hidden_size"]) * c.act_b
@@ -450,7 +471,7 @@ def _training(c: _Cell, states: dict, buckets: float) -> dict:
     largest temporary), which runs after backward has freed the activations and buckets."""
     tokens_mb = c.rows_mb * c.tokens
     train_act = sum(_activations(c, m, tokens_mb) for m in c.trained if m.role.role in ("policy", "critic"))
-    train_logits = c.rows_mb * (c.cfg.response_length + 1) * c.arch_p["vocab_size"] * TRAIN_LOGIT_BYTES
+    train_logits = c.rows_mb * (c.response_tokens + 1) * c.arch_p["vocab_size"] * TRAIN_LOGIT_BYTES
     # torch AdamW foreach: sqrt of the second moments, a copy of the trainable (ZeRO: partitioned) fp32 state.
     step_temporary = 0.0
     for m in c.trained:
@@ -489,18 +510,9 @@ def _cell_models(recipe, cell, ms, artifacts_root) -> tuple[list, dict, dict]:
     return models, arch["policy"], arch["reward"]
 
 
-def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = None, artifacts_root=None,
-              capacity_bytes: int | None = None) -> CellPlan:
-    """Predict the per-device peak of one cell in each phase, from the cell's model set (``capacity_bytes``: a
-    custom device memory, ``--gpu-memory-gib``)."""
-    from rlhfkit.plugins import get_registry
-
-    gpu = hardware != "cpu" and not hardware.startswith("cpu")
-    ms = cell_model_set(recipe, cell, gpu, artifacts_root)
-    models, arch_p, arch_r = _cell_models(recipe, cell, ms, artifacts_root)
-    c = _Cell(ms=ms, models=models, n=num_devices or recipe.run.num_processes, gpu=gpu, cfg=recipe.config_for(cell),
-              algo=get_registry().get("algorithm", cell.algorithm), info=task_info(recipe, artifacts_root),
-              arch_p=arch_p, arch_r=arch_r)
+def _phase_parts(c: _Cell) -> tuple[dict, dict, float]:
+    """Every phase's parts (bytes, per device), the model states they were built from, and the static bytes
+    (weights, states, static buffers, framework: in every phase)."""
     states = _model_states(c)
     buffers = _zero_buffers(c)
     detail = {"weights": states["weights"], "optimizer": states["optimizer"], "zero3_gradients": states["zero3_gradients"],
@@ -509,13 +521,43 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
                     Phase.TRAINING.value: _training(c, states, buffers["backward"])}
     parts = {phase: {**{k: int(v) for k, v in detail.items()}, **{k: int(v) for k, v in p.items()}}
              for phase, p in phases_parts.items()}
+    return parts, states, sum(detail.values())
+
+
+def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = None, artifacts_root=None,
+              capacity_bytes: int | None = None, typical_length_fraction: float | None = None) -> CellPlan:
+    """Predict the per-device peak of one cell in each phase, from the cell's model set (``capacity_bytes``: a
+    custom device memory, ``--gpu-memory-gib``): the worst case (every answer at ``response_length``) and,
+    beside it, answers of ``typical_length_fraction`` x ``response_length`` (default ``[run]
+    plan_typical_length_fraction``)."""
+    from rlhfkit.plugins import get_registry
+
+    gpu = hardware != "cpu" and not hardware.startswith("cpu")
+    ms = cell_model_set(recipe, cell, gpu, artifacts_root)
+    models, arch_p, arch_r = _cell_models(recipe, cell, ms, artifacts_root)
+    c = _Cell(ms=ms, models=models, n=num_devices or recipe.run.num_processes, gpu=gpu, cfg=recipe.config_for(cell),
+              algo=get_registry().get("algorithm", cell.algorithm), info=task_info(recipe, artifacts_root),
+              arch_p=arch_p, arch_r=arch_r)
+    parts, states, static = _phase_parts(c)
+    fraction = recipe.run.plan_typical_length_fraction if typical_length_fraction is None else typical_length_fraction
+    typical = replace(c, length_fraction=fraction)
+    typical_parts, _, _ = _phase_parts(typical)
     return CellPlan(
         cell=cell.id, model=cell.model, algorithm=cell.algorithm, memory=cell.memory, hardware=hardware,
         num_devices=c.n, capacity_bytes=int(capacity_bytes or _capacity(hardware)),
         phases={phase: int(sum(p.values())) for phase, p in parts.items()}, parts=parts,
-        load_bytes=int(_load(c, sum(detail.values()))),
-        assumptions={**_assumptions(c), "model_states": {k: {p: int(v) for p, v in r.items()} for k, r in states["per_role"].items()}},
+        load_bytes=int(_load(c, static)),
+        assumptions={**_assumptions(c), "typical_length": _typical_text(typical),
+                     "model_states": {k: {p: int(v) for p, v in r.items()} for k, r in states["per_role"].items()}},
+        typical_phases={phase: int(sum(p.values())) for phase, p in typical_parts.items()},
+        typical_length_fraction=fraction,
     )
+
+
+def _typical_text(typical: _Cell) -> str:
+    return (f"typical: answers of {typical.length_fraction:g} x response_length ({typical.response_tokens} of "
+            f"{typical.cfg.response_length} tokens; a batch is padded to its longest answer); peak_bytes: worst case, "
+            "every answer at response_length")
 
 
 def _assumptions(c: _Cell) -> dict:
@@ -553,10 +595,10 @@ def _role_summary(role) -> str:
 
 
 def plan_recipe(recipe, gpu: str | None = None, num_gpus: int | None = None, artifacts_root=None,
-                gpu_memory_gib: float | None = None) -> list[CellPlan]:
+                gpu_memory_gib: float | None = None, typical_length_fraction: float | None = None) -> list[CellPlan]:
     """Plans of every cell.  Hardware from the arguments (the CLI), else the recipe's ``[run]`` keys ``gpu``,
     ``num_gpus`` and ``gpu_memory_gib``, else this machine's CPU memory; never from the description text.
-    Devices default to ``[run] num_processes``."""
+    Devices default to ``[run] num_processes``; the typical length to ``[run] plan_typical_length_fraction``."""
     gpu = gpu or recipe.run.gpu or None
     num_gpus = num_gpus or recipe.run.num_gpus or recipe.run.num_processes
     memory_gib = gpu_memory_gib or recipe.run.gpu_memory_gib or None
@@ -565,7 +607,8 @@ def plan_recipe(recipe, gpu: str | None = None, num_gpus: int | None = None, art
         capacity = int(memory_gib * GiB)
         if not gpu:
             hardware = f"{memory_gib:g}GiB-device"
-    return [plan_cell(recipe, cell, hardware, num_gpus, artifacts_root, capacity) for cell in recipe.cells()]
+    return [plan_cell(recipe, cell, hardware, num_gpus, artifacts_root, capacity, typical_length_fraction)
+            for cell in recipe.cells()]
 
 
 def format_bytes(value: float) -> str:

@@ -122,6 +122,10 @@ class RunSettings:
     """Devices ``rlhfkit plan`` plans for when ``--num-gpus`` is not given; 0 = ``num_processes``."""
     gpu_memory_gib: float = 0.0
     """A custom device capacity for ``rlhfkit plan`` (GiB), instead of a named GPU's; 0 = none."""
+    plan_typical_length_fraction: float = 0.5
+    """The typical answer length ``rlhfkit plan`` sizes beside the worst case, as a fraction of
+    ``response_length`` (``--typical-length`` overrides it).  The worst case (every answer reaches
+    ``response_length``) decides whether a cell fits; the typical peak is what a step with shorter answers holds."""
     cpu_memory: Literal["resident", "live"] = "resident"
     """How CPU cells measure memory.  ``resident``: the resident set with the allocator as it is (fast; glibc
     keeps freed blocks resident, so peaks are upper bounds that depend on allocation history).  ``live``: glibc
@@ -138,6 +142,8 @@ class RunSettings:
         check_choices(self)  # device, precision, cpu_memory
         if self.num_processes < 1:
             raise ValueError("num_processes must be >= 1")
+        if not 0 < self.plan_typical_length_fraction <= 1:
+            raise ValueError("plan_typical_length_fraction must be in (0, 1]")
         if self.gpu:
             from rlhfkit.planner import gpu_capacity
 

@@ -36,6 +36,7 @@ COLUMNS = [
     "scoring_peak_bytes",
     "training_peak_bytes",
     "planned_memory_bytes",
+    "planned_typical_memory_bytes",
     "episodes",
     "episodes_per_s",
     "tokens_per_s",

@@ -55,6 +55,27 @@ def test_full_ppo_on_cpu_matches_hand_computation(recipe):
     assert plan.peak_bytes == max(plan.phases.values())
 
 
+def test_typical_length_sizes_the_same_cell_with_shorter_answers(recipe):
+    """[run] plan_typical_length_fraction = 0.5 (the default): answers of 0.5 x 8 = 4 tokens instead of 8."""
+    plan = plan_cell(recipe, cell("full"), "cpu", 1)
+    assert plan.typical_length_fraction == 0.5
+    t = plan.assumptions["prompt_tokens"] + 4                 # prompt + 4 response tokens
+    per_token_layer = 4 * H + 3 * 64 + 3 * NKV * HD + 4 * I
+    worst, given = plan.parts["training"], plan_cell(recipe, cell("full"), "cpu", 1, typical_length_fraction=0.5)
+    assert given.typical_phases == plan.typical_phases and given.phases == plan.phases  # the default is 0.5
+    # training: 16 B x 4 rows x (4 + 1) positions x 256 = 81920 logits bytes; activations of 4 rows x t tokens
+    training = plan.typical_phases["training"]
+    delta_logits = worst["logits"] - 16 * 4 * (4 + 1) * V
+    delta_act = worst["activations"] - 2 * L * per_token_layer * (4 * t) * 4
+    assert training == plan.phases["training"] - delta_logits - delta_act
+    # generation: the KV cache of 16 rows x t tokens
+    assert plan.typical_phases["generation"] == plan.phases["generation"] - 2 * L * NKV * HD * 16 * 4 * 4
+    assert plan.typical_peak_bytes < plan.peak_bytes
+    assert "0.5 x response_length (4 of 8 tokens" in plan.assumptions["typical_length"]
+    whole = plan_cell(recipe, cell("full"), "cpu", 1, typical_length_fraction=1.0)
+    assert whole.typical_phases == whole.phases                 # fraction 1: the worst case itself
+
+
 def test_adamw_step_temporary_counts_where_it_exceeds_the_freed_activations(small_recipe):
     """One row per minibatch, one response token: activations are tiny; the step's sqrt(v) copy of the critic decides."""
     path = small_recipe(algorithms=("ppo",))
@@ -158,8 +179,13 @@ def test_plan_cli_json_and_table():
     assert {"cell", "phase", "peak_bytes", "fits"} <= set(rows[0])
     assert {r["phase"] for r in rows} == {"generation", "scoring", "training"}
     assert [r["cell_fits"] for r in rows if r["phase"] == "training"] == [True, True, True]
+    assert all(r["typical_length_fraction"] == 0.5 and r["typical_peak_bytes"] < r["peak_bytes"] for r in rows)
+    out = run_cli("plan", seed, "--json", "--typical-length", "1")
+    assert all(r["typical_peak_bytes"] == r["peak_bytes"] for r in json.loads(out.stdout))
+    assert run_cli("plan", seed, "--typical-length", "1.5").returncode == 2
     out = run_cli("plan", seed, "--gpu", "H100-80GB", "--num-gpus", "2")
     assert out.returncode == 0 and "every cell fits" in out.stdout, out.stdout
+    assert "typical (0.5 x length)" in out.stdout and "the worst case" in out.stdout
     out = run_cli("plan", seed)
     assert "every cell fits" in out.stdout  # the published ZeRO-2 + LoRA OOM is not predicted (docs/memory.md)
     out = run_cli("plan", seed, "--gpu", "V100")

@@ -45,6 +45,9 @@ class CellSummary:
     run_conditions: str = ""
     """``device/threads=/parallel=/procs=``: the conditions speed numbers depend on."""
     planned_memory_bytes: int | None = None
+    """The planner's worst case: every answer reaches ``response_length``."""
+    planned_typical_memory_bytes: int | None = None
+    """The planner's peak with answers of ``[run] plan_typical_length_fraction`` x ``response_length``."""
     planned_generation_bytes: int | None = None
     planned_scoring_bytes: int | None = None
     planned_training_bytes: int | None = None
@@ -70,6 +73,7 @@ class CellSummary:
         )
         if planned and "error" not in planned:
             summary.planned_memory_bytes = planned["peak_bytes"]
+            summary.planned_typical_memory_bytes = planned.get("typical_peak_bytes")
             for phase in Phase:
                 setattr(summary, f"planned_{phase.value}_bytes", planned["phases"][phase.value])
         if rank_peaks is not None:

@@ -317,7 +317,8 @@ def memory_saving_table(savings) -> Table:
         )
     return Table(header, rows, "Same model, memory strategy and settings; a positive value is memory the second "
                  "algorithm saves. Measured: per-phase peaks (CPU: resident set above the cell's baseline, which also "
-                 "holds allocator and library overhead; CUDA: allocator peak); planned: `rlhfkit plan`'s prediction.")
+                 "holds allocator and library overhead; CUDA: allocator peak); planned: `rlhfkit plan`'s prediction "
+                 "for the worst case (every answer reaches response_length).")
 
 
 def memory_saving_sentence(s) -> str:

@@ -189,17 +189,20 @@ def memory(context, directory: Path) -> Plot | None:
         return None
     planned = [v for v in frame["planned_memory_bytes"]]
     has_planned = any(_finite(v) for v in planned)
+    has_typical = "planned_typical_memory_bytes" in frame and any(_finite(v) for v in frame["planned_typical_memory_bytes"])
     series = phases + ([("planned_memory_bytes", "planned")] if has_planned else [])
+    series += [("planned_typical_memory_bytes", "planned, typical length")] if has_typical else []
     plt = _plt()
     n = len(frame)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * n + 2), 4.5))
     width = 0.8 / len(series)
     x = np.arange(n)
-    colors = {"generation": "#1f77b4", "scoring": "#ff7f0e", "training": "#2ca02c", "planned": "#7f7f7f"}
+    colors = {"generation": "#1f77b4", "scoring": "#ff7f0e", "training": "#2ca02c", "planned": "#7f7f7f",
+              "planned, typical length": "#c7c7c7"}
     for i, (col, label) in enumerate(series):
         values = [float(v) / 2**20 if _finite(v) else 0.0 for v in frame[col]]
         ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label, color=colors[label],
-               hatch="//" if label == "planned" else None, alpha=0.6 if label == "planned" else 1.0)
+               hatch="//" if label.startswith("planned") else None, alpha=0.6 if label.startswith("planned") else 1.0)
     ax.set_xticks(x, [_short(c) + ("" if s == "ok" else f"\n({s})") for c, s in zip(frame["cell"], frame["status"])],
                   rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("peak memory (MiB)")
@@ -212,7 +215,11 @@ def memory(context, directory: Path) -> Plot | None:
         "memory",
         "Memory per cell and phase",
         f"Peak memory measured in each phase of a step (generation, scoring, training; {device}), one group of bars per "
-        "cell" + ("; hatched bars: the memory planner's estimate." if has_planned else "; unfinished cells have no bars."),
+        "cell" + ("; hatched bars: the memory planner's estimate." if has_planned else "; unfinished cells have no bars.")
+        + (" The planned peak is the worst case (every answer reaches response_length, what decides whether a cell "
+           "fits); steps whose answers stop early measure below it"
+           + (", so the plan at a typical length (light hatched bars) is shown beside it." if has_typical else ".")
+           if has_planned else ""),
         path,
     )
 
