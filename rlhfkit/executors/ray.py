@@ -91,7 +91,7 @@ class RayCell:
         where = _where(self.log_path)
         tries = f" after {self.retries + 1} attempts" if self.retries else " ([run.ray] max_retries = 0)"
         first = (str(detail).strip().splitlines() or [""])[0]
-        return record_lost(self.log_path, f"the Ray worker running this process {what}{where}{tries}: {type(detail).__name__}: {first}")
+        return record_lost(self.log_path, f"the Ray worker running the process {what}{where}{tries}: {type(detail).__name__}: {first}")
 
     def elapsed(self) -> float:
         return started_elapsed(self.log_path, self._seen)
@@ -101,6 +101,8 @@ class RayCell:
         import ray
 
         for force in (False, True):
+            if self.poll() is not None:  # finished: nothing to cancel (cancelling it trips a check in Ray)
+                break
             ray.cancel(self.ref, force=force)
             if ray.wait([self.ref], timeout=CANCEL_WAIT_S)[0]:
                 break
@@ -188,7 +190,7 @@ def check_shared_dir(output_dir: Path) -> None:
     probe = output_dir / f".rlhfkit-probe-{token[:12]}"
     probe.write_text(token)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    refs = {}
+    refs, ready = {}, []
     try:
         for node in nodes:
             strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
@@ -209,6 +211,7 @@ def check_shared_dir(output_dir: Path) -> None:
                                     "put it on storage every node mounts at the same path")
     finally:
         for ref in refs.values():
-            ray.cancel(ref, force=True)
+            if ref not in ready:  # cancelling a finished task trips a check in Ray's core worker (2.60)
+                ray.cancel(ref, force=True)
         for path in [probe, *(Path(f"{probe}.{node}") for node in refs)]:
             path.unlink(missing_ok=True)
