@@ -103,7 +103,20 @@ def _load(path: str, trainable: bool = True):
             preflight(recipe)
     except (RecipeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    if trainable:
+        _check_executor(recipe)
     return recipe
+
+
+def _check_executor(recipe) -> None:
+    """The chosen executor's package is installed (Ray, submitit are optional extras): one line if not."""
+    from rlhfkit.executors import ExecutorError, check_installed
+
+    try:
+        check_installed(recipe.run.executor)
+    except ExecutorError as exc:
+        prefix = f"{recipe.path}: " if recipe.path else ""
+        raise UsageError(prefix + str(exc)) from None
 
 
 def _print_damaged(console, context) -> None:
@@ -185,6 +198,9 @@ def _cmd_run(args) -> int:
     from rlhfkit.runner import RunError, check_output_dir, run_recipe
 
     recipe = _load(args.recipe)
+    if getattr(args, "executor", None):
+        recipe.run.executor = args.executor  # where cells run, not what they compute: not in the fingerprint
+        _check_executor(recipe)
     if getattr(args, "num_processes", None):
         # Processes per cell changes the results: it joins the recipe (and its results fingerprint).
         recipe.run.num_processes = args.num_processes
@@ -321,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="rerun cells that ended failed/oom/diverged/timeout/killed")
     p.add_argument("--num-processes", type=_positive_int, metavar="N",
                    help="processes per cell (torch.distributed.run; overrides [run] num_processes)")
+    p.add_argument("--executor", choices=("local", "ray", "slurm"),
+                   help="where cells run (overrides [run] executor; ray and slurm are optional extras)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("plan", help="predict every cell's per-device memory peak per phase, before running")

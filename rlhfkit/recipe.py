@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rlhfkit.executors import EXECUTORS, RaySettings, SlurmSettings
 from rlhfkit.memory import strategy_id
 from rlhfkit.plugins import get_registry
 from rlhfkit.registry import config_fields
@@ -131,8 +132,17 @@ class RunSettings:
     keeps freed blocks resident, so peaks are upper bounds that depend on allocation history).  ``live``: glibc
     returns every freed block of 64 KiB or more, so the resident set follows live memory (what the planner
     predicts); each such allocation then maps fresh pages, ~1.6x slower steps on the tiny presets."""
+    executor: str = "local"
+    """Where cells run: ``local`` (processes on this machine), ``ray`` (``[run.ray]``) or ``slurm`` (``[run.slurm]``);
+    ``--executor`` overrides it.  The cell process is the same everywhere, so results do not depend on it."""
+    ray: RaySettings = field(default_factory=RaySettings)
+    """``[run.ray]``: cluster address and resources per cell."""
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+    """``[run.slurm]``: partition, time limit and resources of each cell's job."""
 
     def __post_init__(self):
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of: {', '.join(EXECUTORS)}")
         if self.parallel_cells < 1:
             raise ValueError("parallel_cells must be >= 1")
         if self.threads_per_cell < 0:

@@ -6,7 +6,6 @@ same recipe into the same output directory resumes: finished cells are kept, unf
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import fcntl
 import json
@@ -34,7 +33,8 @@ RUN_INFO = "run.json"
 STAGES_FILE = "stages.json"
 LOCK_FILE = ".rlhfkit.lock"
 # [run] keys that change how fast a grid runs, not what it computes.
-NON_RESULT_RUN_KEYS = ("output", "parallel_cells", "cell_timeout_s", "stage_timeout_s", "gpu", "num_gpus", "gpu_memory_gib")
+NON_RESULT_RUN_KEYS = ("output", "parallel_cells", "cell_timeout_s", "stage_timeout_s", "gpu", "num_gpus", "gpu_memory_gib",
+                       "executor", "ray", "slurm")
 TRACKED_PACKAGES = ("torch", "transformers", "trl", "accelerate", "peft", "deepspeed", "bitsandbytes", "pandas", "rlhfkit")
 
 
@@ -113,30 +113,12 @@ def hardware() -> dict:
     return info
 
 
-def _die_with_parent() -> None:
-    """Child setup: own process group (so a timeout kills the whole tree), SIGKILL if the runner dies."""
-    os.setpgrp()
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 @dataclass
 class Running:
     cell: Cell
-    proc: subprocess.Popen
+    proc: object
+    """The executor's handle of the cell process (rlhfkit.executors): poll, wait, elapsed, kill, close."""
     started: float
-    log: object
     steps_done: int = 0
     metrics_offset: int = 0
     watch: MemoryWatch | None = None
@@ -237,7 +219,8 @@ def _record_run(recipe: Recipe, output_dir: Path) -> None:
 
 
 class Runner:
-    def __init__(self, recipe: Recipe, output_dir: Path, progress=None, retry_failed: bool = False):
+    def __init__(self, recipe: Recipe, output_dir: Path, progress=None, retry_failed: bool = False, executor=None):
+        from rlhfkit.executors.local import LocalExecutor
         from rlhfkit.plugins import get_plugin_manager
 
         self.recipe = recipe
@@ -247,6 +230,7 @@ class Runner:
         self.hook = get_plugin_manager().hook
         self.artifacts_root = output_dir / "artifacts"
         self.threads = cell_threads(dataclasses.asdict(recipe.run))
+        self.executor = executor or LocalExecutor(recipe.run.parallel_cells)
 
     # -- stages ---------------------------------------------------------------------------------------
     def run_stages(self) -> dict[str, dict]:
@@ -290,20 +274,21 @@ class Runner:
         return stages
 
     def _run_stage_process(self, spec_path: Path, log_path: Path) -> int | None:
-        """The stages of one model row in their own process; None when stopped by ``stage_timeout_s``."""
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "rlhfkit.stages.pipeline", str(spec_path)],
-                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, env=self._env(),
-            )
-            try:
-                return proc.wait(timeout=self.recipe.run.stage_timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill_tree(proc)
-                return None
-            except BaseException:
-                _kill_tree(proc)
-                raise
+        """The stages of one model row in their own process, through the executor (on a cluster the stages
+        train where cells do, with a cell's resources); None when stopped by ``stage_timeout_s``."""
+        command = [sys.executable, "-m", "rlhfkit.stages.pipeline", str(spec_path)]
+        handle = self.executor.launch(command, self._env(), os.getcwd(), log_path)
+        try:
+            while (rc := handle.wait(timeout=1.0)) is None:
+                if handle.elapsed() > self.recipe.run.stage_timeout_s:  # counted from the start, not the queue
+                    handle.kill()
+                    return None
+            return rc
+        except BaseException:
+            handle.kill()
+            raise
+        finally:
+            handle.close()
 
     # -- cells ----------------------------------------------------------------------------------------
     def _env(self) -> dict:
@@ -349,15 +334,14 @@ class Runner:
             },
         )
         self.hook.cell_started(cell=cell, cell_dir=directory, run=self.recipe.run_context(self.output_dir / RECIPE_COPY))
-        log = open(directory / "log.txt", "w")
-        proc = subprocess.Popen(
-            self.cell_command(spec_path), stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent, env=self._env(), cwd=os.getcwd(),
-        )
-        return Running(cell=cell, proc=proc, started=time.monotonic(), log=log, watch=MemoryWatch(proc.pid))
+        handle = self.executor.launch(self.cell_command(spec_path), self._env(), os.getcwd(), directory / "log.txt",
+                                      attempt_dir=directory)
+        # Memory samples (evidence for oom when a signal ends the cell) need the process on this machine.
+        pid = getattr(handle, "pid", None)
+        return Running(cell=cell, proc=handle, started=time.monotonic(), watch=MemoryWatch(pid) if pid else None)
 
     def _finish(self, run: Running, timed_out: bool = False) -> dict:
-        run.log.close()
+        run.proc.close()
         directory = cell_dir(self.output_dir, run.cell)
         result = read_result(self.output_dir, run.cell)
         if timed_out:
@@ -385,6 +369,8 @@ class Runner:
                 chunk = f.read()
         except FileNotFoundError:
             return
+        if len(chunk) == 0 and path.stat().st_size < run.metrics_offset:  # a retried attempt started afresh
+            run.metrics_offset = run.steps_done = 0
         complete = chunk[: chunk.rfind(b"\n") + 1]
         run.metrics_offset += len(complete)
         lines = complete.count(b"\n")
@@ -446,7 +432,7 @@ class Runner:
         running: dict[str, Running] = {}
         try:
             while todo or running:
-                while todo and len(running) < self.recipe.run.parallel_cells:
+                while todo and len(running) < self.executor.slots:
                     cell = todo.popleft()
                     running[cell.id] = self._launch(cell)
                     if self.progress:
@@ -454,10 +440,12 @@ class Runner:
                 time.sleep(0.2)
                 for cell_id, run in list(running.items()):
                     self._poll_progress(run)
-                    run.watch.sample()
-                    timed_out = run.proc.poll() is None and time.monotonic() - run.started > self.recipe.run.cell_timeout_s
+                    if run.watch is not None:
+                        run.watch.sample()
+                    # Counted from the cell's start (on a cluster a queued cell has not started yet).
+                    timed_out = run.proc.poll() is None and run.proc.elapsed() > self.recipe.run.cell_timeout_s
                     if timed_out:
-                        _kill_tree(run.proc)
+                        run.proc.kill()
                     if run.proc.poll() is None:
                         continue
                     del running[cell_id]
@@ -467,9 +455,9 @@ class Runner:
                     if self.progress:
                         self.progress.cell_finished(run.cell, result, time.monotonic() - run.started)
         finally:
-            for run in running.values():  # interrupted: stop children, leave their cells unfinished
-                _kill_tree(run.proc)
-                run.log.close()
+            for run in running.values():  # interrupted: stop children (cancel their tasks), leave cells unfinished
+                run.proc.kill()
+                run.proc.close()
 
 
 def _same_cell(result: dict, cell: Cell) -> bool:
@@ -480,6 +468,7 @@ def _same_cell(result: dict, cell: Cell) -> bool:
 
 
 def run_recipe(recipe: Recipe, output_dir: Path, progress=None, retry_failed: bool = False) -> RunOutcome:
+    from rlhfkit.executors import ExecutorError, make_executor
     from rlhfkit.tuning import write_resolved
 
     prepare_output(recipe, output_dir)
@@ -489,9 +478,19 @@ def run_recipe(recipe: Recipe, output_dir: Path, progress=None, retry_failed: bo
         (output_dir / TUNING_FILE).unlink(missing_ok=True)
         recipe.tuned = {}
         write_resolved(recipe, output_dir)
-        runner = Runner(recipe, output_dir, progress=progress, retry_failed=retry_failed)
-        stages = runner.run_stages()
-        return runner.run_cells(stages)
+        try:
+            executor = make_executor(recipe.run, cell_threads(dataclasses.asdict(recipe.run)))
+        except ExecutorError as exc:
+            raise RunError(str(exc)) from None
+        try:
+            executor.open(output_dir)  # before the stages: a cluster that cannot run the grid says so first
+            runner = Runner(recipe, output_dir, progress=progress, retry_failed=retry_failed, executor=executor)
+            stages = runner.run_stages()
+            return runner.run_cells(stages)
+        except ExecutorError as exc:
+            raise RunError(str(exc)) from None
+        finally:
+            executor.close()
 
 
 __all__ = ["run_recipe", "RunError", "TERMINAL_STATUSES", "results_fingerprint"]

@@ -270,7 +270,7 @@ def test_cell_spec_carries_parallel_cells_and_settings(tmp_path, monkeypatch):
     monkeypatch.setattr(runner_module.subprocess, "Popen", lambda cmd, **kw: real_popen(["true"]))
     run = runner_module.Runner(recipe, tmp_path)._launch(recipe.cells()[0])
     run.proc.wait()
-    run.log.close()
+    run.proc.close()
     spec = json.loads((tmp_path / "cells" / recipe.cells()[0].id / "spec.json").read_text())
     assert spec["parallel_cells"] == 3
     assert Cell(**spec["cell"]) == recipe.cells()[0] and spec["cell"]["settings"] == [["kl_coef", 0.1]]
