@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from rlhfkit.fileio import atomic_write_json
+
 PYTHON = "{python}"
 """Stands for the interpreter in a remote command: the node runs the cell with the Python running its worker."""
 # Set by the runner for every cell; always sent, since a Ray worker may carry its own values (Ray sets
@@ -60,9 +62,7 @@ def write_info(log_path: str, where: dict) -> None:
         pass
     info = {**where, "hostname": platform.node(), "pid": os.getpid(), "started": time.time(),
             "attempt": previous.get("attempt", 0) + 1}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)
+    atomic_write_json(path, info)
 
 
 def run_process(command: list[str], env: dict, cwd: str, log_path: str, attempt_dir: str | None, where: dict) -> int:
