@@ -142,7 +142,8 @@ class RunSettings:
 
     def __post_init__(self):
         if self.executor not in EXECUTORS:
-            raise ValueError(f"executor must be one of: {', '.join(EXECUTORS)}")
+            raise ValueError(f"executor must be one of: {', '.join(EXECUTORS)} (got {self.executor!r})"
+                             f"{hint(self.executor, EXECUTORS)}")
         if self.parallel_cells < 1:
             raise ValueError("parallel_cells must be >= 1")
         if self.threads_per_cell < 0:
