@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -140,6 +141,7 @@ def main(argv=None) -> int:
         return 1
     if out.pop("is_main"):
         write_json_atomic(result_path, {**base, "status": "ok", "error": None, **out})
+        shutil.rmtree(cell_dir / "checkpoint", ignore_errors=True)  # finished: a resume has nothing left to do
     sys.stdout.flush()
     sys.stderr.flush()
     leave_process_group(wait_for_peers=True)

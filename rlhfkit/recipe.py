@@ -132,6 +132,11 @@ class RunSettings:
     keeps freed blocks resident, so peaks are upper bounds that depend on allocation history).  ``live``: glibc
     returns every freed block of 64 KiB or more, so the resident set follows live memory (what the planner
     predicts); each such allocation then maps fresh pages, ~1.6x slower steps on the tiny presets."""
+    checkpoint_every: int = 0
+    """Save a cell's training state every this many steps into ``cells/<cell>/checkpoint/`` (0 = never); a rerun
+    resumes an unfinished cell from its checkpoint with the numbers of an uninterrupted run, and a cell that
+    finishes ok removes it.  Single-process cells without ZeRO (others train without checkpoints, a note in
+    their log.txt)."""
     executor: str = "local"
     """Where cells run: ``local`` (processes on this machine), ``ray`` (``[run.ray]``) or ``slurm`` (``[run.slurm]``);
     ``--executor`` overrides it.  The cell process is the same everywhere, so results do not depend on it."""

@@ -318,9 +318,7 @@ class Runner:
 
     def _launch(self, cell: Cell) -> Running:
         directory = cell_dir(self.output_dir, cell)
-        if directory.exists():  # leftovers of an interrupted attempt
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True)
+        clear_attempt(directory)
         spec_path = directory / "spec.json"
         write_json_atomic(
             spec_path,
@@ -458,6 +456,23 @@ class Runner:
             for run in running.values():  # interrupted: stop children (cancel their tasks), leave cells unfinished
                 run.proc.kill()
                 run.proc.close()
+
+
+# What a cell's checkpoint needs of its interrupted attempt (rlhfkit/engine/checkpoint.py): the cell truncates
+# metrics.jsonl to the checkpoint's length, or to nothing when it ignores the checkpoint.
+RESUMABLE = ("checkpoint", "metrics.jsonl")
+
+
+def clear_attempt(directory: Path) -> None:
+    """Remove the leftovers of an interrupted attempt: everything, or, where a checkpoint is left
+    (``[run] checkpoint_every``), everything but the checkpoint and the metric lines it continues."""
+    if (directory / "checkpoint").is_dir():
+        for entry in directory.iterdir():
+            if entry.name not in RESUMABLE:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    elif directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
 
 
 def _same_cell(result: dict, cell: Cell) -> bool:

@@ -8,9 +8,11 @@ The cell process (``python -m rlhfkit.cell``), the benchmarks and in-process tes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -393,6 +395,21 @@ def _measurement(device, cpu_memory: str) -> str:
     return measurement
 
 
+def _checkpointer(spec: dict, recipe, config, model_set, accelerator, metrics: Path | None):
+    """The cell's :class:`Checkpointer` when ``[run] checkpoint_every`` asks for one and the cell can have one."""
+    from rlhfkit.engine.checkpoint import Checkpointer, fingerprint, supported
+
+    every = recipe.run.checkpoint_every
+    if not every or not spec.get("cell_dir"):
+        return None
+    why_not = supported(model_set, accelerator.num_processes)
+    if why_not is not None:
+        print(f"checkpoint_every = {every} ignored: {why_not}", file=sys.stderr)
+        return None
+    key = fingerprint(spec["cell"], dataclasses.asdict(config), model_set.as_dict(), recipe.run.precision)
+    return Checkpointer(Path(spec["cell_dir"]) / "checkpoint", every, key, metrics)
+
+
 def build_cell(spec: dict, config_overrides: dict | None = None, broadcast: bool = True) -> BuiltCell:
     """Everything a cell needs before its SFT evaluation, from its spec (``recipe``, ``cell``,
     ``artifacts_root``, optional ``cell_dir`` for metrics.jsonl, ``threads``).
@@ -439,6 +456,7 @@ def build_cell(spec: dict, config_overrides: dict | None = None, broadcast: bool
     logger = MetricsLogger(metrics, cell, hook, accelerator.is_main_process, run=recipe.run_context(spec["recipe"]))
     ctx = build_context(config, accelerator, model_set, models, tokenizer, task, memory, logger, seed,
                         algorithm=cell.algorithm)
+    ctx.checkpointer = _checkpointer(spec, recipe, config, model_set, accelerator, metrics)
     return BuiltCell(spec=spec, recipe=recipe, cell=cell, algorithm=algorithm, model_set=model_set,
                      accelerator=accelerator, ctx=ctx, dirs=dirs, cuda=cuda, measurement=measurement, started=started)
 
@@ -452,7 +470,10 @@ def train(built: BuiltCell) -> tuple[dict, dict, float]:
     from rlhfkit.registry import resolve
 
     ctx = built.ctx
-    sft_eval = ctx.evaluate(0)
+    if ctx.checkpointer is not None and ctx.checkpointer.restore(ctx):  # a preempted cell: on from its checkpoint
+        sft_eval = {k: v for k, v in ctx.evaluations[0].items() if k != "samples"}
+    else:
+        sft_eval = ctx.evaluate(0)
     train_start = time.perf_counter()
     resolve(built.algorithm.trainer)(ctx)
     train_seconds = time.perf_counter() - train_start

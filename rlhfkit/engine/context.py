@@ -110,6 +110,8 @@ class TrainContext:
     """:class:`rlhfkit.engine.ledger.Ledger`, built from the models when not given."""
     last_step: int = 0
     """Steps finished so far (``ctx.steps()`` advances it)."""
+    checkpointer: Any = None
+    """:class:`rlhfkit.engine.checkpoint.Checkpointer` (``[run] checkpoint_every``), or ``None``: no checkpoints."""
 
     def __post_init__(self):
         if self.kl_controller is None:

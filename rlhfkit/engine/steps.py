@@ -10,7 +10,9 @@ bookkeeping that a trainer used to have to remember (and that failed silently wh
 - the compute ledger (episodes, tokens, optimizer steps, FLOPs, wall/CPU time without evaluation);
 - divergence: a non-finite loss, or an approximate KL or gradient norm beyond its threshold
   (``diverge_approxkl``, ``diverge_grad_norm``), ends the cell as ``diverged``;
-- the budget (``budget``/``budget_amount``): the run ends when it is spent.
+- the budget (``budget``/``budget_amount``): the run ends when it is spent;
+- a training checkpoint every ``[run] checkpoint_every`` steps (``ctx.checkpointer``), and a resumed cell's
+  steps continue from the one after it (rlhfkit/engine/checkpoint.py).
 
 A trainer records what only it knows: :meth:`StepScope.record_rollout` (the episodes and the KL penalty it
 optimises), or :meth:`StepScope.record_preferences` for completions read from data (offline DPO), and
@@ -184,8 +186,11 @@ def run_steps(ctx):
     """The generator behind ``ctx.steps()``: yields a :class:`StepScope` per step until the budget is spent."""
     clock = BudgetClock(ctx.config)
     ledger = ctx.ledger
-    ledger.start()
+    checkpointer = ctx.checkpointer
     index = 0
+    if checkpointer is not None and checkpointer.resume_point is not None:  # a resumed cell: restored state
+        index, clock.next_eval = checkpointer.resume_point
+    ledger.start()
     try:
         while True:
             scope = StepScope(ctx, index)
@@ -205,5 +210,8 @@ def run_steps(ctx):
             index += 1
             if done:
                 return
+            if checkpointer is not None and checkpointer.due(index):
+                with ledger.paused():  # saving is not training time
+                    checkpointer.save(ctx, index, clock.next_eval)
     finally:
         ledger.stop()
