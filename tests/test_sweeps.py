@@ -293,15 +293,18 @@ def test_a_result_of_other_settings_under_the_same_id_is_not_kept(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_and_tuning_run_end_to_end(small_recipe, tmp_path):
-    extra = "\n[grid.sweep]\nkl_coef = [0.02, 0.3]\n[tuning]\nseeds = [100]\nkl_budget = 50.0\n"
+    # A beta sweep and an LR sweep in one recipe: one grid, stages trained once, a column per swept key.
+    extra = "\n[grid.sweep]\nkl_coef = [0.02, 0.3]\nlearning_rate = [1e-3, 3e-3]\n[tuning]\nseeds = [100]\nkl_budget = 50.0\n"
     recipe = small_recipe(seeds=(1,), steps=2, extra=extra)
     out_dir = tmp_path / "run"
     out = run_cli("run", recipe, "--output", out_dir)
     assert out.returncode == 0, out.stdout + out.stderr
     table = pd.read_csv(out_dir / "results.csv", keep_default_na=False)
     assert (table["status"] == "ok").all()
-    assert sorted(table["phase"]) == ["final"] * 2 + ["grid"] * 2 + ["tuning"] * 4
-    assert {"phase", "settings", "kl_coef"} <= set(table.columns)
+    assert sorted(table["phase"]) == ["final"] * 2 + ["grid"] * 2 + ["tuning"] * 8  # 2 x 2 settings per algorithm
+    assert {"phase", "settings", "kl_coef", "learning_rate"} <= set(table.columns)
+    tuned = table[table["phase"] == "tuning"]
+    assert sorted(set(zip(tuned["kl_coef"], tuned["learning_rate"]))) == [(0.02, 1e-3), (0.02, 3e-3), (0.3, 1e-3), (0.3, 3e-3)]
     tuning = json.loads((out_dir / "tuning.json").read_text())
     winners = {arm["algorithm"]: arm["winner"] for arm in tuning["arms"]}
     finals = table[table["phase"] == "final"].set_index("algorithm")
@@ -316,3 +319,7 @@ def test_sweep_and_tuning_run_end_to_end(small_recipe, tmp_path):
     assert len(artifacts) == 1 and list(json.loads((out_dir / "stages.json").read_text())) == ["llama-tiny"]
     resolved = json.loads((out_dir / "resolved.json").read_text())
     assert set(resolved["cells"]) == set(table["cell"])
+    # The report groups by algorithm, the sweep a within-algorithm axis, and names each tuned setting.
+    md = (out_dir / "report.md").read_text()
+    for algorithm in ("ppo", "rloo"):
+        assert f"{algorithm} ({winners[algorithm]})" in md
