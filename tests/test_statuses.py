@@ -112,6 +112,20 @@ def test_memory_watch_samples_a_live_process_tree():
 
 
 @pytest.mark.slow
+def _child_running(parent: int, needle: str):
+    """The parent's child process whose command line holds ``needle``; a child that has just exited (a finished
+    stage process, a zombie until reaped) has no command line to read and is skipped."""
+    import psutil
+
+    for child in psutil.Process(parent).children():
+        try:
+            if needle in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
 def test_a_cell_killed_by_the_user_is_killed_and_kept_on_resume(small_recipe, tmp_path):
     """A user's ``kill -9`` of a running cell: status ``killed`` (not "likely the OOM killer"); a rerun without
     --retry-failed keeps it (a terminal status), like failed cells."""
@@ -139,7 +153,7 @@ def test_a_cell_killed_by_the_user_is_killed_and_kept_on_resume(small_recipe, tm
     cell = None
     while cell is None and time.monotonic() < deadline and runner.poll() is None:
         time.sleep(0.5)
-        cell = next((p for p in psutil.Process(runner.pid).children() if str(spec) in " ".join(p.cmdline())), None)
+        cell = _child_running(runner.pid, str(spec))
     assert cell is not None, "the cell process never started"
     time.sleep(2)  # a few memory samples
     os.kill(cell.pid, signal.SIGKILL)
