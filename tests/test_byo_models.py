@@ -299,3 +299,83 @@ def test_chat_template_of_a_given_reward_model():
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
     templated = RewardTokenizer(tok, chat_template=True)
     assert templated.texts([PROMPT], [COMPLETION], [True]) == [f"<user>{PROMPT}<assistant>{COMPLETION}"]
+
+
+def _recipe(tmp_path: Path, root: Path, row: str, algorithms: str = '["rloo"]') -> Path:
+    path = tmp_path / "r.toml"
+    path.write_text(f'[data]\nname = "preference_jsonl"\npath = "{root / "prefs.jsonl"}"\nchat_format = "plain"\n'
+                    f'num_eval_prompts = 4\n[[models]]\nname = "m"\n{row}\n[grid]\nalgorithms = {algorithms}\n'
+                    '[reward_model]\nepochs = 1\nbatch_size = 8\n[run]\nthreads_per_cell = 1\n')
+    return path
+
+
+def test_reward_model_trained_from_another_family_keeps_its_own_tokenizer(checkpoints, tmp_path):
+    """train_reward = true from a Llama checkpoint beside a Qwen2 policy: the reward stage trains it on its own
+    tokenizer (embedding rows = its own vocabulary, not resized to the policy's); a rerun finds it cached."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from rlhfkit.artifacts import artifact_dirs
+    from rlhfkit.recipe import load_recipe
+    from rlhfkit.stages.pipeline import run_stages
+
+    root = checkpoints
+    path = _recipe(tmp_path, root, f'policy = "{root / "my_sft"}"\nreward = "{root / "my_rm"}"\ntrain_sft = false')
+    spec = {"recipe": str(path), "model": "m", "artifacts_root": str(tmp_path / "artifacts"), "threads": 1}
+    metrics = run_stages(spec)
+    assert metrics["stages"] == {"tokenizer": "given", "sft": "given", "reward_model": "trained"}
+    assert metrics["reward/tokenizer"] == "own" and metrics["reward/train_pairs"] > 0
+    recipe = load_recipe(path)
+    dirs = artifact_dirs(recipe, recipe.models["m"], tmp_path / "artifacts")
+    own = AutoTokenizer.from_pretrained(root / "my_rm")
+    saved = AutoTokenizer.from_pretrained(dirs.reward_tokenizer)
+    assert saved.get_vocab() == own.get_vocab()  # it had a pad token: nothing added
+    weights = load_file(str(dirs.reward_model / "model.safetensors"))
+    assert weights["model.embed_tokens.weight"].shape[0] == len(own)
+    assert run_stages(spec)["stages"] == {"tokenizer": "given", "sft": "given", "reward_model": "cached"}
+
+
+def test_given_policy_without_pad_token_gets_one_row(checkpoints, tmp_path):
+    """A given SFT checkpoint whose tokenizer has no pad token: the tokenizer stage adds one; the embedding
+    matrix has no spare row, so the SFT artifact is a copy with one row more, the others unchanged."""
+    from safetensors.torch import load_file
+    import torch
+
+    from rlhfkit.recipe import ModelEntry
+    from rlhfkit.stages.pipeline import PAD_TOKEN, ensure_given_sft, ensure_tokenizer
+
+    ckpt = save_model(tmp_path / "nopad", "llama", "word", classifier=False)
+    config = json.loads((ckpt / "tokenizer_config.json").read_text())
+    config.pop("pad_token", None)
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(config))
+    entry = ModelEntry(name="n", policy=str(ckpt), train_sft=False)
+    tok = ensure_tokenizer(entry, None, tmp_path / "tokenizer")
+    assert tok.pad_token == PAD_TOKEN and len(tok) == 25
+    metrics = ensure_given_sft(entry, tok, tmp_path / "sft")
+    assert metrics["sft/embedding_rows"] == 24 and metrics["sft/embedding_rows_added"] == 1
+    old = load_file(str(ckpt / "model.safetensors"))["model.embed_tokens.weight"]
+    new = load_file(str(tmp_path / "sft" / "model.safetensors"))["model.embed_tokens.weight"]
+    assert new.shape[0] == 25 and torch.equal(new[:24], old)
+
+
+def test_planner_sizes_the_critic_from_the_policy(checkpoints, tmp_path):
+    """`rlhfkit plan` on a given-models row: PPO's critic starts from the SFT policy (the reward model reads
+    another vocabulary) and is sized with the policy's architecture."""
+    from rlhfkit.cellspec.arch import cell_model_set, reward_reads_policy_tokens
+    from rlhfkit.planner import plan_recipe
+    from rlhfkit.recipe import load_recipe
+
+    root = checkpoints
+    path = _recipe(tmp_path, root, f'policy = "{root / "my_sft"}"\nreward = "{root / "my_rm"}"\ntrain_sft = false\n'
+                                   'train_reward = false', algorithms='["ppo", "rloo"]')
+    recipe = load_recipe(path)
+    assert not reward_reads_policy_tokens(recipe, "m")
+    ppo = next(c for c in recipe.cells() if c.algorithm == "ppo")
+    assert cell_model_set(recipe, ppo, False).critic.start == "sft"
+    plans = plan_recipe(recipe, gpu="h100")
+    assert len(plans) == 2 and all(p.fits for p in plans)
+    same = _recipe(tmp_path, root, f'policy = "{root / "my_sft"}"\nreward = "{root / "qwen_rm"}"\ntrain_sft = false\n'
+                                   'train_reward = false', algorithms='["ppo"]')
+    recipe = load_recipe(same)  # same vocabulary: the critic starts from the reward model, as before
+    assert reward_reads_policy_tokens(recipe, "m")
+    assert cell_model_set(recipe, recipe.cells()[0], False).critic.start == "reward_model"
