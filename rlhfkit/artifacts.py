@@ -41,7 +41,8 @@ class StageArtifacts:
     tokenizer (``rlhfkit.given.reward_has_own_tokenizer``)."""
 
     def as_dict(self) -> dict:
-        return {k: None if v is None else str(v) for k, v in dataclasses.asdict(self).items()}
+        """Paths as strings; a field that is None (no reward tokenizer of its own) is left out."""
+        return {k: str(v) for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 ArtifactDirs = StageArtifacts

@@ -639,12 +639,21 @@ def _check_given_is_checkpoint(entry: ModelEntry, where: str) -> None:
     from rlhfkit.models import parse_model_spec
 
     for key, which in (("train_sft", "policy"), ("train_reward", "reward")):
+        if getattr(entry, key):
+            continue
         text = getattr(entry, which)
-        if not getattr(entry, key) and parse_model_spec(text, entry.trust_remote_code).is_preset:
-            what = "an SFT checkpoint directory" if which == "policy" else "a trained reward-model checkpoint directory"
+        spec = parse_model_spec(text, entry.trust_remote_code)
+        what = "an SFT checkpoint directory" if which == "policy" else "a trained reward-model checkpoint directory"
+        if spec.is_preset:
             raise RecipeError(
                 f"{where}.{key}: false needs {which} to be {what}, but {text!r} is a preset (random init, it must "
                 f"be trained); set {key} = true or point {which} at a checkpoint"
+            )
+        if spec.checkpoint is not None and not Path(spec.checkpoint).expanduser().is_dir():
+            # A given checkpoint's artifact links its files: it must be on this machine.
+            raise RecipeError(
+                f"{where}.{key}: false needs {which} to be {what} on this machine, but {text!r} is a hub id; "
+                f"download it first (e.g. `hf download {spec.checkpoint} --local-dir DIR`) and write the directory"
             )
 
 
