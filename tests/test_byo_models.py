@@ -296,6 +296,11 @@ def test_chat_template_of_a_given_reward_model():
     plain = RewardTokenizer(tok)
     assert plain.texts([PROMPT], [COMPLETION], [True]) == [PROMPT + COMPLETION + tok.eos_token]
     assert plain.texts([PROMPT], [COMPLETION], [False]) == [PROMPT + COMPLETION]
+    assert plain.pad_id == tok.pad_token_id
+    tok.pad_token = None  # a given reward model without a pad token: its EOS fills the (masked) left padding
+    assert plain.pad_id == tok.eos_token_id and len(tok) == len(tok.get_vocab())
+    ids, mask = plain.encode([PROMPT, "a"], [COMPLETION, "b"], [True, False], "cpu")
+    assert ids[1, 0] == tok.eos_token_id and mask[1, 0] == 0 and mask[0].all()
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
     templated = RewardTokenizer(tok, chat_template=True)
     assert templated.texts([PROMPT], [COMPLETION], [True]) == [f"<user>{PROMPT}<assistant>{COMPLETION}"]
