@@ -36,9 +36,17 @@ class StageArtifacts:
     tokenizer: Path
     sft: Path
     reward_model: Path
+    reward_tokenizer: Path | None = None
+    """Where the reward model's own tokenizer is (its artifact directory), or None when it reads the policy's
+    tokenizer (``rlhfkit.given.reward_has_own_tokenizer``)."""
 
     def as_dict(self) -> dict:
-        return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+        """Paths as strings; a field that is None (no reward tokenizer of its own) is left out."""
+        return {k: str(v) for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+ArtifactDirs = StageArtifacts
+"""The name the parallel branches of issue 15 agreed on."""
 
 
 def stage_threads(recipe: Recipe) -> int:
@@ -61,20 +69,36 @@ def artifact_dirs(recipe: Recipe, entry: ModelEntry, root: Path, data_seed: int 
         "data": recipe.stage_fingerprint()["data"],
         "data_seed": recipe.run.data_seed if data_seed is None else data_seed,
     }
+    from rlhfkit.given import checkpoint_dir, content_fingerprint, reward_has_own_tokenizer
+
     # A preset policy gets a tokenizer trained on the data (no torch arithmetic: no thread count); a
     # checkpoint brings its own.
-    tokenizer_key = fingerprint({**data, "tokenizer_from": entry.policy})
+    given_policy = None
+    if not entry.train_sft and (path := checkpoint_dir(entry.policy, entry.trust_remote_code)) is not None:
+        given_policy = content_fingerprint(path)  # a changed checkpoint is another artifact
+    tokenizer_key = fingerprint({**data, "tokenizer_from": entry.policy,
+                                 **({"given": given_policy} if given_policy else {})})
     threads = _threads_key(recipe)
-    sft_key = fingerprint({**data, "tokenizer": tokenizer_key, "policy": entry.policy, "sft": dataclasses.asdict(recipe.sft),
-                           **threads})
-    rm_key = fingerprint(
-        {**data, "tokenizer": tokenizer_key, "reward": entry.reward, "reward_model": dataclasses.asdict(recipe.reward_model),
-         **threads}
-    )
+    if entry.train_sft:
+        sft_key = fingerprint({**data, "tokenizer": tokenizer_key, "policy": entry.policy,
+                               "sft": dataclasses.asdict(recipe.sft), **threads})
+    else:  # used as is: only the checkpoint and the tokenizer (a pad token may add an embedding row) count
+        sft_key = fingerprint({"given_sft": entry.policy, "content": given_policy, "tokenizer": tokenizer_key})
+    own_tokenizer = reward_has_own_tokenizer(entry)
+    if not entry.train_reward:
+        path = checkpoint_dir(entry.reward, entry.trust_remote_code)
+        rm_key = fingerprint({"given_reward": entry.reward, "content": content_fingerprint(path) if path else None})
+    else:
+        # Trained on its own tokenizer (a checkpoint of another family): not the policy's tokenizer's key.
+        tokenizer_part = {"reward_tokenizer": "own"} if own_tokenizer else {"tokenizer": tokenizer_key}
+        rm_key = fingerprint({**data, **tokenizer_part, "reward": entry.reward,
+                              "reward_model": dataclasses.asdict(recipe.reward_model), **threads})
+    reward_model = root / f"reward-{rm_key}"
     return StageArtifacts(
         tokenizer=root / f"tokenizer-{tokenizer_key}",
         sft=root / f"sft-{sft_key}",
-        reward_model=root / f"reward-{rm_key}",
+        reward_model=reward_model,
+        reward_tokenizer=reward_model if own_tokenizer else None,
     )
 
 

@@ -51,6 +51,12 @@ class ModelEntry:
     """The reward model's base, same forms as ``policy``; empty means the same as ``policy``."""
     trust_remote_code: bool = False
     """Allow checkpoints that ship their own modelling code (e.g. MiniCPM 1/2)."""
+    train_sft: bool = True
+    """``false``: ``policy`` is already an SFT checkpoint (with its own tokenizer), used as is: no SFT stage.
+    Refused for a ``family:preset`` policy (random init)."""
+    train_reward: bool = True
+    """``false``: ``reward`` is a trained ``...ForSequenceClassification`` checkpoint with one label, loaded as is
+    with its own tokenizer (never retrained or resized): no reward-model stage.  Refused for presets."""
 
     def __post_init__(self):
         if not NAME_PATTERN.fullmatch(self.name):
@@ -624,7 +630,31 @@ def _parse_models(rows: Any) -> dict[str, ModelEntry]:
         models[entry.name] = entry
         _check_model_ref(entry.policy, entry.trust_remote_code, f"models[{i}].policy")
         _check_model_ref(entry.reward, entry.trust_remote_code, f"models[{i}].reward")
+        _check_given_is_checkpoint(entry, f"models[{i}]")
     return models
+
+
+def _check_given_is_checkpoint(entry: ModelEntry, where: str) -> None:
+    """``train_sft``/``train_reward = false`` take a checkpoint as is: a preset (random init) cannot be one."""
+    from rlhfkit.models import parse_model_spec
+
+    for key, which in (("train_sft", "policy"), ("train_reward", "reward")):
+        if getattr(entry, key):
+            continue
+        text = getattr(entry, which)
+        spec = parse_model_spec(text, entry.trust_remote_code)
+        what = "an SFT checkpoint directory" if which == "policy" else "a trained reward-model checkpoint directory"
+        if spec.is_preset:
+            raise RecipeError(
+                f"{where}.{key}: false needs {which} to be {what}, but {text!r} is a preset (random init, it must "
+                f"be trained); set {key} = true or point {which} at a checkpoint"
+            )
+        if spec.checkpoint is not None and not Path(spec.checkpoint).expanduser().is_dir():
+            # A given checkpoint's artifact links its files: it must be on this machine.
+            raise RecipeError(
+                f"{where}.{key}: false needs {which} to be {what} on this machine, but {text!r} is a hub id; "
+                f"download it first (e.g. `hf download {spec.checkpoint} --local-dir DIR`) and write the directory"
+            )
 
 
 def parse_recipe(raw: dict, path: Path | None = None, base_dir: Path | None = None) -> Recipe:
@@ -818,6 +848,13 @@ def check_trainable(recipe: Recipe) -> None:
                     "no weights): it can only be planned (rlhfkit plan); to train, use 'family:preset' or a "
                     "checkpoint directory"
                 )
+        if name in used:
+            from rlhfkit.given import check_row
+
+            try:
+                check_row(entry, f"models[{i}]")
+            except ValueError as exc:
+                raise RecipeError(f"{prefix}{exc}") from None
     registry = get_registry()
     for i, tracker in enumerate(recipe.report.trackers):
         spec = registry.get("tracker", tracker)

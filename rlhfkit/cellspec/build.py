@@ -60,8 +60,11 @@ def _load(role: ModelRole, dirs, trust_remote_code: bool):
 
     cls = AutoModelForCausalLM if role.head == "causal_lm" else AutoModelForSequenceClassification
     path = dirs.sft if role.start == "sft" else dirs.reward_model
+    kwargs = _load_kwargs(role)
+    if role.head == "classifier" and role.start == "sft":
+        kwargs["num_labels"] = 1  # a critic from the SFT policy: its backbone, a fresh one-label score head
     # Checkpoints that ship their own modelling code (MiniCPM 1/2) load only where the recipe row allows it.
-    return cls.from_pretrained(str(path), **_load_kwargs(role), trust_remote_code=trust_remote_code)
+    return cls.from_pretrained(str(path), **kwargs, trust_remote_code=trust_remote_code)
 
 
 def _lora_config(role: ModelRole, default_targets):
@@ -324,7 +327,7 @@ def _prepare_trained(accelerator, plan, model, optimizer):
 
 
 def build_context(config, accelerator, plan, models, tokenizer, task, memory, logger, seed: int,
-                  algorithm: str = ""):
+                  algorithm: str = "", reward_tokenizer=None):
     """Optimizers, accelerate/DeepSpeed preparation and the :class:`TrainContext` of built models.
 
     ``plan`` is the cell's :class:`ModelSet` (or, for tests that bring their own models, a memory plan);
@@ -358,7 +361,7 @@ def build_context(config, accelerator, plan, models, tokenizer, task, memory, lo
         task=task, memory=memory, logger=logger, generator=torch.Generator(device=device).manual_seed(seed),
         prompt_sampler=PromptSampler(task.rl_prompts, seed), value_model=value_model,
         value_optimizer=value_optimizer, value_scheduler=value_scheduler, plan=plan,
-        is_main=accelerator.is_main_process, algorithm=algorithm,
+        is_main=accelerator.is_main_process, algorithm=algorithm, reward_tokenizer=reward_tokenizer,
     )
 
 
@@ -423,6 +426,7 @@ def build_cell(spec: dict, config_overrides: dict | None = None, broadcast: bool
     from rlhfkit.cellspec.arch import cell_model_set
     from rlhfkit.engine.context import MetricsLogger
     from rlhfkit.engine.memory_tracker import PhaseMemory
+    from rlhfkit.engine.reward_tokens import load_reward_tokenizer
     from rlhfkit.plugins import get_plugin_manager, get_registry
     from rlhfkit.recipe import Cell, load_recipe
     from rlhfkit.stages.pipeline import build_task, load_tokenizer
@@ -449,13 +453,14 @@ def build_cell(spec: dict, config_overrides: dict | None = None, broadcast: bool
     task = build_task(recipe, cell.data_seed)  # the stratum's data draw: the one its SFT and reward model saw
     dirs = artifact_dirs(recipe, recipe.models[cell.model], Path(spec["artifacts_root"]), cell.data_seed)
     tokenizer = load_tokenizer(dirs.tokenizer)
+    reward_tokenizer = load_reward_tokenizer(dirs, tokenizer, given=not recipe.models[cell.model].train_reward)
     memory.reset_baseline()  # measured memory = models, optimizer states, activations: not the task/tokenizer
     models = build_models(model_set, recipe, cell.model, dirs, accelerator.device)
     metrics = Path(spec["cell_dir"]) / "metrics.jsonl" if spec.get("cell_dir") else None
     hook = get_plugin_manager().hook if broadcast else None
     logger = MetricsLogger(metrics, cell, hook, accelerator.is_main_process, run=recipe.run_context(spec["recipe"]))
     ctx = build_context(config, accelerator, model_set, models, tokenizer, task, memory, logger, seed,
-                        algorithm=cell.algorithm)
+                        algorithm=cell.algorithm, reward_tokenizer=reward_tokenizer)
     ctx.checkpointer = _checkpointer(spec, recipe, config, model_set, accelerator, metrics)
     return BuiltCell(spec=spec, recipe=recipe, cell=cell, algorithm=algorithm, model_set=model_set,
                      accelerator=accelerator, ctx=ctx, dirs=dirs, cuda=cuda, measurement=measurement, started=started)

@@ -5,7 +5,9 @@ Plain data and pure functions only: no torch, no registry import (strategies and
 passed in).  The rules that used to be written twice, once in the cell and once in the planner, live here:
 
 - no separate reference under LoRA: the reference is the policy's base with the adapters disabled;
-- PPO's critic starts from the reward model (``AlgorithmSpec.critic_from``) and follows the policy's LoRA
+- PPO's critic starts from the reward model (``AlgorithmSpec.critic_from``) when the reward model reads the
+  policy's tokens, otherwise from the SFT policy with a fresh one-label head (:func:`critic_start`), and
+  follows the policy's LoRA
   (``MemoryPlan.value_model_lora`` overrides), keeping its ``score`` head trainable (peft ``modules_to_save``);
 - QLoRA quantises the bases of LoRA-trained models only; frozen models are stored in the frozen dtype;
 - trained full weights load in fp32 (accelerate autocasts; DeepSpeed casts its engines to 16 bit and keeps
@@ -271,12 +273,25 @@ def _frozen_role(plan: MemoryPlan, name: str, start: str, head: str, precision: 
                      zero_stage=3 if zero3 else 0, offload_parameters=zero3 and plan.offload_parameters)
 
 
+def critic_start(algorithm, reward_reads_policy_tokens: bool = True) -> str:
+    """Where a critic starts: the critic reads the policy's tokens (a value per response token), so it starts
+    from the reward model when the reward model reads the policy's tokens (the algorithm's ``critic_from``,
+    ``reward_model`` for PPO), otherwise from the SFT policy (``"sft"``, with a fresh one-label score head).
+
+    "Otherwise" is a reward model with another tokenizer (its embeddings index other strings, its vocabulary
+    may be smaller than the policy's ids) or no reward model at all (a reward function: ``reward =
+    "fn:NAME"``).  The SFT policy is the one model that already reads the policy's tokens and knows the task.
+    """
+    return getattr(algorithm, "critic_from", "reward_model") if reward_reads_policy_tokens else "sft"
+
+
 def derive_model_set(plan: MemoryPlan, algorithm, precision: str = "fp32", cuda: bool = False,
-                     policy_arch: dict | None = None, strategies=()) -> ModelSet:
+                     policy_arch: dict | None = None, strategies=(), reward_reads_policy_tokens: bool = True) -> ModelSet:
     """The model set of a cell from its memory plan, its algorithm spec and the precision/device.
 
     ``policy_arch`` (architecture numbers) is needed under ZeRO (bucket sizes); ``strategies`` are the
-    strategy parts, whose :meth:`shape` runs last, in the recipe's order.
+    strategy parts, whose :meth:`shape` runs last, in the recipe's order; ``reward_reads_policy_tokens``: the
+    critic's start (:func:`critic_start`).
     """
     lora = plan.uses_lora
     policy = _trained_role(plan, "policy", "sft", "causal_lm", lora, precision, cuda)
@@ -289,7 +304,7 @@ def derive_model_set(plan: MemoryPlan, algorithm, precision: str = "fp32", cuda:
     critic = None
     if getattr(algorithm, "needs_value_model", False):
         critic_lora = plan.value_model_lora if plan.value_model_lora is not None else lora
-        start = getattr(algorithm, "critic_from", "reward_model")
+        start = critic_start(algorithm, reward_reads_policy_tokens)
         critic = _trained_role(plan, "critic", start, "classifier", critic_lora, precision, cuda,
                                modules_to_save=("score",))
     deepspeed = None
@@ -305,4 +320,4 @@ def derive_model_set(plan: MemoryPlan, algorithm, precision: str = "fp32", cuda:
 
 
 __all__ = ["LoraSettings", "MemoryPlan", "OptimizerChoice", "ModelRole", "DeepSpeedSettings", "ModelSet",
-           "derive_model_set", "deepspeed_settings", "zero_bucket_elements", "frozen_dtype", "DTYPE_BYTES"]
+           "derive_model_set", "critic_start", "deepspeed_settings", "zero_bucket_elements", "frozen_dtype", "DTYPE_BYTES"]

@@ -112,6 +112,9 @@ class TrainContext:
     """Steps finished so far (``ctx.steps()`` advances it)."""
     checkpointer: Any = None
     """:class:`rlhfkit.engine.checkpoint.Checkpointer` (``[run] checkpoint_every``), or ``None``: no checkpoints."""
+    reward_tokenizer: Any = None
+    """:class:`rlhfkit.engine.reward_tokens.RewardTokenizer` when the reward model has its own tokenizer
+    (completions are re-encoded for it), or ``None``: it reads the policy's token ids."""
 
     def __post_init__(self):
         if self.kl_controller is None:

@@ -334,11 +334,15 @@ def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
     logprobs = torch.where(mask.bool(), logprobs, INVALID_LOGPROB)
     input_ids = torch.cat([query.input_ids, responses], dim=1)
     attention_mask = torch.cat([query.attention_mask, mask.long()], dim=1)
+    from rlhfkit.engine.reward_tokens import reward_model_scores
+
     with ctx.memory.phase(Phase.SCORING.value), _scoring_mode(ctx):
         with reference_mode(policy, ctx.reference) as ref_model:
             ref_logprobs = response_logprobs(ref_model, input_ids, attention_mask, responses, cfg.temperature)
         ref_logprobs = torch.where(mask.bool(), ref_logprobs, INVALID_LOGPROB)
-        raw_scores = score_at(ctx.reward_model, input_ids, attention_mask, query.input_ids.size(1) + last_index)
+        # The reward model's own tokens when it has its own tokenizer (rlhfkit/engine/reward_tokens.py).
+        raw_scores, reward_tokens = reward_model_scores(ctx, prompts, responses, contains_eos, input_ids,
+                                                        attention_mask, query.input_ids.size(1) + last_index)
     # Clone out of inference mode: these tensors are used in autograd graphs later.
     ref_logprobs, raw_scores = ref_logprobs.clone(), raw_scores.clone()
     scores = raw_scores - cfg.missing_eos_penalty * (~contains_eos).float()
@@ -347,7 +351,7 @@ def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
         real_tokens = int(attention_mask.sum())
         ledger.generated(len(prompts), len(set(prompts)), int(mask.sum()), int(query.attention_mask.sum()), not greedy)
         ledger.forward("reference", real_tokens)
-        ledger.forward("reward", real_tokens)
+        ledger.forward("reward", reward_tokens)
     completions = tok.batch_decode(responses, skip_special_tokens=True)
     return Rollout(
         query_ids=query.input_ids,

@@ -855,14 +855,37 @@ def build_document(context):
     return doc
 
 
+STAGE_LABELS = {"tokenizer": "tokenizer", "sft": "SFT", "dpo": "DPO", "reward_model": "RM"}
+REWARD_TOKENIZER_NOTES = {
+    "own": "the reward model has its own tokenizer (another vocabulary than the policy's): each completion is "
+           "decoded with the policy's tokenizer and re-encoded with the reward model's before scoring; PPO's critic "
+           "starts from the SFT policy with a fresh one-label head (it must read the policy's tokens, which the "
+           "reward model cannot)",
+    "same": "the reward model has its own tokenizer with the policy's vocabulary: it reads the policy's token ids",
+}
+
+
+def stages_text(info: dict) -> str:
+    """``SFT given, RM given`` from the stage metrics' ``stages`` (stage -> trained | given | cached)."""
+    stages = info.get("stages")
+    if not isinstance(stages, dict):
+        return "-"
+    return ", ".join(f"{STAGE_LABELS.get(k, k)} {v}" for k, v in stages.items())
+
+
 def context_blocks(context) -> list:
     """Stages, environment and the recipe text."""
     blocks = []
     if context.stages:
         blocks += [Heading("Stages (SFT and reward model)"), Table(
-            ["model", "status", "SFT eval loss", "RM held-out accuracy", "seconds"],
-            [[name, info.get("status", "-"), num(info.get("sft/eval_loss")), num(info.get("reward/eval_accuracy")),
-              num(info.get("wall_s"), 0)] for name, info in sorted(context.stages.items())])]
+            ["model", "status", "stages", "SFT eval loss", "RM held-out accuracy", "seconds"],
+            [[name, info.get("status", "-"), stages_text(info), num(info.get("sft/eval_loss")),
+              num(info.get("reward/eval_accuracy")), num(info.get("wall_s"), 0)]
+             for name, info in sorted(context.stages.items())])]
+        notes = [f"`{name}`: {REWARD_TOKENIZER_NOTES[info['reward/tokenizer']]}"
+                 for name, info in sorted(context.stages.items()) if info.get("reward/tokenizer") in REWARD_TOKENIZER_NOTES]
+        if notes:
+            blocks.append(BulletList(notes))
     blocks.append(Heading("Environment"))
     info = context.run_info
     if info:
