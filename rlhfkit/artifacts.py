@@ -36,9 +36,20 @@ class StageArtifacts:
     tokenizer: Path
     sft: Path
     reward_model: Path
+    dpo: Path | None = None
+    """The DPO stage's policy (rows with ``dpo = true``), else None."""
+
+    @property
+    def policy_start(self) -> Path:
+        """Where the RL policy (and its reference) start: the DPO policy when the row has one, else the SFT one."""
+        return self.dpo or self.sft
+
+    def stage_paths(self) -> list[Path]:
+        """Every artifact the row's stages build."""
+        return [p for p in (self.tokenizer, self.sft, self.reward_model, self.dpo) if p is not None]
 
     def as_dict(self) -> dict:
-        return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+        return {k: str(v) for k, v in dataclasses.asdict(self).items() if v is not None}  # no "dpo" key without one
 
 
 def stage_threads(recipe: Recipe) -> int:
@@ -55,6 +66,17 @@ def _threads_key(recipe: Recipe) -> dict:
     return {} if threads == (os.cpu_count() or 1) else {"threads": threads}
 
 
+def _chat_key(recipe: Recipe, entry: ModelEntry) -> dict:
+    """``[data] chat_template`` for the stage keys of a checkpoint policy (its tokenizer may have a template, so
+    the mode can change the prompts); left out for presets, whose locally trained tokenizers have none, so their
+    keys and numbers are those of a recipe without the setting."""
+    from rlhfkit.models import parse_model_spec
+
+    if parse_model_spec(entry.policy, entry.trust_remote_code).is_preset:
+        return {}
+    return {"chat_template": recipe.chat_template}
+
+
 def artifact_dirs(recipe: Recipe, entry: ModelEntry, root: Path, data_seed: int | None = None) -> StageArtifacts:
     """``data_seed``: the stratum's (a cell's ``data_seed``); None = ``[run] data_seed``, the key of a plain grid."""
     data = {
@@ -64,17 +86,19 @@ def artifact_dirs(recipe: Recipe, entry: ModelEntry, root: Path, data_seed: int 
     # A preset policy gets a tokenizer trained on the data (no torch arithmetic: no thread count); a
     # checkpoint brings its own.
     tokenizer_key = fingerprint({**data, "tokenizer_from": entry.policy})
-    threads = _threads_key(recipe)
+    threads = {**_threads_key(recipe), **_chat_key(recipe, entry)}  # both change what the stages train
     sft_key = fingerprint({**data, "tokenizer": tokenizer_key, "policy": entry.policy, "sft": dataclasses.asdict(recipe.sft),
                            **threads})
     rm_key = fingerprint(
         {**data, "tokenizer": tokenizer_key, "reward": entry.reward, "reward_model": dataclasses.asdict(recipe.reward_model),
          **threads}
     )
+    dpo_key = fingerprint({**data, "sft": sft_key, "dpo": dataclasses.asdict(recipe.dpo), **threads}) if entry.dpo else None
     return StageArtifacts(
         tokenizer=root / f"tokenizer-{tokenizer_key}",
         sft=root / f"sft-{sft_key}",
         reward_model=root / f"reward-{rm_key}",
+        dpo=root / f"dpo-{dpo_key}" if dpo_key else None,
     )
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from rlhfkit.artifacts import artifact_dirs, publish, read_marker, remove_stale_scratch, reusable, staging_dir
+from rlhfkit.chat import chat_task
 from rlhfkit.recipe import load_recipe
 
 
@@ -102,6 +103,7 @@ def _stratum_seeds(recipe, data_seed: int) -> None:
     offset = data_seed - recipe.run.data_seed
     recipe.sft = dataclasses.replace(recipe.sft, seed=(recipe.sft.seed + offset) % 2**31)
     recipe.reward_model = dataclasses.replace(recipe.reward_model, seed=(recipe.reward_model.seed + offset) % 2**31)
+    recipe.dpo = dataclasses.replace(recipe.dpo, seed=(recipe.dpo.seed + offset) % 2**31)
 
 
 def run_stages(spec: dict) -> dict:
@@ -123,9 +125,17 @@ def run_stages(spec: dict) -> dict:
     started = time.perf_counter()
     notes: list[str] = []
     tokenizer = ensure_tokenizer(entry, task, dirs.tokenizer, notes)
+    task = chat_task(task, tokenizer, recipe.chat_template)  # unchanged without a template (presets)
     metrics = {}
+    stages: dict[str, str] = {}  # stage -> "trained" | "cached" (the report's per-row stages)
     metrics.update(ensure_sft(recipe, entry, task, tokenizer, dirs.sft, notes))
+    if dirs.dpo is not None:
+        from rlhfkit.stages.dpo import ensure_dpo
+
+        metrics.update(ensure_dpo(recipe, task, tokenizer, dirs, notes, stages))
     metrics.update(ensure_reward_model(recipe, entry, task, tokenizer, dirs.reward_model, notes))
+    if stages:
+        metrics["stages"] = stages
     metrics["stages/seconds"] = time.perf_counter() - started
     metrics["stages/rebuilt"] = notes
     metrics["data/stats"] = task.stats
