@@ -855,6 +855,24 @@ def build_document(context):
     return doc
 
 
+def dpo_blocks(stages: dict) -> list:
+    """The DPO stage of the rows that have one (``dpo = true``): DPO's implicit reward on training and held-out
+    pairs (chosen ranked above rejected, chosen-minus-rejected margin), its loss, and whether it was trained or
+    reused; nothing for a run without one."""
+    rows = {name: info for name, info in sorted(stages.items()) if "dpo/eval_reward_accuracy" in info}
+    if not rows:
+        return []
+    return [Heading("DPO stage (the RL start and reference policy of its row)", 3), Table(
+        ["model", "stage", "train reward accuracy", "held-out reward accuracy", "held-out margin", "held-out loss",
+         "pairs", "seconds"],
+        [[name, (info.get("stages") or {}).get("dpo", "-"), num(info.get("dpo/train_reward_accuracy")),
+          num(info.get("dpo/eval_reward_accuracy")), num(info.get("dpo/eval_margin")), num(info.get("dpo/eval_loss")),
+          str(info.get("dpo/train_pairs", "-")), num(info.get("dpo/seconds"), 0)] for name, info in rows.items()]),
+        Paragraph("Reward accuracy and margin are DPO's implicit reward, beta x (log pi - log pi_SFT), of the chosen "
+                  "minus the rejected answer. The cells of these rows start from the DPO policy and are held to it by "
+                  "the KL penalty; their step-0 evaluation (the \"SFT\" columns) is of the DPO policy.")]
+
+
 def context_blocks(context) -> list:
     """Stages, environment and the recipe text."""
     blocks = []
@@ -863,6 +881,7 @@ def context_blocks(context) -> list:
             ["model", "status", "SFT eval loss", "RM held-out accuracy", "seconds"],
             [[name, info.get("status", "-"), num(info.get("sft/eval_loss")), num(info.get("reward/eval_accuracy")),
               num(info.get("wall_s"), 0)] for name, info in sorted(context.stages.items())])]
+        blocks += dpo_blocks(context.stages)
     blocks.append(Heading("Environment"))
     info = context.run_info
     if info:
