@@ -402,8 +402,11 @@ class Recipe:
         return self.run.data_seed if cell.data_seed is None else cell.data_seed
 
     def warnings(self) -> list[str]:
-        """One line per way the arms differ that is not the algorithm and is not swept."""
-        return confounder_warnings(self.algorithms, self.sweeps)
+        """One line per way the arms differ that is not the algorithm and is not swept (and a ``[dpo]`` table that
+        no row uses)."""
+        unused = ["[dpo] is set but no [[models]] row has dpo = true: no DPO stage runs"] if (
+            "dpo" in self.raw and not any(e.dpo for e in self.models.values())) else []
+        return confounder_warnings(self.algorithms, self.sweeps) + unused
 
     def load_tuned(self, output_dir: Path) -> None:
         """Take the tuned settings from a run directory's ``tuning.json`` (nothing when absent)."""

@@ -244,3 +244,12 @@ def test_dpo_without_preference_pairs_is_one_line_exit_2(tmp_path, capsys, comma
     assert not out_dir.exists()
     path.write_text(text.format(dpo=""))  # the same data set without DPO passes this check
     assert main(["validate", str(path)]) == 0
+
+
+def test_a_dpo_table_without_a_dpo_row_is_warned_about():
+    unused = parse_recipe({"models": [{"name": "m", "policy": "llama:tiny"}], "dpo": {"beta": 0.2}})
+    assert "[dpo] is set but no [[models]] row has dpo = true: no DPO stage runs" in unused.warnings()
+    used = parse_recipe({"models": [{"name": "m", "policy": "llama:tiny", "dpo": True}], "dpo": {"beta": 0.2}})
+    assert used.dpo.beta == 0.2 and not any("[dpo]" in w for w in used.warnings())
+    plain = parse_recipe({"models": [{"name": "m", "policy": "llama:tiny"}]})
+    assert not any("[dpo]" in w for w in plain.warnings())
