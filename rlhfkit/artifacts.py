@@ -93,7 +93,9 @@ def artifact_dirs(recipe: Recipe, entry: ModelEntry, root: Path, data_seed: int 
         {**data, "tokenizer": tokenizer_key, "reward": entry.reward, "reward_model": dataclasses.asdict(recipe.reward_model),
          **threads}
     )
-    dpo_key = fingerprint({**data, "sft": sft_key, "dpo": dataclasses.asdict(recipe.dpo), **threads}) if entry.dpo else None
+    dpo_key = None
+    if entry.dpo:  # after SFT: the SFT key covers the tokenizer, the policy, [sft] and the data
+        dpo_key = fingerprint({**data, "sft": sft_key, "dpo": dataclasses.asdict(recipe.dpo), **threads})
     return StageArtifacts(
         tokenizer=root / f"tokenizer-{tokenizer_key}",
         sft=root / f"sft-{sft_key}",

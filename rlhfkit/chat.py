@@ -36,7 +36,8 @@ def _hh_messages(prompt: str) -> list[dict] | None:
     # ['', 'Human', ' hi', 'Assistant', ' hello', ..., 'Assistant', ''] for a prompt ending with an open turn
     if len(parts) < 5 or parts[0].strip() or parts[-2] != "Assistant" or parts[-1].strip():
         return None
-    return [{"role": _HH_ROLES[role], "content": content.strip()} for role, content in zip(parts[1:-2:2], parts[2:-2:2])]
+    turns = zip(parts[1:-2:2], parts[2:-2:2])
+    return [{"role": _HH_ROLES[role], "content": content.strip()} for role, content in turns]
 
 
 def _plain_messages(prompt: str) -> list[dict] | None:

@@ -4,8 +4,9 @@ docs/config.md; ``rlhfkit config rl.kl_coef`` prints one key's help).
 A field's help is the string literal written right after it in the class body (the convention of TRL-style
 dataclasses); it is read with :mod:`ast` from the source, so the documentation is the code's own and cannot
 drift.  Sections are the recipe's tables: ``[rl]``, each built-in algorithm's ``[algorithms.<name>]`` (only the
-keys it adds or whose default it changes), ``[sft]``, ``[reward_model]``, ``[run]``, ``[report]``, ``[grid]``,
-``[tuning]``, ``[[models]]``, ``[data]`` (common keys, then per built-in data set) and the settings of each memory-strategy part.
+keys it adds or whose default it changes), ``[sft]``, ``[reward_model]``, ``[dpo]``, ``[run]``, ``[report]``, ``[grid]``,
+``[tuning]``, ``[[models]]``, ``[data]`` (common keys, then per built-in data set) and the settings of each
+memory-strategy part.
 Nothing here imports torch.
 """
 
@@ -146,7 +147,8 @@ def sections(builtin_only: bool = True) -> list[Section]:
                     "take lists of values of any `[rl]`/`[algorithms.<name>]` key; each value is a setting of its own."),
             Section("tuning", "[tuning]", TuningSettings),
             Section("models", "[[models]]", ModelEntry),
-            Section("data", "[data]", DataSettings, note="Keys every data set takes; its own keys follow, per data set.")]
+            Section("data", "[data]", DataSettings,
+                    note="Keys every data set takes; its own keys follow, per data set.")]
     for e in entries("dataset"):
         out.append(Section(f"data.{e.name}", f'[data] name = "{e.name}"', e.obj.options_class))
     for e in entries("memory_strategy"):

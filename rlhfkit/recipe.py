@@ -636,7 +636,8 @@ def _parse_data(raw: dict, base_dir: Path | None) -> tuple[str, Any, str]:
             where = f"the recipe's directory {base_dir}" if base_dir else "the current directory"
             raise RecipeError(f"data.path: {written!r} is not a file (looked at {data['path']}; relative paths "
                               f"resolve against {where})")
-    return data_name, build_dataclass(dataset.options_class, data, "data", skip=("name", "chat_template")), common.chat_template
+    options = build_dataclass(dataset.options_class, data, "data", skip=("name", "chat_template"))
+    return data_name, options, common.chat_template
 
 
 def _parse_models(rows: Any) -> dict[str, ModelEntry]:

@@ -170,7 +170,8 @@ def train_dpo(model, ref_model, tokenizer, task, config: DPOStageConfig, output_
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     score_batch = max(2 * config.batch_size, 64)
     # The reference's log-probs once, before training: the policy is still the SFT model.
-    ref_train, ref_eval = answer_logps(model, train, pad_id, score_batch), answer_logps(model, held_out, pad_id, score_batch)
+    ref_train = answer_logps(model, train, pad_id, score_batch)
+    ref_eval = answer_logps(model, held_out, pad_id, score_batch)
 
     set_seed(config.seed)
     args = DPOConfig(**common_training_args(config, output_dir), beta=config.beta, max_length=config.max_length,
@@ -185,10 +186,8 @@ def train_dpo(model, ref_model, tokenizer, task, config: DPOStageConfig, output_
             _remove_instance_forward(model)
         model.eval()
         metrics = {"dpo/trainer_mean_loss": float(result.training_loss)}
-        metrics.update(implicit_reward_metrics(answer_logps(model, train, pad_id, score_batch), ref_train, config.beta,
-                                               "dpo/train_"))
-        metrics.update(implicit_reward_metrics(answer_logps(model, held_out, pad_id, score_batch), ref_eval, config.beta,
-                                               "dpo/eval_"))
+        for rows, ref, prefix in ((train, ref_train, "dpo/train_"), (held_out, ref_eval, "dpo/eval_")):
+            metrics.update(implicit_reward_metrics(answer_logps(model, rows, pad_id, score_batch), ref, config.beta, prefix))
         model.save_pretrained(str(output_dir))
         tokenizer.save_pretrained(str(output_dir))
     metrics.update({
