@@ -200,7 +200,8 @@ def train_dpo(model, ref_model, tokenizer, task, config: DPOStageConfig, output_
     return metrics
 
 
-def ensure_dpo(recipe, task, tokenizer, dirs, notes: list | None = None, stages: dict | None = None) -> dict:
+def ensure_dpo(recipe, task, tokenizer, dirs, notes: list | None = None, stages: dict | None = None,
+               trust_remote_code: bool = False) -> dict:
     """The row's DPO policy at ``dirs.dpo``: reused when its artifact is complete (the key covers the data, the
     SFT artifact, ``[dpo]`` and the seed), else trained from the SFT policy at ``dirs.sft`` (also the frozen
     reference) and published.  Records ``stages["dpo"]`` = ``"trained"`` or ``"cached"``."""
@@ -215,8 +216,8 @@ def ensure_dpo(recipe, task, tokenizer, dirs, notes: list | None = None, stages:
     from rlhfkit.stages.sft import quiet_progress
 
     with quiet_progress():  # no "Loading weights" bars in the stage log
-        model = AutoModelForCausalLM.from_pretrained(str(dirs.sft))
-        ref_model = AutoModelForCausalLM.from_pretrained(str(dirs.sft))
+        model = AutoModelForCausalLM.from_pretrained(str(dirs.sft), trust_remote_code=trust_remote_code)
+        ref_model = AutoModelForCausalLM.from_pretrained(str(dirs.sft), trust_remote_code=trust_remote_code)
     tmp = staging_dir(dirs.dpo)
     metrics = train_dpo(model, ref_model, tokenizer, task, recipe.dpo, tmp)
     publish(tmp, dirs.dpo, {"kind": "dpo", "source": str(dirs.sft), "metrics": metrics})

@@ -132,7 +132,7 @@ def run_stages(spec: dict) -> dict:
     if dirs.dpo is not None:
         from rlhfkit.stages.dpo import ensure_dpo
 
-        metrics.update(ensure_dpo(recipe, task, tokenizer, dirs, notes, stages))
+        metrics.update(ensure_dpo(recipe, task, tokenizer, dirs, notes, stages, entry.trust_remote_code))
     metrics.update(ensure_reward_model(recipe, entry, task, tokenizer, dirs.reward_model, notes))
     if stages:
         metrics["stages"] = stages
