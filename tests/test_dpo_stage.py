@@ -253,3 +253,20 @@ def test_a_dpo_table_without_a_dpo_row_is_warned_about():
     assert used.dpo.beta == 0.2 and not any("[dpo]" in w for w in used.warnings())
     plain = parse_recipe({"models": [{"name": "m", "policy": "llama:tiny"}]})
     assert not any("[dpo]" in w for w in plain.warnings())
+
+
+def test_dpo_artifact_key_covers_its_settings_and_the_sft_stage(tmp_path):
+    """The DPO artifact's hash changes with [dpo] (seed included), the SFT stage and the data; the other stages'
+    keys do not change when a row turns DPO on (they are shared with the row without it)."""
+    def dirs(dpo=True, dpo_table=None, sft=None, data_seed=None):
+        raw = {"models": [{"name": "m", "policy": "llama:tiny", "dpo": dpo}], "dpo": dpo_table or {}, "sft": sft or {}}
+        recipe = parse_recipe(raw)
+        return artifact_dirs(recipe, recipe.models["m"], tmp_path, data_seed)
+
+    base, off = dirs(), dirs(dpo=False)
+    assert off.dpo is None and off.policy_start == off.sft and "dpo" not in off.as_dict()
+    assert base.policy_start == base.dpo and base.dpo.name.startswith("dpo-")
+    assert (base.tokenizer, base.sft, base.reward_model) == (off.tokenizer, off.sft, off.reward_model)
+    others = [dirs(dpo_table={"beta": 0.2}), dirs(dpo_table={"seed": 1}), dirs(sft={"epochs": 2}), dirs(data_seed=7)]
+    assert len({base.dpo, *(d.dpo for d in others)}) == 5
+    assert dirs(dpo_table={"beta": 0.2}).sft == base.sft
