@@ -34,10 +34,14 @@ def _hh_messages(prompt: str) -> list[dict] | None:
     text = "\n\n" + prompt.lstrip("\n") if prompt.startswith(("Human:", "System:", "\n")) else prompt
     parts = _HH_TURN.split(text)
     # ['', 'Human', ' hi', 'Assistant', ' hello', ..., 'Assistant', ''] for a prompt ending with an open turn
-    if len(parts) < 5 or parts[0].strip() or parts[-2] != "Assistant" or parts[-1].strip():
+    if len(parts) < 3 or parts[-2] != "Assistant" or parts[-1].strip():
         return None
     turns = zip(parts[1:-2:2], parts[2:-2:2])
-    return [{"role": _HH_ROLES[role], "content": content.strip()} for role, content in turns]
+    messages = [{"role": _HH_ROLES[role], "content": content.strip()} for role, content in turns]
+    if parts[0].strip():
+        # a prompt cut to max_prompt_chars ("truncate") starts inside a turn: the other speaker's than the next
+        messages.insert(0, {"role": "assistant" if parts[1] == "Human" else "user", "content": parts[0].strip()})
+    return messages or None
 
 
 def _plain_messages(prompt: str) -> list[dict] | None:

@@ -89,6 +89,34 @@ def test_prompt_messages_reads_hh_plain_and_plain_text():
         {"role": "user", "content": "\n\nHuman: hi\n\nAssistant: done".strip()}]
 
 
+def test_prompt_messages_reads_a_truncated_hh_prompt():
+    """``long_prompts = "truncate"`` may cut inside the last human turn: the fragment is that speaker's turn."""
+    assert prompt_messages("of a question?\n\nAssistant:") == [{"role": "user", "content": "of a question?"}]
+    assert prompt_messages("an answer tail.\n\nHuman: next\n\nAssistant:") == [
+        {"role": "assistant", "content": "an answer tail."}, {"role": "user", "content": "next"}]
+
+
+SHARED_HH = [base / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+             for base in (Path(__file__).resolve().parents[2], Path(__file__).resolve().parents[3])]
+
+
+@pytest.mark.skipif(not any(p.is_file() for p in SHARED_HH), reason="shared HH-RLHF file not found")
+@pytest.mark.parametrize("extra", [{}, {"max_prompt_chars": 240}])
+def test_every_real_hh_prompt_reads_back_as_turns(extra):
+    """On the shared harmless-base test file (2,139 RL and evaluation prompts) every prompt becomes a conversation
+    that starts and ends with a user turn; none falls back to one message holding the raw transcript."""
+    path = next(p for p in SHARED_HH if p.is_file())
+    recipe = parse_recipe({"data": {"name": "hh_rlhf", "path": str(path), **extra},
+                           "models": [{"name": "m", "policy": "llama:tiny"}]})
+    task = resolve(plugins.get_registry().get("dataset", "hh_rlhf").build)(recipe.data_options, 0)
+    prompts = task.rl_prompts + task.eval_prompts
+    conversations = [prompt_messages(p) for p in prompts]
+    assert len(conversations) > 2000
+    assert all(c[0]["role"] == "user" and c[-1]["role"] == "user" for c in conversations)
+    # one message per closed turn (the open "Assistant:" at the end is the generation prompt)
+    assert all(len(c) >= p.count("\n\nHuman:") + p.count("\n\nAssistant:") - 1 for p, c in zip(prompts, conversations))
+
+
 # -- the task -------------------------------------------------------------------------------------------------
 
 
