@@ -103,7 +103,8 @@ def _stratum_seeds(recipe, data_seed: int) -> None:
     offset = data_seed - recipe.run.data_seed
     recipe.sft = dataclasses.replace(recipe.sft, seed=(recipe.sft.seed + offset) % 2**31)
     recipe.reward_model = dataclasses.replace(recipe.reward_model, seed=(recipe.reward_model.seed + offset) % 2**31)
-    recipe.dpo = dataclasses.replace(recipe.dpo, seed=(recipe.dpo.seed + offset) % 2**31)
+    if recipe.dpo is not None:
+        recipe.dpo = dataclasses.replace(recipe.dpo, seed=(recipe.dpo.seed + offset) % 2**31)
 
 
 def run_stages(spec: dict) -> dict:
