@@ -1,4 +1,5 @@
-"""The stage process: tokenizer, SFT policy and reward model for one ``[[models]]`` row.
+"""The stage process: tokenizer, SFT policy, DPO policy (rows with ``dpo = true``) and reward model for one
+``[[models]]`` row.
 
 Run as ``python -m rlhfkit.stages.pipeline SPEC.json`` by the runner, so that torch and TRL live in a
 child process and a crash here is reported, not fatal to the grid.
