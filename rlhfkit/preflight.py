@@ -29,6 +29,22 @@ def check_dataset(name: str, options, registry=None) -> dict:
     return check(options) if callable(check) else {}
 
 
+def check_dpo_pairs(recipe, stats: dict) -> None:
+    """A row with ``dpo = true`` needs preference pairs.  A data file's check has already counted usable pairs
+    (``clean_pairs``); a data set without a file check (a built-in task, a plugin's) is built once to count them."""
+    used = set(recipe.grid.models or recipe.models)
+    rows = [i for i, (name, entry) in enumerate(recipe.models.items()) if name in used and entry.dpo]
+    if not rows or stats.get("clean_pairs"):
+        return
+    from rlhfkit.stages.pipeline import build_task
+
+    if not build_task(recipe).pairs:
+        raise ValueError(
+            f"models[{rows[0]}].dpo: true needs preference pairs, but data set {recipe.data_name!r} has none; set "
+            f"dpo = false, or use a data set with prompt/chosen/rejected pairs (synthetic, hh_rlhf, preference_jsonl)"
+        )
+
+
 def check_memory_strategies(recipe, registry) -> None:
     from rlhfkit.memory import split_strategy
 
@@ -46,5 +62,6 @@ def preflight(recipe) -> None:
 
     registry = get_registry()
     check_recipe_references(recipe)
-    check_dataset(recipe.data_name, recipe.data_options, registry)
+    stats = check_dataset(recipe.data_name, recipe.data_options, registry)
+    check_dpo_pairs(recipe, stats)
     check_memory_strategies(recipe, registry)

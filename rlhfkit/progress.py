@@ -100,6 +100,8 @@ class RichProgress:
                 f"[cyan]stages[/] {model}: [green]ok[/] in {info['wall_s']:.0f} s; "
                 f"reward-model held-out accuracy {_fmt(info.get('reward/eval_accuracy'), 3)}"
                 + _given_text(info)
+                + (f"; DPO held-out reward accuracy {_fmt(info['dpo/eval_reward_accuracy'], 3)}"
+                   if "dpo/eval_reward_accuracy" in info else "")
             )
         else:
             self.console.print(f"[cyan]stages[/] {model}: [red]failed[/]: {info.get('error')}")

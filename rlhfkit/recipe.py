@@ -32,11 +32,28 @@ class RecipeError(ValueError):
 
 
 TOP_LEVEL_KEYS = (
-    "name", "description", "data", "models", "grid", "tuning", "sft", "reward_model", "rl", "algorithms", "run", "report",
+    "name", "description", "data", "models", "grid", "tuning", "sft", "reward_model", "dpo", "rl", "algorithms", "run",
+    "report",
 )
 PHASES = ("grid", "tuning", "final")
 TUNING_METRICS = ("gold_at_kl", "gold_final")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class DataSettings:
+    """Keys of the ``[data]`` table that every data set takes; the other keys are the data set's own options."""
+
+    name: str = ""
+    """The data set (``rlhfkit plugins`` lists them); empty = the default one (``synthetic``)."""
+    chat_template: Literal["auto", "off"] = "auto"
+    """``"auto"``: when the policy's tokenizer has a chat template, every prompt (SFT, reward model, DPO, RL,
+    evaluation) is formatted with it (``apply_chat_template(..., add_generation_prompt=True)``; HH and plain
+    conversations are split into their turns).  ``"off"``: prompts stay the data's own text.  Tiny presets have
+    no template, so both give the same numbers."""
+
+    def __post_init__(self):
+        check_choices(self)
 
 
 @dataclass
@@ -57,6 +74,9 @@ class ModelEntry:
     train_reward: bool = True
     """``false``: ``reward`` is a trained ``...ForSequenceClassification`` checkpoint with one label, loaded as is
     with its own tokenizer (never retrained or resized): no reward-model stage.  Refused for presets."""
+    dpo: bool = False
+    """Run a DPO stage (TRL's DPOTrainer, settings in ``[dpo]``) on the preference pairs after SFT: its policy is
+    the RL start and the reference policy (the KL leash) of this row's cells."""
 
     def __post_init__(self):
         if not NAME_PATTERN.fullmatch(self.name):
@@ -314,6 +334,10 @@ class Recipe:
     tuned: dict[tuple, tuple] = field(default_factory=dict)
     """(model, algorithm, memory) -> the setting tuning picked; filled from the run's ``tuning.json``."""
     _configs: dict = field(default_factory=dict, repr=False)
+    dpo: Any = None
+    """The ``[dpo]`` table (:class:`rlhfkit.stages.dpo.DPOStageConfig`), used by rows with ``dpo = true``."""
+    chat_template: str = "auto"
+    """``[data] chat_template``: ``"auto"`` or ``"off"`` (see :class:`DataSettings`)."""
 
     def settings_for(self, algorithm: str) -> list[tuple]:
         """Every swept setting of one algorithm, in sweep order (``[()]`` when it sweeps nothing)."""
@@ -384,8 +408,11 @@ class Recipe:
         return self.run.data_seed if cell.data_seed is None else cell.data_seed
 
     def warnings(self) -> list[str]:
-        """One line per way the arms differ that is not the algorithm and is not swept."""
-        return confounder_warnings(self.algorithms, self.sweeps)
+        """One line per way the arms differ that is not the algorithm and is not swept (and a ``[dpo]`` table that
+        no row uses)."""
+        unused = ["[dpo] is set but no [[models]] row has dpo = true: no DPO stage runs"] if (
+            "dpo" in self.raw and not any(e.dpo for e in self.models.values())) else []
+        return confounder_warnings(self.algorithms, self.sweeps) + unused
 
     def load_tuned(self, output_dir: Path) -> None:
         """Take the tuned settings from a run directory's ``tuning.json`` (nothing when absent)."""
@@ -597,12 +624,14 @@ def _parsed_or_empty(strategy: str) -> list:
         return []
 
 
-def _parse_data(raw: dict, base_dir: Path | None) -> tuple[str, Any]:
-    """``[data]``: the data set's name and its validated options (a relative ``path`` resolved, and present)."""
+def _parse_data(raw: dict, base_dir: Path | None) -> tuple[str, Any, str]:
+    """``[data]``: the data set's name, its validated options (a relative ``path`` resolved, and present) and
+    the chat-template mode."""
     data = raw.get("data", {})
     if not isinstance(data, dict):
         raise RecipeError(f"data: expected a table, got {data!r}")
-    data_name = data.get("name") or default_dataset()
+    common = build_dataclass(DataSettings, {k: v for k, v in data.items() if k in ("name", "chat_template")}, "data")
+    data_name = common.name or default_dataset()
     registry = get_registry()
     _choose(data_name, registry.names("dataset"), "data.name")
     dataset = registry.get("dataset", data_name)
@@ -613,7 +642,8 @@ def _parse_data(raw: dict, base_dir: Path | None) -> tuple[str, Any]:
             where = f"the recipe's directory {base_dir}" if base_dir else "the current directory"
             raise RecipeError(f"data.path: {written!r} is not a file (looked at {data['path']}; relative paths "
                               f"resolve against {where})")
-    return data_name, build_dataclass(dataset.options_class, data, "data", skip=("name",))
+    options = build_dataclass(dataset.options_class, data, "data", skip=("name", "chat_template"))
+    return data_name, options, common.chat_template
 
 
 def _parse_models(rows: Any) -> dict[str, ModelEntry]:
@@ -660,6 +690,7 @@ def _check_given_is_checkpoint(entry: ModelEntry, where: str) -> None:
 def parse_recipe(raw: dict, path: Path | None = None, base_dir: Path | None = None) -> Recipe:
     """Validate a parsed TOML recipe; ``base_dir`` is where relative data paths resolve (None: the current
     directory)."""
+    from rlhfkit.stages.dpo import DPOStageConfig
     from rlhfkit.stages.reward import RewardStageConfig
     from rlhfkit.stages.sft import SFTStageConfig
 
@@ -680,7 +711,7 @@ def parse_recipe(raw: dict, path: Path | None = None, base_dir: Path | None = No
         if not isinstance(description, str):
             fail("description: expected a string")
 
-        data_name, data_options = _parse_data(raw, base_dir)
+        data_name, data_options, chat_template = _parse_data(raw, base_dir)
         models = _parse_models(raw.get("models"))
 
         grid = build_dataclass(GridSettings, raw.get("grid"), "grid", skip=("sweep",))
@@ -693,6 +724,7 @@ def parse_recipe(raw: dict, path: Path | None = None, base_dir: Path | None = No
 
         sft = build_dataclass(SFTStageConfig, raw.get("sft"), "sft")
         reward_model = build_dataclass(RewardStageConfig, raw.get("reward_model"), "reward_model")
+        dpo = build_dataclass(DPOStageConfig, raw.get("dpo"), "dpo")
 
         shared, algorithms, tables = _parse_algorithms(raw, grid)
         sweeps, tuning = _parse_sweeps_and_tuning(raw, grid, tables)
@@ -723,6 +755,8 @@ def parse_recipe(raw: dict, path: Path | None = None, base_dir: Path | None = No
         sweeps=sweeps,
         tuning=tuning,
         algorithm_tables=tables,
+        dpo=dpo,
+        chat_template=chat_template,
     )
 
 

@@ -242,7 +242,7 @@ class Runner:
         for model, data_seed in strata:
             name = Cell(model, "", "", 0, data_seed=data_seed).stage
             dirs = artifact_dirs(self.recipe, self.recipe.models[model], self.artifacts_root, data_seed)
-            if all(is_complete(p) for p in (dirs.tokenizer, dirs.sft, dirs.reward_model)) and name in stages:
+            if all(is_complete(p) for p in dirs.stage_paths()) and name in stages:
                 continue
             if self.progress:
                 self.progress.stage_started(name)

@@ -70,6 +70,10 @@ def task_info(recipe, artifacts_root=None) -> dict:
 
             tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer is not None:
+        from rlhfkit.chat import chat_task
+
+        chatted = chat_task(task, tokenizer, recipe.chat_template)  # the prompts the cells see
+        prompts = list(chatted.rl_prompts) + list(chatted.eval_prompts)
         info["prompt_tokens"] = max(len(tokenizer(p, add_special_tokens=False).input_ids) for p in prompts)
         info["vocab_size"] = len(tokenizer)
     elif task.tokenizer_kind == "word":

@@ -59,7 +59,8 @@ def _load(role: ModelRole, dirs, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cls = AutoModelForCausalLM if role.head == "causal_lm" else AutoModelForSequenceClassification
-    path = dirs.sft if role.start == "sft" else dirs.reward_model
+    # "sft" is the row's policy start: its DPO policy when the row has a DPO stage (policy and reference alike).
+    path = dirs.policy_start if role.start == "sft" else dirs.reward_model
     kwargs = _load_kwargs(role)
     if role.head == "classifier" and role.start == "sft":
         kwargs["num_labels"] = 1  # a critic from the SFT policy: its backbone, a fresh one-label score head
@@ -424,6 +425,7 @@ def build_cell(spec: dict, config_overrides: dict | None = None, broadcast: bool
 
     from rlhfkit.artifacts import artifact_dirs
     from rlhfkit.cellspec.arch import cell_model_set
+    from rlhfkit.chat import chat_task
     from rlhfkit.engine.context import MetricsLogger
     from rlhfkit.engine.memory_tracker import PhaseMemory
     from rlhfkit.engine.reward_tokens import load_reward_tokenizer
@@ -453,6 +455,7 @@ def build_cell(spec: dict, config_overrides: dict | None = None, broadcast: bool
     task = build_task(recipe, cell.data_seed)  # the stratum's data draw: the one its SFT and reward model saw
     dirs = artifact_dirs(recipe, recipe.models[cell.model], Path(spec["artifacts_root"]), cell.data_seed)
     tokenizer = load_tokenizer(dirs.tokenizer)
+    task = chat_task(task, tokenizer, recipe.chat_template)  # as the stages saw it (unchanged without a template)
     reward_tokenizer = load_reward_tokenizer(dirs, tokenizer, given=not recipe.models[cell.model].train_reward)
     memory.reset_baseline()  # measured memory = models, optimizer states, activations: not the task/tokenizer
     models = build_models(model_set, recipe, cell.model, dirs, accelerator.device)

@@ -871,6 +871,22 @@ def stages_text(info: dict) -> str:
     if not isinstance(stages, dict):
         return "-"
     return ", ".join(f"{STAGE_LABELS.get(k, k)} {v}" for k, v in stages.items())
+def dpo_blocks(stages: dict) -> list:
+    """The DPO stage of the rows that have one (``dpo = true``): DPO's implicit reward on training and held-out
+    pairs (chosen ranked above rejected, chosen-minus-rejected margin), its loss, and whether it was trained or
+    reused; nothing for a run without one."""
+    rows = {name: info for name, info in sorted(stages.items()) if "dpo/eval_reward_accuracy" in info}
+    if not rows:
+        return []
+    return [Heading("DPO stage (the RL start and reference policy of its row)", 3), Table(
+        ["model", "stage", "train reward accuracy", "held-out reward accuracy", "held-out margin", "held-out loss",
+         "pairs", "seconds"],
+        [[name, (info.get("stages") or {}).get("dpo", "-"), num(info.get("dpo/train_reward_accuracy")),
+          num(info.get("dpo/eval_reward_accuracy")), num(info.get("dpo/eval_margin")), num(info.get("dpo/eval_loss")),
+          str(info.get("dpo/train_pairs", "-")), num(info.get("dpo/seconds"), 0)] for name, info in rows.items()]),
+        Paragraph("Reward accuracy and margin are DPO's implicit reward, beta x (log pi - log pi_SFT), of the chosen "
+                  "minus the rejected answer. The cells of these rows start from the DPO policy and are held to it by "
+                  "the KL penalty; their step-0 evaluation (the \"SFT\" columns) is of the DPO policy.")]
 
 
 def context_blocks(context) -> list:
@@ -886,6 +902,7 @@ def context_blocks(context) -> list:
                  for name, info in sorted(context.stages.items()) if info.get("reward/tokenizer") in REWARD_TOKENIZER_NOTES]
         if notes:
             blocks.append(BulletList(notes))
+        blocks += dpo_blocks(context.stages)
     blocks.append(Heading("Environment"))
     info = context.run_info
     if info:

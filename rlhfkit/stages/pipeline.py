@@ -1,4 +1,5 @@
-"""The stage process: tokenizer, SFT policy and reward model for one ``[[models]]`` row.
+"""The stage process: tokenizer, SFT policy, DPO policy (rows with ``dpo = true``) and reward model for one
+``[[models]]`` row.
 
 Run as ``python -m rlhfkit.stages.pipeline SPEC.json`` by the runner, so that torch and TRL live in a
 child process and a crash here is reported, not fatal to the grid.
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from rlhfkit.artifacts import artifact_dirs, is_complete, publish, read_marker, remove_stale_scratch, reusable, staging_dir
+from rlhfkit.chat import chat_task
 from rlhfkit.recipe import load_recipe
 
 
@@ -211,6 +213,8 @@ def _stratum_seeds(recipe, data_seed: int) -> None:
     offset = data_seed - recipe.run.data_seed
     recipe.sft = dataclasses.replace(recipe.sft, seed=(recipe.sft.seed + offset) % 2**31)
     recipe.reward_model = dataclasses.replace(recipe.reward_model, seed=(recipe.reward_model.seed + offset) % 2**31)
+    if recipe.dpo is not None:
+        recipe.dpo = dataclasses.replace(recipe.dpo, seed=(recipe.dpo.seed + offset) % 2**31)
 
 
 def run_stages(spec: dict) -> dict:
@@ -231,10 +235,15 @@ def run_stages(spec: dict) -> dict:
     task = build_task(recipe, data_seed)
     started = time.perf_counter()
     notes: list[str] = []
-    stages: dict[str, str] = {}
+    stages: dict[str, str] = {}  # stage -> "trained" | "given" | "cached" (the report's per-row stages)
     tokenizer = ensure_tokenizer(entry, task, dirs.tokenizer, notes, stages)
+    task = chat_task(task, tokenizer, recipe.chat_template)  # unchanged without a template (presets)
     metrics = {}
     metrics.update(_sft_stage(recipe, entry, task, tokenizer, dirs, notes, stages))
+    if dirs.dpo is not None:
+        from rlhfkit.stages.dpo import ensure_dpo
+
+        metrics.update(ensure_dpo(recipe, task, tokenizer, dirs, notes, stages, entry.trust_remote_code))
     metrics.update(_reward_stage(recipe, entry, task, tokenizer, dirs, notes, stages))
     metrics["stages"] = stages
     metrics["stages/seconds"] = time.perf_counter() - started
