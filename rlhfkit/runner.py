@@ -537,7 +537,12 @@ def run_recipe(recipe: Recipe, output_dir: Path, progress=None, retry_failed: bo
             executor.open(output_dir)  # before the stages: a cluster that cannot run the grid says so first
             runner = Runner(recipe, output_dir, progress=progress, retry_failed=retry_failed, executor=executor)
             stages = runner.run_stages()
-            return runner.run_cells(stages)
+            outcome = runner.run_cells(stages)
+            if recipe.run.save_policies == "best":  # every cell saved its policy; keep each algorithm's best
+                from rlhfkit.policies import keep_best
+
+                keep_best(output_dir)
+            return outcome
         except ExecutorError as exc:
             raise RunError(str(exc)) from None
         finally:
