@@ -201,3 +201,28 @@ def test_saved_policies_load_generate_and_have_the_cells_gold(tmp_path):
     assert sorted(summary["kept"]) == ["ppo", "rloo"] and len(summary["removed"]) == 2
     assert len(list(copy.glob("cells/*/policy/" + MANIFEST))) == 2
     assert len(list(copy.glob("cells/*/result.json"))) == 4
+
+
+@pytest.mark.slow
+def test_a_zero3_policy_is_gathered_before_it_is_saved(tmp_path):
+    """Two processes under ZeRO-3 each hold half of every parameter: the saved policy has every tensor whole (the
+    SFT checkpoint's shapes), trained (not the SFT weights), loads with transformers alone and generates."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe = tmp_path / "zero3.toml"
+    text = GRID.replace('algorithms = ["rloo", "ppo"]', 'algorithms = ["rloo"]').replace('["full", "lora"]', '["zero3"]')
+    recipe.write_text(text.replace("parallel_cells = 2", "parallel_cells = 1") + 'save_policies = "all"\n')
+    out = tmp_path / "run"
+    proc = run_cli("run", recipe, "--output", out, "--num-processes", "2", timeout=600)
+    cell_dir = out / "cells" / "llama-tiny__rloo__zero3__s1"
+    result = json.loads((cell_dir / "result.json").read_text())
+    assert proc.returncode == 0 and result["status"] == "ok", (result.get("error"), proc.stderr[-2000:])
+    assert result["num_processes"] == 2
+    policy = AutoModelForCausalLM.from_pretrained(cell_dir / "policy")
+    sft = AutoModelForCausalLM.from_pretrained(result["artifacts"]["sft"])
+    saved, start = policy.state_dict(), sft.state_dict()
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in start.items()}
+    assert all(v.numel() > 0 for v in saved.values())
+    assert any(not torch.equal(saved[k], start[k]) for k in start)
+    _generates(policy, AutoTokenizer.from_pretrained(cell_dir / "policy"))
