@@ -143,7 +143,8 @@ class RunSettings:
     then per algorithm only the policy of the ok cell with the highest final eval gold, or proxy score without a
     gold reward, is kept; ``policies.json`` says which).  The report links them (docs/scaling.md)."""
     save_merged: bool = False
-    """Under LoRA, also save the adapter merged into its base as a full model (``policy/merged/``)."""
+    """Under LoRA, also save the adapter merged into its base as a full model (``policy/merged/``); cells without
+    LoRA (nothing to merge) and over a 4-bit base (not merged: a note in log.txt) save as they would without it."""
     executor: str = "local"
     """Where cells run: ``local`` (processes on this machine), ``ray`` (``[run.ray]``) or ``slurm`` (``[run.slurm]``);
     ``--executor`` overrides it.  The cell process is the same everywhere, so results do not depend on it."""
