@@ -206,13 +206,14 @@ def test_saved_policies_load_generate_and_have_the_cells_gold(tmp_path):
 @pytest.mark.slow
 def test_a_zero3_policy_is_gathered_before_it_is_saved(tmp_path):
     """Two processes under ZeRO-3 each hold half of every parameter: the saved policy has every tensor whole (the
-    SFT checkpoint's shapes), trained (not the SFT weights), loads with transformers alone and generates."""
+    SFT checkpoint's shapes), trained (not the SFT weights), loads with transformers alone and generates; with
+    ``best`` through ``rlhfkit run``, policies.json names it and the report says so."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     recipe = tmp_path / "zero3.toml"
     text = GRID.replace('algorithms = ["rloo", "ppo"]', 'algorithms = ["rloo"]').replace('["full", "lora"]', '["zero3"]')
-    recipe.write_text(text.replace("parallel_cells = 2", "parallel_cells = 1") + 'save_policies = "all"\n')
+    recipe.write_text(text.replace("parallel_cells = 2", "parallel_cells = 1") + 'save_policies = "best"\n')
     out = tmp_path / "run"
     proc = run_cli("run", recipe, "--output", out, "--num-processes", "2", timeout=600)
     cell_dir = out / "cells" / "llama-tiny__rloo__zero3__s1"
@@ -226,3 +227,6 @@ def test_a_zero3_policy_is_gathered_before_it_is_saved(tmp_path):
     assert all(v.numel() > 0 for v in saved.values())
     assert any(not torch.equal(saved[k], start[k]) for k in start)
     _generates(policy, AutoTokenizer.from_pretrained(cell_dir / "policy"))
+    kept = json.loads((out / "policies.json").read_text())["kept"]  # "best" through the runner: the only cell
+    assert kept["rloo"]["cell"] == cell_dir.name and kept["rloo"]["value"] == result["summary"]["gold_final"]
+    assert "best by gold_final" in (out / "report.md").read_text()
