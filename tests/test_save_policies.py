@@ -230,3 +230,37 @@ def test_a_zero3_policy_is_gathered_before_it_is_saved(tmp_path):
     kept = json.loads((out / "policies.json").read_text())["kept"]  # "best" through the runner: the only cell
     assert kept["rloo"]["cell"] == cell_dir.name and kept["rloo"]["value"] == result["summary"]["gold_final"]
     assert "best by gold_final" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_zero3_lora_adapter_and_its_merge_are_gathered(tmp_path):
+    """ZeRO-3 + LoRA on two processes: the adapter is whole and trained (LoRA B starts at zero), loads with peft
+    on its base, and the merged model gives the adapter's logits."""
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe = tmp_path / "zero3lora.toml"
+    text = GRID.replace('algorithms = ["rloo", "ppo"]', 'algorithms = ["rloo"]').replace('["full", "lora"]', '["zero3+lora"]')
+    # zero3_gather_for_generation = false as in tests/test_zero3_lora.py: with the default (true) a ZeRO-3 + LoRA
+    # cell fails at its first evaluation ("Setting requires_grad=True on inference tensor", peft's set_adapter in
+    # rollout.reference_mode), before any saving; an engine issue, reported, not this test's subject.
+    text = text.replace("[rl]\n", "[rl]\nzero3_gather_for_generation = false\n")
+    recipe.write_text(text.replace("parallel_cells = 2", "parallel_cells = 1") + 'save_policies = "all"\nsave_merged = true\n')
+    out = tmp_path / "run"
+    proc = run_cli("run", recipe, "--output", out, "--num-processes", "2", timeout=600)
+    cell_dir = out / "cells" / "llama-tiny__rloo__zero3-lora__s1"
+    result = json.loads((cell_dir / "result.json").read_text())
+    assert proc.returncode == 0 and result["status"] == "ok", (result.get("error"), proc.stderr[-2000:])
+    policy_dir = cell_dir / "policy"
+    adapter = load_file(policy_dir / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.numel() > 0 for v in adapter.values()) and any(v.abs().sum() > 0 for v in lora_b)
+    policy = AutoPeftModelForCausalLM.from_pretrained(policy_dir)
+    merged = AutoModelForCausalLM.from_pretrained(policy_dir / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    ids = tokenizer(["the cat"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(policy(ids).logits, merged(ids).logits, atol=1e-5)
+    _generates(merged, tokenizer)

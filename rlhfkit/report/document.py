@@ -364,6 +364,32 @@ def cell_table(results) -> Table:
     return Table(header, rows)
 
 
+def policy_blocks(context) -> list:
+    """``[run] save_policies``: a link to every saved policy, and how "best" chose."""
+    from rlhfkit.policies import report_rows
+
+    mode = context.recipe.run.save_policies
+    if mode == "none":
+        return []
+    policies, summary = report_rows(context.output_dir)
+    kept = {entry["cell"]: entry for entry in (summary.get("kept") or {}).values()}
+
+    def kept_as(p) -> str:
+        entry = kept.get(p["id"])
+        return f"best by {entry['metric']}" if entry else "saved"
+
+    rows = [[p["cell"]["algorithm"], p["id"], kept_as(p), num(p["summary"].get("gold_final")),
+             num(p["summary"].get("score_final")), p["kind"] + (" + merged" if p.get("merged") else ""),
+             TableCell(p["path"] + "/", href=p["path"] + "/")] for p in policies]
+    how = ("Each cell's final policy, saved with `save_pretrained` and its tokenizer: load a full one with "
+           "`AutoModelForCausalLM.from_pretrained(path)`, a LoRA adapter with `AutoPeftModelForCausalLM.from_pretrained(path)` "
+           "(its base is the run's SFT checkpoint), a merged one from `path/merged`.")
+    if mode == "best":
+        how += (" Kept: per algorithm, the ok cell with the highest final eval gold (the final proxy score when the "
+                "task has no gold reward); the other cells' policies were removed (`policies.json`).")
+    table = Table(["algorithm", "cell", "kept as", "gold final", "score final", "kind", "policy"], rows)
+    return [Heading("Saved policies", 3), Paragraph(how), table if rows else Paragraph("No policy saved yet.")]
+
 
 
 # -- matched KL, budgets, tuning ------------------------------------------------------------------------------
@@ -856,33 +882,6 @@ def build_document(context):
         doc.add(Heading("Sample completions at the start and end of training", 3), samples)
     context.cache["document"] = doc
     return doc
-
-
-def policy_blocks(context) -> list:
-    """``[run] save_policies``: a link to every saved policy, and how "best" chose."""
-    from rlhfkit.policies import report_rows
-
-    mode = context.recipe.run.save_policies
-    if mode == "none":
-        return []
-    policies, summary = report_rows(context.output_dir)
-    kept = {entry["cell"]: entry for entry in (summary.get("kept") or {}).values()}
-
-    def kept_as(p) -> str:
-        entry = kept.get(p["id"])
-        return f"best by {entry['metric']}" if entry else "saved"
-
-    rows = [[p["cell"]["algorithm"], p["id"], kept_as(p), num(p["summary"].get("gold_final")),
-             num(p["summary"].get("score_final")), p["kind"] + (" + merged" if p.get("merged") else ""),
-             TableCell(p["path"] + "/", href=p["path"] + "/")] for p in policies]
-    how = ("Each cell's final policy, saved with `save_pretrained` and its tokenizer: load a full one with "
-           "`AutoModelForCausalLM.from_pretrained(path)`, a LoRA adapter with `AutoPeftModelForCausalLM.from_pretrained(path)` "
-           "(its base is the run's SFT checkpoint), a merged one from `path/merged`.")
-    if mode == "best":
-        how += (" Kept: per algorithm, the ok cell with the highest final eval gold (the final proxy score when the "
-                "task has no gold reward); the other cells' policies were removed (`policies.json`).")
-    table = Table(["algorithm", "cell", "kept as", "gold final", "score final", "kind", "policy"], rows)
-    return [Heading("Saved policies", 3), Paragraph(how), table if rows else Paragraph("No policy saved yet.")]
 
 
 def context_blocks(context) -> list:
