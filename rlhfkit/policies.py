@@ -5,8 +5,8 @@ A cell of a run with ``save_policies = "best"`` or ``"all"`` saves its final pol
 
 * a full policy: ``save_pretrained`` of the trained model and its tokenizer; loads alone with
   ``AutoModelForCausalLM.from_pretrained(path)`` / ``AutoTokenizer.from_pretrained(path)``;
-* a LoRA policy: the peft adapter (``adapter_config.json`` naming the run's SFT checkpoint, an absolute path, as
-  its base) and the tokenizer; loads with ``AutoPeftModelForCausalLM.from_pretrained(path)`` or
+* a LoRA policy: the peft adapter (``adapter_config.json`` naming, as an absolute path, the checkpoint the
+  adapter was put on: the row's SFT policy, or its DPO policy when the row has a DPO stage) and the tokenizer; loads with ``AutoPeftModelForCausalLM.from_pretrained(path)`` or
   ``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), path)``; with ``save_merged = true``
   also ``policy/merged/``: the adapter merged into the base (a full model, same loading as above), except over a
   4-bit base (QLoRA), which is not merged (a note in the manifest and log.txt);
@@ -79,7 +79,7 @@ def _write(model, tokenizer, staging: Path, built) -> dict:
     from peft import PeftModel
 
     lora = isinstance(model, PeftModel)
-    base = str(Path(built.dirs.sft).resolve())
+    base = _base_path(model) if lora else None
     model.save_pretrained(str(staging))
     tokenizer.save_pretrained(str(staging))
     merged, note = None, None
@@ -98,12 +98,19 @@ def _write(model, tokenizer, staging: Path, built) -> dict:
             merged = "merged"
     last = built.ctx.evaluations[-1]
     return {
-        "cell": built.cell.as_dict(), "kind": "lora" if lora else "full", "base": base if lora else None,
+        "cell": built.cell.as_dict(), "kind": "lora" if lora else "full", "base": base,
         "merged": merged, "note": note, "step": built.ctx.last_step,
         "final_eval": {k: v for k, v in last.items() if k in ("eval/step", "eval/gold", "eval/score", "eval/kl")},
         "load": ("peft.AutoPeftModelForCausalLM.from_pretrained(path)" if lora
                  else "transformers.AutoModelForCausalLM.from_pretrained(path)"),
     }
+
+
+def _base_path(model) -> str:
+    """The checkpoint the adapter was put on, as peft recorded it (the row's policy start: its SFT policy, its DPO
+    policy, or a given checkpoint), absolute when it is a local directory."""
+    base = model.peft_config[model.active_adapter].base_model_name_or_path
+    return str(Path(base).resolve()) if base and Path(base).exists() else base
 
 
 def _absolute_base(staging: Path, base: str) -> None:
