@@ -383,7 +383,7 @@ def policy_blocks(context) -> list:
              TableCell(p["path"] + "/", href=p["path"] + "/")] for p in policies]
     how = ("Each cell's final policy, saved with `save_pretrained` and its tokenizer: load a full one with "
            "`AutoModelForCausalLM.from_pretrained(path)`, a LoRA adapter with `AutoPeftModelForCausalLM.from_pretrained(path)` "
-           "(its base is the run's SFT checkpoint), a merged one from `path/merged`.")
+           "(its base, named in adapter_config.json, is the checkpoint it was trained on), a merged one from `path/merged`.")
     if mode == "best":
         how += (" Kept: per algorithm, the ok cell with the highest final eval gold (the final proxy score when the "
                 "task has no gold reward); the other cells' policies were removed (`policies.json`).")
