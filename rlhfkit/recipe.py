@@ -163,6 +163,14 @@ class RunSettings:
     resumes an unfinished cell from its checkpoint with the numbers of an uninterrupted run, and a cell that
     finishes ok removes it.  Single-process cells without ZeRO (others train without checkpoints, a note in
     their log.txt)."""
+    save_policies: Literal["none", "best", "all"] = "none"
+    """Keep trained policies: ``none``; ``all`` (every ok cell saves its final policy with ``save_pretrained``
+    into ``cells/<cell>/policy/``, with its tokenizer; under LoRA the peft adapter); ``best`` (every cell saves,
+    then per algorithm only the policy of the ok cell with the highest final eval gold, or proxy score without a
+    gold reward, is kept; ``policies.json`` says which).  The report links them (docs/scaling.md)."""
+    save_merged: bool = False
+    """Under LoRA, also save the adapter merged into its base as a full model (``policy/merged/``); cells without
+    LoRA (nothing to merge) and over a 4-bit base (not merged: a note in log.txt) save as they would without it."""
     executor: str = "local"
     """Where cells run: ``local`` (processes on this machine), ``ray`` (``[run.ray]``) or ``slurm`` (``[run.slurm]``);
     ``--executor`` overrides it.  The cell process is the same everywhere, so results do not depend on it."""
@@ -177,6 +185,8 @@ class RunSettings:
                              f"{hint(self.executor, EXECUTORS)}")
         if self.parallel_cells < 1:
             raise ValueError("parallel_cells must be >= 1")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 = no checkpoints; got {self.checkpoint_every})")
         if self.threads_per_cell < 0:
             raise ValueError("threads_per_cell must be >= 0")
         if self.cell_timeout_s <= 0:

@@ -46,6 +46,8 @@ class TableCell:
     text: str
     emphasis: str = ""
     """``win`` (the better side of a comparison), ``muted`` (pending/missing) or ``bad`` (failed)."""
+    href: str = ""
+    """A link target relative to the report (a saved policy's directory), or none."""
 
     def __str__(self) -> str:
         return self.text
@@ -361,6 +363,32 @@ def cell_table(results) -> Table:
         )
     return Table(header, rows)
 
+
+def policy_blocks(context) -> list:
+    """``[run] save_policies``: a link to every saved policy, and how "best" chose."""
+    from rlhfkit.policies import report_rows
+
+    mode = context.recipe.run.save_policies
+    if mode == "none":
+        return []
+    policies, summary = report_rows(context.output_dir)
+    kept = {entry["cell"]: entry for entry in (summary.get("kept") or {}).values()}
+
+    def kept_as(p) -> str:
+        entry = kept.get(p["id"])
+        return f"best by {entry['metric']}" if entry else "saved"
+
+    rows = [[p["cell"]["algorithm"], p["id"], kept_as(p), num(p["summary"].get("gold_final")),
+             num(p["summary"].get("score_final")), p["kind"] + (" + merged" if p.get("merged") else ""),
+             TableCell(p["path"] + "/", href=p["path"] + "/")] for p in policies]
+    how = ("Each cell's final policy, saved with `save_pretrained` and its tokenizer: load a full one with "
+           "`AutoModelForCausalLM.from_pretrained(path)`, a LoRA adapter with `AutoPeftModelForCausalLM.from_pretrained(path)` "
+           "(its base, named in adapter_config.json, is the checkpoint it was trained on), a merged one from `path/merged`.")
+    if mode == "best":
+        how += (" Kept: per algorithm, the ok cell with the highest final eval gold (the final proxy score when the "
+                "task has no gold reward); the other cells' policies were removed (`policies.json`).")
+    table = Table(["algorithm", "cell", "kept as", "gold final", "score final", "kind", "policy"], rows)
+    return [Heading("Saved policies", 3), Paragraph(how), table if rows else Paragraph("No policy saved yet.")]
 
 
 
@@ -844,6 +872,7 @@ def build_document(context):
     problems = results[results["status"].isin(PROBLEM_STATUSES)]
     if not problems.empty:
         doc.add(Heading("Problems", 3), BulletList([f"`{r['cell']}`: {r['status']}: {r['error']}" for _, r in problems.iterrows()]))
+    doc.add(*policy_blocks(context))
     doc.add(*context_blocks(context))
     several = "data_seed" in results and results["data_seed"].nunique() > 1
     doc.add(Heading("Methods"), BulletList(METHODS + (STRATA_METHODS if several else [])),
@@ -944,6 +973,8 @@ def _md_escape(text: str) -> str:
 def _md_cell(cell) -> str:
     if isinstance(cell, TableCell):
         text = _md_escape(cell.text)
+        if cell.href:
+            text = f"[{text}](<{cell.href}>)"
         if cell.emphasis == "win":
             return f"**{text}**"
         if cell.emphasis == "muted":
