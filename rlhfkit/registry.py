@@ -28,6 +28,7 @@ KINDS = (
     "kl_estimator",
     "metric",
     "tracker",
+    "reward_function",
 )
 
 
@@ -168,6 +169,31 @@ class Reporter:
     description: str = ""
     default: bool = True
     """Run by default after every run (recipes may restrict the list with ``[report] reporters``)."""
+
+
+@dataclass
+class RewardFunctionSpec:
+    """A programmatic reward (``reward = "fn:<name>"`` in a ``[[models]]`` row): e.g. a verifiable reward.
+
+    ``fn(prompts, completions, metadata, task)`` (object or lazy ``"module:attr"``, imported only inside a cell)
+    scores one batch of decoded completions: ``prompts`` and ``completions`` are lists of texts (the completion
+    without its prompt, special tokens removed), ``metadata`` a list of dicts, one per row (the task's
+    ``prompt_metadata`` of that row's prompt, e.g. ``{"answer": 12}``; ``{}`` where the task has none), and
+    ``task`` the :class:`rlhfkit.data.PreferenceTask`.  It returns one finite float per completion (a list, a
+    tuple or a 1-D tensor).  The plugin that registered it is recorded by the registry, like every kind.
+    """
+
+    name: str
+    """What recipes write after ``fn:`` (``reward = "fn:arith_exact"``)."""
+    fn: Any
+    """The scorer, or a lazy ``"module:attr"`` reference to it (so loading plugins never imports torch)."""
+    description: str = ""
+    needs_metadata: bool = False
+    """Reads ``metadata`` (the task's per-prompt answers): a data set without metadata for its prompts is
+    refused before any stage runs."""
+    needs_gold: bool = False
+    """Calls the task's own gold reward (``task.gold_reward``): a data set without one is refused before any
+    stage runs."""
 
 
 @dataclass

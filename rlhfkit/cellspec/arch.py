@@ -87,9 +87,12 @@ def cell_model_set(recipe, cell, cuda: bool, artifacts_root=None) -> ModelSet:
     from rlhfkit.plugins import get_registry
 
     plan = build_memory_plan(cell.memory)
+    from rlhfkit.rewards import has_reward_model
+
     algorithm = get_registry().get("algorithm", cell.algorithm)
     arch = cell_architecture(recipe, cell.model, "policy", artifacts_root) if plan.zero_stage else None
-    return derive_model_set(plan, algorithm, recipe.run.precision, cuda, arch, strategy_parts(cell.memory))
+    return derive_model_set(plan, algorithm, recipe.run.precision, cuda, arch, strategy_parts(cell.memory),
+                            has_reward_model=has_reward_model(recipe.models[cell.model]))
 
 
 __all__ = ["cell_architecture", "cell_model_set", "task_info"]

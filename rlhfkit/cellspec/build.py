@@ -60,8 +60,11 @@ def _load(role: ModelRole, dirs, trust_remote_code: bool):
 
     cls = AutoModelForCausalLM if role.head == "causal_lm" else AutoModelForSequenceClassification
     path = dirs.sft if role.start == "sft" else dirs.reward_model
+    kwargs = _load_kwargs(role)
+    if role.head == "classifier" and role.start == "sft":
+        kwargs["num_labels"] = 1  # a critic from the SFT policy: its backbone, a fresh one-label score head
     # Checkpoints that ship their own modelling code (MiniCPM 1/2) load only where the recipe row allows it.
-    return cls.from_pretrained(str(path), **_load_kwargs(role), trust_remote_code=trust_remote_code)
+    return cls.from_pretrained(str(path), **kwargs, trust_remote_code=trust_remote_code)
 
 
 def _lora_config(role: ModelRole, default_targets):
@@ -119,9 +122,10 @@ def build_models(model_set: ModelSet, recipe, model_name: str, dirs, device):
 
     entry = recipe.models[model_name]
     remote = entry.trust_remote_code
-    adapters = {"policy": adapter_for(parse_model_spec(entry.policy, remote)),
-                "reward": adapter_for(parse_model_spec(entry.reward, remote))}
-    built = {}
+    adapters = {"policy": adapter_for(parse_model_spec(entry.policy, remote))}
+    if model_set.reward is not None:  # a function reward (reward = "fn:...") names no model
+        adapters["reward"] = adapter_for(parse_model_spec(entry.reward, remote))
+    built = {"reward": None}
     for role in model_set.roles():
         if not role.separate:
             built[role.role] = None
@@ -275,8 +279,10 @@ def _preimport_families(recipe, model_name: str) -> None:
     from rlhfkit.models import adapter_for, parse_model_spec
     from rlhfkit.registry import resolve
 
+    from rlhfkit.rewards import has_reward_model
+
     entry = recipe.models[model_name]
-    for ref in (entry.policy, entry.reward):
+    for ref in (entry.policy, entry.reward) if has_reward_model(entry) else (entry.policy,):
         try:
             adapter = adapter_for(parse_model_spec(ref, entry.trust_remote_code))
             for lazy in adapter.classes()[1:]:
@@ -323,6 +329,14 @@ def _prepare_trained(accelerator, plan, model, optimizer):
     return model.to(accelerator.device), accelerator.prepare_optimizer(optimizer, device_placement=False)
 
 
+def reward_mix(entry, task):
+    """The row's reward functions and weights (:class:`rlhfkit.rewards.RewardMix`), or ``None`` when the row
+    optimises its reward model's score alone: the rollout then scores exactly as it always has."""
+    from rlhfkit.rewards import RewardMix, is_plain_model
+
+    return None if is_plain_model(entry) else RewardMix(entry, task)
+
+
 def build_context(config, accelerator, plan, models, tokenizer, task, memory, logger, seed: int,
                   algorithm: str = ""):
     """Optimizers, accelerate/DeepSpeed preparation and the :class:`TrainContext` of built models.
@@ -348,7 +362,8 @@ def build_context(config, accelerator, plan, models, tokenizer, task, memory, lo
     if value_model is not None:
         value_model, value_optimizer = _prepare_trained(accelerator, plan, value_model, value_optimizer)
     if plan.zero_stage == 3:
-        reward_model = _zero3_inference(reward_model, accelerator)
+        if reward_model is not None:
+            reward_model = _zero3_inference(reward_model, accelerator)
         if reference is not None:
             reference = _zero3_inference(reference, accelerator)
     device = accelerator.device
@@ -456,6 +471,7 @@ def build_cell(spec: dict, config_overrides: dict | None = None, broadcast: bool
     logger = MetricsLogger(metrics, cell, hook, accelerator.is_main_process, run=recipe.run_context(spec["recipe"]))
     ctx = build_context(config, accelerator, model_set, models, tokenizer, task, memory, logger, seed,
                         algorithm=cell.algorithm)
+    ctx.reward_mix = reward_mix(recipe.models[cell.model], task)
     ctx.checkpointer = _checkpointer(spec, recipe, config, model_set, accelerator, metrics)
     return BuiltCell(spec=spec, recipe=recipe, cell=cell, algorithm=algorithm, model_set=model_set,
                      accelerator=accelerator, ctx=ctx, dirs=dirs, cuda=cuda, measurement=measurement, started=started)

@@ -112,6 +112,9 @@ class TrainContext:
     """Steps finished so far (``ctx.steps()`` advances it)."""
     checkpointer: Any = None
     """:class:`rlhfkit.engine.checkpoint.Checkpointer` (``[run] checkpoint_every``), or ``None``: no checkpoints."""
+    reward_mix: Any = None
+    """:class:`rlhfkit.rewards.RewardMix`: the row's reward functions and weights (``reward = "fn:..."``,
+    ``reward_weights``); ``None``: the reward model's score alone (``reward_model`` is then required)."""
 
     def __post_init__(self):
         if self.kl_controller is None:

@@ -125,7 +125,10 @@ def run_stages(spec: dict) -> dict:
     tokenizer = ensure_tokenizer(entry, task, dirs.tokenizer, notes)
     metrics = {}
     metrics.update(ensure_sft(recipe, entry, task, tokenizer, dirs.sft, notes))
-    metrics.update(ensure_reward_model(recipe, entry, task, tokenizer, dirs.reward_model, notes))
+    from rlhfkit.rewards import has_reward_model
+
+    if has_reward_model(entry):  # reward = "fn:NAME": no reward model to train
+        metrics.update(ensure_reward_model(recipe, entry, task, tokenizer, dirs.reward_model, notes))
     metrics["stages/seconds"] = time.perf_counter() - started
     metrics["stages/rebuilt"] = notes
     metrics["data/stats"] = task.stats
