@@ -235,3 +235,36 @@ def test_rlvr_raises_exact_match_above_sft(tmp_path):
         # eval/gold is the exact-match rate; eval/score the optimised reward (the same function here)
         assert rows["gold_final"].mean() > rows["gold_sft"].mean() + 0.05, rows[["gold_sft", "gold_final"]]
         assert all(math.isclose(a, b) for a, b in zip(rows["gold_final"], rows["score_final"]))
+
+
+# ---- in-process: a function-only reward through the rollout and an algorithm ---------------------------------
+
+def test_function_reward_in_the_rollout_and_training():
+    from rlhfkit.registry import resolve
+    from rlhfkit.testing import tiny_context
+
+    def good_count(prompts, completions, metadata, task):
+        return [c.split().count("good") - 0.5 * c.split().count("bad") for c in completions]
+
+    class Plugin:
+        @hookimpl
+        def register_reward_functions(self, register):
+            register(RewardFunctionSpec(name="good_count", fn=good_count))
+
+    plugin = Plugin()
+    plugins.register_plugin(plugin, name="rf-inproc")
+    try:
+        ctx, spec = tiny_context("rloo")
+        ctx.reward_model = None  # a row with reward = "fn:good_count" has no reward model
+        ctx.reward_mix = RewardMix(ModelEntry(name="m", policy="llama:tiny", reward="fn:good_count"), ctx.task)
+        rollout = ctx.rollout(ctx.task.rl_prompts[:4])
+        assert rollout.raw_scores.tolist() == good_count(None, rollout.completions, None, None)
+        assert rollout.reward_parts["fn:good_count"].tolist() == rollout.raw_scores.tolist()
+        assert ctx.ledger.as_metrics().get("ledger/reward/forward_tokens", 0) == 0
+        resolve(spec.trainer)(ctx)
+        last = ctx.logger.history[-1]
+        assert last["objective/reward/fn:good_count"] == last["objective/raw_scores"]
+        evaluation = ctx.evaluate(ctx.last_step)
+        assert evaluation["eval/score"] == evaluation["eval/reward/fn:good_count"]
+    finally:
+        plugins.unregister_plugin(plugin)
