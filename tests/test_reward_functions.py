@@ -57,8 +57,8 @@ def test_arithmetic_task_is_noisy_and_splits_prompts():
     assert {r["prompt"] for r in task.sft} >= set(held_out)  # the tokenizer knows every evaluation word
     assert all(int(r["completion"]) >= 0 for r in task.sft)
     wrong = [r for r in task.sft if not exact_match(r["completion"], task.prompt_metadata[r["prompt"]]["answer"])]
-    assert all(int(r["completion"]) == task.prompt_metadata[r["prompt"]]["answer"] + 1 for r in wrong)  # off by one
-    spread = build(ArithmeticOptions(num_sft=500, systematic_offset=0, max_offset=3), seed=0)
+    assert all(r["completion"] == " " + r["prompt"].split()[0] or r["prompt"].split()[2] == "0" for r in wrong)  # echo
+    spread = build(ArithmeticOptions(num_sft=500, wrong_answer="random", max_offset=3), seed=0)
     offsets = {int(r["completion"]) - spread.prompt_metadata[r["prompt"]]["answer"] for r in spread.sft}
     assert offsets == {-3, -2, -1, 0, 1, 2, 3}
 

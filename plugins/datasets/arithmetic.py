@@ -2,10 +2,12 @@
 
 Prompts are additions of two whole numbers, ``"7 + 5 ="``; the answer is one number, ``" 12"``.  The SFT
 demonstrations give the correct answer for a fraction ``sft_correct_rate`` of the rows and a wrong answer for the
-rest: by default the correct one plus ``systematic_offset`` (1: a consistent off-by-one error, so for every prompt
-the SFT policy finds the wrong answer the likelier one), or with ``systematic_offset = 0`` a random offset of 1 to
-``max_offset`` either way (never negative).  The SFT policy answers correctly only about ``sft_correct_rate`` of
-the time: RL has room to raise it.  Preference pairs are correct (chosen) vs wrong (rejected), with label
+rest (``wrong_answer``): by default the first operand echoed ("7 + 5 = 7"), one systematic error that the SFT
+policy learns as the likelier answer for every prompt; or the sum plus one, or a random offset.  The SFT policy
+answers correctly only about ``sft_correct_rate`` of the time: RL has room to raise it.  (Measured with a tiny
+Llama: with a per-prompt error such as ``off_by_one`` the correction has to be learnt prompt by prompt, and 30
+RL steps moved the held-out exact-match rate only from 0.25 to 0.32-0.36; a shared error is what RL can unlearn
+on the RL prompts and carry over to held-out ones.)  Preference pairs are correct (chosen) vs wrong (rejected), with label
 noise, for rows that learn a reward model instead.  The gold reward is exact match (1 if the first number of the
 completion equals the answer, else 0; see ``rlhfkit_plugins.rewards.functions.first_number``), so ``eval/gold`` is
 the exact-match rate; the per-prompt answers are the task's ``prompt_metadata`` (``{"answer": 12}``) that the
@@ -19,9 +21,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 from rlhfkit.data import PreferenceTask
+from rlhfkit.validation import check_choices
 
 
 @dataclass
@@ -34,11 +37,12 @@ class ArithmeticOptions:
     """Demonstrations for the SFT stage."""
     sft_correct_rate: float = 0.4
     """Fraction of the demonstrations with the correct answer (the rest are off by 1 .. max_offset)."""
-    systematic_offset: int = 1
-    """Every wrong answer is the correct one plus this (a systematic error, "off by one", that the SFT policy
-    learns as the more likely answer); 0: random offsets of 1 .. ``max_offset`` either way instead."""
+    wrong_answer: Literal["echo", "off_by_one", "random"] = "echo"
+    """What a wrong demonstration answers: ``echo`` (the first operand, "7 + 5 = 7": one systematic error shared
+    by every prompt), ``off_by_one`` (the sum plus one) or ``random`` (the sum off by 1 .. ``max_offset`` either
+    way, never negative)."""
     max_offset: int = 3
-    """With ``systematic_offset = 0``: the largest distance of a wrong answer from the correct one."""
+    """With ``wrong_answer = "random"``: the largest distance of a wrong answer from the correct one."""
     num_pairs: int = 1000
     """Training preference pairs (correct vs wrong) for a reward model."""
     num_eval_pairs: int = 200
@@ -55,8 +59,7 @@ class ArithmeticOptions:
             raise ValueError("sft_correct_rate must be in [0, 1]")
         if self.max_offset < 1:
             raise ValueError("max_offset must be >= 1")
-        if self.systematic_offset < 0:
-            raise ValueError("systematic_offset must be >= 0")
+        check_choices(self)  # wrong_answer
         if not 0 <= self.label_noise < 0.5:
             raise ValueError("label_noise must be in [0, 0.5)")
         for name in ("num_sft", "num_pairs", "num_eval_pairs", "num_eval_prompts"):
@@ -90,9 +93,13 @@ def split_prompts(max_operand: int) -> tuple[list[str], list[str]]:
     return train, held_out
 
 
-def _wrong(rng: random.Random, answer: int, opts: "ArithmeticOptions") -> int:
-    if opts.systematic_offset:
-        return answer + opts.systematic_offset
+def _wrong(rng: random.Random, a: int, b: int, opts: "ArithmeticOptions") -> int:
+    """A wrong answer to ``a + b`` (``echo`` answers ``a``, which is right when ``b == 0``: then ``a + 1``)."""
+    answer = a + b
+    if opts.wrong_answer == "echo":
+        return a if b else a + 1
+    if opts.wrong_answer == "off_by_one":
+        return answer + 1
     while True:
         wrong = answer + rng.choice([-1, 1]) * rng.randint(1, opts.max_offset)
         if wrong >= 0:
@@ -107,7 +114,7 @@ def _pairs(rng: random.Random, opts: ArithmeticOptions, n: int) -> list[dict]:
     pairs = []
     for _ in range(n):
         a, b = _operands(rng, opts)
-        chosen, rejected = f" {a + b}", f" {_wrong(rng, a + b, opts)}"
+        chosen, rejected = f" {a + b}", f" {_wrong(rng, a, b, opts)}"
         if rng.random() < opts.label_noise:
             chosen, rejected = rejected, chosen
         pairs.append({"prompt": prompt_of(a, b), "chosen": chosen, "rejected": rejected})
@@ -120,7 +127,7 @@ def build(options: ArithmeticOptions, seed: int) -> PreferenceTask:
     sft = []
     for _ in range(options.num_sft):
         a, b = _operands(rng, options)
-        answer = a + b if rng.random() < options.sft_correct_rate else _wrong(rng, a + b, options)
+        answer = a + b if rng.random() < options.sft_correct_rate else _wrong(rng, a, b, options)
         sft.append({"prompt": prompt_of(a, b), "completion": f" {answer}"})
     pairs = _pairs(rng, options, options.num_pairs)
     eval_pairs = _pairs(rng, options, options.num_eval_pairs)
