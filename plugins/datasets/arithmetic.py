@@ -2,12 +2,12 @@
 
 Prompts are additions of two whole numbers, ``"7 + 5 ="``; the answer is one number, ``" 12"``.  The SFT
 demonstrations give the correct answer for a fraction ``sft_correct_rate`` of the rows and a wrong answer for the
-rest (``wrong_answer``): by default the first operand echoed ("7 + 5 = 7"), one systematic error that the SFT
-policy learns as the likelier answer for every prompt; or the sum plus one, or a random offset.  The SFT policy
-answers correctly only about ``sft_correct_rate`` of the time: RL has room to raise it.  (Measured with a tiny
-Llama: with a per-prompt error such as ``off_by_one`` the correction has to be learnt prompt by prompt, and 30
-RL steps moved the held-out exact-match rate only from 0.25 to 0.32-0.36; a shared error is what RL can unlearn
-on the RL prompts and carry over to held-out ones.)  Preference pairs are correct (chosen) vs wrong (rejected), with label
+rest (``wrong_answer``): by default the sum plus one, one systematic error that the SFT policy learns as the
+likelier answer for every prompt; or a random offset.  The SFT policy answers correctly less often than
+``sft_correct_rate`` (a tiny Llama spreads some probability over neighbouring numbers): RL has room to raise it.
+Measured with a tiny Llama, 40 RL steps (recipes/arithmetic_rlvr.toml): ``off_by_one`` lets RL unlearn the
+error on the RL prompts and carry it over to held-out ones (PPO 0.34 -> 0.64 on one seed), while ``random``
+offsets gave no rise (0.34 -> 0.33), and single digits (``max_operand = 9``, 100 prompts) rose only 0.25 -> 0.36.  Preference pairs are correct (chosen) vs wrong (rejected), with label
 noise, for rows that learn a reward model instead.  The gold reward is exact match (1 if the first number of the
 completion equals the answer, else 0; see ``rlhfkit_plugins.rewards.functions.first_number``), so ``eval/gold`` is
 the exact-match rate; the per-prompt answers are the task's ``prompt_metadata`` (``{"answer": 12}``) that the
@@ -31,16 +31,16 @@ from rlhfkit.validation import check_choices
 class ArithmeticOptions:
     """Options of the ``arithmetic`` task (the recipe's ``[data]`` table)."""
 
-    max_operand: int = 9
-    """Operands are 0 .. max_operand (9: single digits, 100 prompts)."""
+    max_operand: int = 6
+    """Operands are 0 .. max_operand (6: 49 prompts, 35 for RL and 14 held out)."""
     num_sft: int = 2000
     """Demonstrations for the SFT stage."""
     sft_correct_rate: float = 0.4
     """Fraction of the demonstrations with the correct answer (the rest are off by 1 .. max_offset)."""
-    wrong_answer: Literal["echo", "off_by_one", "random"] = "echo"
-    """What a wrong demonstration answers: ``echo`` (the first operand, "7 + 5 = 7": one systematic error shared
-    by every prompt), ``off_by_one`` (the sum plus one) or ``random`` (the sum off by 1 .. ``max_offset`` either
-    way, never negative)."""
+    wrong_answer: Literal["off_by_one", "random"] = "off_by_one"
+    """What a wrong demonstration answers: ``off_by_one`` (the sum plus one: one systematic error, so the SFT
+    policy finds the wrong answer the likelier one for every prompt) or ``random`` (the sum off by 1 ..
+    ``max_offset`` either way, never negative)."""
     max_offset: int = 3
     """With ``wrong_answer = "random"``: the largest distance of a wrong answer from the correct one."""
     num_pairs: int = 1000
@@ -94,10 +94,8 @@ def split_prompts(max_operand: int) -> tuple[list[str], list[str]]:
 
 
 def _wrong(rng: random.Random, a: int, b: int, opts: "ArithmeticOptions") -> int:
-    """A wrong answer to ``a + b`` (``echo`` answers ``a``, which is right when ``b == 0``: then ``a + 1``)."""
+    """A wrong answer to ``a + b``."""
     answer = a + b
-    if opts.wrong_answer == "echo":
-        return a if b else a + 1
     if opts.wrong_answer == "off_by_one":
         return answer + 1
     while True:
