@@ -238,8 +238,8 @@ def test_rlvr_raises_exact_match_above_sft(tmp_path):
     stages = json.loads((tmp_path / "out" / "stages.json").read_text())
     assert not any(k.startswith("reward/") for k in stages["llama-tiny"])  # no reward-model stage ran
     # eval/gold is the exact-match rate on 400 held-out samples; eval/score the optimised reward (the same here).
-    # Seed 1 on this machine: SFT 0.338, PPO 0.644, RLOO 0.371 (recipes/arithmetic_rlvr.toml's note).
-    for algorithm, rise in (("ppo", 0.1), ("rloo", 0.0)):
+    # Seed 1 on this machine: SFT 0.338, PPO 0.670, RLOO 0.571 (recipes/arithmetic_rlvr.toml's note).
+    for algorithm, rise in (("ppo", 0.1), ("rloo", 0.1)):
         row = table[table["algorithm"] == algorithm].iloc[0]
         assert row["gold_final"] > row["gold_sft"] + rise, (algorithm, row["gold_sft"], row["gold_final"])
         assert math.isclose(row["gold_final"], row["score_final"]) and math.isclose(row["gold_sft"], row["score_sft"])
