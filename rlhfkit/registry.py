@@ -61,12 +61,14 @@ class AlgorithmSpec:
     """Callable ``trainer(context) -> None`` (or a lazy ``"module:attr"`` string) run inside the cell."""
     description: str = ""
     needs_value_model: bool = False
-    """True when the algorithm trains a critic (PPO); the runner then builds one from the reward model."""
+    """True when the algorithm trains a critic (PPO); the cell then builds one (see ``critic_from``)."""
     samples_per_prompt_field: str | None = None
     """Name of the config field holding k (completions per prompt), if the algorithm samples several."""
     critic_from: str = "reward_model"
     """Where the critic starts, when ``needs_value_model``: ``reward_model`` (the trained reward model, its
-    score head included) or ``policy`` (the SFT policy's backbone with a new one-output head)."""
+    score head included) or ``policy`` (the SFT policy's backbone with a new one-output head).  A row without a
+    reward model reading the policy's tokens (``reward = "fn:..."``) always gets the latter
+    (:func:`rlhfkit.cellspec.modelset.critic_start`)."""
     default_in_grid: bool = False
     """In the grid of a recipe that does not list ``[grid] algorithms`` (core names no algorithm itself)."""
 
