@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from rlhfkit.rewards import has_reward_model
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 """Any one of these makes a directory a checkpoint with weights (sharded checkpoints have the index)."""
@@ -48,11 +50,6 @@ def is_checkpoint(text: str, trust_remote_code: bool = False) -> bool:
     from rlhfkit.models import parse_model_spec
 
     return parse_model_spec(text, trust_remote_code).checkpoint is not None
-
-
-def has_reward_model(entry) -> bool:
-    """False for ``reward = "fn:NAME"`` (a reward function, no reward model)."""
-    return not entry.reward.startswith("fn:")
 
 
 def reward_has_own_tokenizer(entry) -> bool:

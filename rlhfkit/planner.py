@@ -337,7 +337,8 @@ class _Cell:
     algo: Any
     info: dict
     arch_p: dict
-    arch_r: dict
+    arch_r: dict | None
+    """``None``: no reward model (a function reward)."""
     length_fraction: float = 1.0
     """Answers' length as a fraction of ``response_length`` (1: the worst case)."""
 
@@ -484,7 +485,8 @@ def _scoring(c: _Cell) -> dict:
     t_r = c.response_tokens
     ref_logits = c.rows_gen * (t_r + 1) * c.arch_p["vocab_size"] * 4 * SCORE_LOGIT_COPIES
     transient_p = c.rows_gen * c.tokens * layer_activation_elements(c.arch_p) * c.act_b
-    transient_r = c.rows_gen * c.tokens * (layer_activation_elements(c.arch_r) + 2 * c.arch_r["hidden_size"]) * c.act_b
+    transient_r = 0 if c.arch_r is None else (
+        c.rows_gen * c.tokens * (layer_activation_elements(c.arch_r) + 2 * c.arch_r["hidden_size"]) * c.act_b)
     parts = {"forward": max(ref_logits + transient_p, transient_r)}
     if c.zero == 3:
         parts["zero3_live_parameters"] = max(_live(c, m) for m in c.models)
@@ -538,9 +540,11 @@ def _cell_models(recipe, cell, ms, artifacts_root) -> tuple[list, dict, dict]:
     from rlhfkit.models import adapter_for, parse_model_spec
 
     entry = recipe.models[cell.model]
-    arch = {"policy": cell_architecture(recipe, cell.model, "policy", artifacts_root),
-            "reward": cell_architecture(recipe, cell.model, "reward", artifacts_root)}
-    refs = {"policy": entry.policy, "reward": entry.reward}
+    arch = {"policy": cell_architecture(recipe, cell.model, "policy", artifacts_root), "reward": None}
+    refs = {"policy": entry.policy}
+    if ms.reward is not None:  # a function reward (reward = "fn:...") has no reward model to size
+        arch["reward"] = cell_architecture(recipe, cell.model, "reward", artifacts_root)
+        refs["reward"] = entry.reward
     targets = {k: adapter_for(parse_model_spec(v, entry.trust_remote_code)).lora_target_modules for k, v in refs.items()}
     models = [_size_role(role, ms, arch[role.arch_of], targets[role.arch_of]) for role in ms.roles() if role.separate]
     return models, arch["policy"], arch["reward"]
@@ -601,7 +605,7 @@ def _assumptions(c: _Cell) -> dict:
     return {
         "precision": c.ms.precision,
         "policy_parameters": c.arch_p["num_parameters"],
-        "reward_parameters": classifier_parameters(c.arch_r),
+        "reward_parameters": classifier_parameters(c.arch_r) if c.arch_r is not None else 0,
         "trainable": {m.kind: m.trainable for m in c.trained},
         "rollout_rows": c.rows_gen,
         "minibatch_rows": c.rows_mb,

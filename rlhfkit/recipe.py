@@ -20,6 +20,7 @@ from rlhfkit.executors import EXECUTORS, RaySettings, SlurmSettings
 from rlhfkit.memory import strategy_id
 from rlhfkit.plugins import get_registry
 from rlhfkit.registry import config_fields
+from rlhfkit.rewards import check_entry as check_reward_entry, has_reward_model
 from rlhfkit.sweeps import confounder_warnings, freeze, setting_combinations, settings_text, thaw
 from rlhfkit.validation import check_choices, check_number, check_range, check_string, choice_error, did_you_mean, hint
 
@@ -65,7 +66,8 @@ class ModelEntry:
     policy: str
     """``family:preset`` (tiny, random init, then SFT) or a checkpoint directory / hub id."""
     reward: str = ""
-    """The reward model's base, same forms as ``policy``; empty means the same as ``policy``."""
+    """The reward model's base, same forms as ``policy``; empty means the same as ``policy``.  ``"fn:NAME"``: a
+    registered reward function is the reward (``rlhfkit plugins`` lists them): no reward model, no RM stage."""
     trust_remote_code: bool = False
     """Allow checkpoints that ship their own modelling code (e.g. MiniCPM 1/2)."""
     train_sft: bool = True
@@ -77,6 +79,10 @@ class ModelEntry:
     dpo: bool = False
     """Run a DPO stage (TRL's DPOTrainer, settings in ``[dpo]``) on the preference pairs after SFT: its policy is
     the RL start and the reference policy (the KL leash) of this row's cells."""
+    reward_weights: dict = field(default_factory=dict)
+    """Optimise a weighted sum of reward components: ``{ model = 1.0, "fn:arith_exact" = 0.5 }`` (``model`` = this
+    row's reward model, ``fn:NAME`` = a reward function); empty = ``reward`` alone, weight 1.  Finite weights;
+    ``model`` must be listed when ``reward`` is a model, and the ``fn:`` of ``reward = "fn:..."`` likewise."""
 
     def __post_init__(self):
         if not NAME_PATTERN.fullmatch(self.name):
@@ -669,8 +675,13 @@ def _parse_models(rows: Any) -> dict[str, ModelEntry]:
             raise RecipeError(f"models[{i}].name: {entry.name!r} is used twice")
         models[entry.name] = entry
         _check_model_ref(entry.policy, entry.trust_remote_code, f"models[{i}].policy")
-        _check_model_ref(entry.reward, entry.trust_remote_code, f"models[{i}].reward")
+        if has_reward_model(entry):
+            _check_model_ref(entry.reward, entry.trust_remote_code, f"models[{i}].reward")
         _check_given_is_checkpoint(entry, f"models[{i}]")
+        try:
+            check_reward_entry(entry, f"models[{i}]", get_registry())
+        except ValueError as exc:
+            raise RecipeError(str(exc)) from None
     return models
 
 
@@ -884,7 +895,7 @@ def check_trainable(recipe: Recipe) -> None:
     prefix = f"{recipe.path}: " if recipe.path else ""
     used = set(recipe.grid.models or recipe.models)
     for i, (name, entry) in enumerate(recipe.models.items()):
-        for which in ("policy", "reward"):
+        for which in ("policy", "reward") if has_reward_model(entry) else ("policy",):
             text = getattr(entry, which)
             if name in used and parse_model_spec(text, entry.trust_remote_code).is_reference:
                 raise RecipeError(

@@ -97,7 +97,8 @@ def reward_reads_policy_tokens(recipe, model_name: str, artifacts_root=None) -> 
     the stages would add, so the planner before a run and the cell after the stages decide alike; a preset
     policy (its tokenizer is trained on the data) never has a checkpoint's vocabulary.
     """
-    from rlhfkit.given import checkpoint_dir, has_reward_model, reward_has_own_tokenizer
+    from rlhfkit.given import checkpoint_dir, reward_has_own_tokenizer
+    from rlhfkit.rewards import has_reward_model
 
     entry = recipe.models[model_name]
     if not has_reward_model(entry):
@@ -144,11 +145,15 @@ def cell_model_set(recipe, cell, cuda: bool, artifacts_root=None) -> ModelSet:
     from rlhfkit.plugins import get_registry
 
     plan = build_memory_plan(cell.memory)
+    from rlhfkit.rewards import has_reward_model
+
     algorithm = get_registry().get("algorithm", cell.algorithm)
     arch = cell_architecture(recipe, cell.model, "policy", artifacts_root) if plan.zero_stage else None
-    reads = reward_reads_policy_tokens(recipe, cell.model, artifacts_root) if algorithm.needs_value_model else True
+    entry = recipe.models[cell.model]
+    has_rm = has_reward_model(entry)
+    reads = reward_reads_policy_tokens(recipe, cell.model, artifacts_root) if has_rm and algorithm.needs_value_model else True
     return derive_model_set(plan, algorithm, recipe.run.precision, cuda, arch, strategy_parts(cell.memory),
-                            reward_reads_policy_tokens=reads)
+                            has_reward_model=has_rm, reward_reads_policy_tokens=reads)
 
 
 __all__ = ["cell_architecture", "cell_model_set", "reward_reads_policy_tokens", "task_info"]

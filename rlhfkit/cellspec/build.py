@@ -123,9 +123,10 @@ def build_models(model_set: ModelSet, recipe, model_name: str, dirs, device):
 
     entry = recipe.models[model_name]
     remote = entry.trust_remote_code
-    adapters = {"policy": adapter_for(parse_model_spec(entry.policy, remote)),
-                "reward": adapter_for(parse_model_spec(entry.reward, remote))}
-    built = {}
+    adapters = {"policy": adapter_for(parse_model_spec(entry.policy, remote))}
+    if model_set.reward is not None:  # a function reward (reward = "fn:...") names no model
+        adapters["reward"] = adapter_for(parse_model_spec(entry.reward, remote))
+    built = {"reward": None}
     for role in model_set.roles():
         if not role.separate:
             built[role.role] = None
@@ -279,8 +280,10 @@ def _preimport_families(recipe, model_name: str) -> None:
     from rlhfkit.models import adapter_for, parse_model_spec
     from rlhfkit.registry import resolve
 
+    from rlhfkit.rewards import has_reward_model
+
     entry = recipe.models[model_name]
-    for ref in (entry.policy, entry.reward):
+    for ref in (entry.policy, entry.reward) if has_reward_model(entry) else (entry.policy,):
         try:
             adapter = adapter_for(parse_model_spec(ref, entry.trust_remote_code))
             for lazy in adapter.classes()[1:]:
@@ -327,6 +330,14 @@ def _prepare_trained(accelerator, plan, model, optimizer):
     return model.to(accelerator.device), accelerator.prepare_optimizer(optimizer, device_placement=False)
 
 
+def reward_mix(entry, task):
+    """The row's reward functions and weights (:class:`rlhfkit.rewards.RewardMix`), or ``None`` when the row
+    optimises its reward model's score alone: the rollout then scores exactly as it always has."""
+    from rlhfkit.rewards import RewardMix, is_plain_model
+
+    return None if is_plain_model(entry) else RewardMix(entry, task)
+
+
 def build_context(config, accelerator, plan, models, tokenizer, task, memory, logger, seed: int,
                   algorithm: str = "", reward_tokenizer=None):
     """Optimizers, accelerate/DeepSpeed preparation and the :class:`TrainContext` of built models.
@@ -352,7 +363,8 @@ def build_context(config, accelerator, plan, models, tokenizer, task, memory, lo
     if value_model is not None:
         value_model, value_optimizer = _prepare_trained(accelerator, plan, value_model, value_optimizer)
     if plan.zero_stage == 3:
-        reward_model = _zero3_inference(reward_model, accelerator)
+        if reward_model is not None:
+            reward_model = _zero3_inference(reward_model, accelerator)
         if reference is not None:
             reference = _zero3_inference(reference, accelerator)
     device = accelerator.device
@@ -464,6 +476,7 @@ def build_cell(spec: dict, config_overrides: dict | None = None, broadcast: bool
     logger = MetricsLogger(metrics, cell, hook, accelerator.is_main_process, run=recipe.run_context(spec["recipe"]))
     ctx = build_context(config, accelerator, model_set, models, tokenizer, task, memory, logger, seed,
                         algorithm=cell.algorithm, reward_tokenizer=reward_tokenizer)
+    ctx.reward_mix = reward_mix(recipe.models[cell.model], task)
     ctx.checkpointer = _checkpointer(spec, recipe, config, model_set, accelerator, metrics)
     return BuiltCell(spec=spec, recipe=recipe, cell=cell, algorithm=algorithm, model_set=model_set,
                      accelerator=accelerator, ctx=ctx, dirs=dirs, cuda=cuda, measurement=measurement, started=started)

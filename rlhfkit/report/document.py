@@ -820,6 +820,20 @@ STRATA_METHODS = [
 ]
 
 
+def reward_methods(recipe) -> list[str]:
+    """What "proxy score" means per model row, when a row optimises anything but its reward model's score
+    (reward functions, ``reward_weights``); nothing for recipes that do not (their report reads as before)."""
+    from rlhfkit.rewards import describe, is_plain_model
+
+    rows = getattr(recipe, "models", {}) or {}
+    if all(is_plain_model(entry) for entry in rows.values()):
+        return []
+    each = "; ".join(f"{name}: {describe(entry)}" for name, entry in rows.items())
+    return [f"Proxy score (eval/score, \"score final\", \"proxy\"): the reward each model row optimises, read the "
+            f"same way at step 0 and at every later evaluation (before the missing-EOS penalty): {each}. Each "
+            "component of a weighted sum is logged unweighted beside it (eval/reward/model, eval/reward/fn:NAME)."]
+
+
 def build_document(context):
     if "document" in context.cache:
         return context.cache["document"]
@@ -875,7 +889,7 @@ def build_document(context):
     doc.add(*policy_blocks(context))
     doc.add(*context_blocks(context))
     several = "data_seed" in results and results["data_seed"].nunique() > 1
-    doc.add(Heading("Methods"), BulletList(METHODS + (STRATA_METHODS if several else [])),
+    doc.add(Heading("Methods"), BulletList(METHODS + reward_methods(recipe) + (STRATA_METHODS if several else [])),
             Heading("Effective configuration", 3), *config_blocks(context, a))
     samples = samples_table(a)
     if samples is not None:

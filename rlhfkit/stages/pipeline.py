@@ -244,7 +244,10 @@ def run_stages(spec: dict) -> dict:
         from rlhfkit.stages.dpo import ensure_dpo
 
         metrics.update(ensure_dpo(recipe, task, tokenizer, dirs, notes, stages, entry.trust_remote_code))
-    metrics.update(_reward_stage(recipe, entry, task, tokenizer, dirs, notes, stages))
+    from rlhfkit.rewards import has_reward_model
+
+    if has_reward_model(entry):  # reward = "fn:NAME": no reward model to train
+        metrics.update(_reward_stage(recipe, entry, task, tokenizer, dirs, notes, stages))
     metrics["stages"] = stages
     metrics["stages/seconds"] = time.perf_counter() - started
     metrics["stages/rebuilt"] = notes
