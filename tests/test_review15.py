@@ -188,3 +188,29 @@ def test_a_deleted_given_checkpoint_is_one_line_exit_2(given, tmp_path):
         lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
         assert out.returncode == 2 and len(lines) == 1 and "models[0].reward" in lines[0], (command, out.stderr)
     assert not (tmp_path / "out").exists()
+
+
+RAISING = ("{% if messages[0]['role'] != 'system' %}{{ raise_exception('Conversation must start with a system "
+           "turn') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+
+
+def test_a_policy_template_that_refuses_the_prompts_is_refused_before_anything_runs(given, tmp_path):
+    """Before: validate said ok; run trained nothing, failed the stage and every cell (exit 1, a run directory
+    written).  Now validate and run refuse in one line, exit 2, nothing written; ``chat_template = "off"`` passes."""
+    import json
+    import shutil
+
+    policy = tmp_path / "raising"
+    shutil.copytree(given / "my sft", policy)
+    config = json.loads((policy / "tokenizer_config.json").read_text())
+    (policy / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": RAISING}))
+    path = _row_recipe(tmp_path, given, policy, given / "rm")
+    for command in ("validate", "run"):
+        out = run_cli(command, path, *(["--output", tmp_path / "out"] if command == "run" else []))
+        lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+        assert out.returncode == 2 and len(lines) == 1, (command, out.stderr)
+        assert "models[0].policy" in lines[0] and "chat_template" in lines[0] and "system turn" in lines[0]
+    assert not (tmp_path / "out").exists()
+    text = path.read_text().replace('chat_format = "plain"', 'chat_format = "plain"\nchat_template = "off"')
+    path.write_text(text)
+    assert run_cli("validate", path).returncode == 0
