@@ -64,6 +64,42 @@ CHAT_SAMPLE = 64
 """Prompts of the task formatted here per checkpoint policy with a template (the stage formats them all)."""
 
 
+DPO_SAMPLE = 2048
+"""Training pairs tokenized here per DPO row with a checkpoint policy (all of them up to this many)."""
+
+
+def check_dpo_lengths(recipe) -> None:
+    """A ``dpo = true`` row whose policy is a checkpoint: at least one of the task's training pairs (the first
+    ``DPO_SAMPLE``, after ``max_pairs``) keeps an answer token within ``[dpo] max_length``, tokenized as the stage
+    does (its chat template included), so a too small ``max_length`` is one line before anything is written,
+    not a failed stage.  A preset's tokenizer is trained by the stage, so its rows are checked there."""
+    from rlhfkit.given import checkpoint_dir
+
+    used = set(recipe.grid.models or recipe.models)
+    task = None
+    for i, (name, entry) in enumerate(recipe.models.items()):
+        path = checkpoint_dir(entry.policy, entry.trust_remote_code) if name in used and entry.dpo else None
+        if path is None:
+            continue
+        from transformers import AutoTokenizer
+
+        from rlhfkit.chat import chat_task
+        from rlhfkit.stages.dpo import encode_pairs
+        from rlhfkit.stages.pipeline import build_task
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=entry.trust_remote_code)
+        task = task or build_task(recipe)
+        pairs = list(chat_task(task, tokenizer, recipe.chat_template).pairs)[: recipe.dpo.max_pairs or None]
+        sample = pairs[:DPO_SAMPLE]
+        kept, dropped = encode_pairs(tokenizer, sample, recipe.dpo.max_length)
+        if sample and not kept:
+            raise ValueError(
+                f"dpo.max_length: {recipe.dpo.max_length} leaves no answer token in any of the {len(sample)} "
+                f"training pairs checked for models[{i}] ({entry.policy!r}: every prompt fills it); allowed: a "
+                f"max_length above the prompts' token count"
+            )
+
+
 def check_chat_templates(recipe) -> None:
     """``[data] chat_template = "auto"`` and a checkpoint policy whose tokenizer ships a template: the template
     renders the first prompts of the task, so a template that refuses them (e.g. one that needs a system turn
@@ -114,4 +150,5 @@ def preflight(recipe) -> None:
     stats = check_dataset(recipe.data_name, recipe.data_options, registry)
     check_dpo_pairs(recipe, stats)
     check_chat_templates(recipe)
+    check_dpo_lengths(recipe)
     check_memory_strategies(recipe, registry)

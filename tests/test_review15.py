@@ -214,3 +214,16 @@ def test_a_policy_template_that_refuses_the_prompts_is_refused_before_anything_r
     text = path.read_text().replace('chat_format = "plain"', 'chat_format = "plain"\nchat_template = "off"')
     path.write_text(text)
     assert run_cli("validate", path).returncode == 0
+
+
+def test_a_dpo_max_length_no_pair_fits_is_refused_before_anything_runs(given, tmp_path):
+    """Before: validate said ok; run failed the DPO stage and every cell (exit 1).  Now one line, exit 2."""
+    path = _row_recipe(tmp_path, given, given / "my sft", given / "rm", "dpo = true\n[dpo]\nmax_length = 2\n")
+    for command in ("validate", "run"):
+        out = run_cli(command, path, *(["--output", tmp_path / "out"] if command == "run" else []))
+        lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+        assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("rlhfkit: error:"), (command, out.stderr)
+        assert "dpo.max_length: 2" in lines[0] and "models[0]" in lines[0]
+    assert not (tmp_path / "out").exists()
+    path.write_text(path.read_text().replace("max_length = 2", "max_length = 64"))
+    assert run_cli("validate", path).returncode == 0
