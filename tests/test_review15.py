@@ -227,3 +227,37 @@ def test_a_dpo_max_length_no_pair_fits_is_refused_before_anything_runs(given, tm
     assert not (tmp_path / "out").exists()
     path.write_text(path.read_text().replace("max_length = 2", "max_length = 64"))
     assert run_cli("validate", path).returncode == 0
+
+
+def test_reward_model_with_its_own_tokenizer_scores_a_ragged_batch_as_each_text_alone(given):
+    """Inside the cell (decode with the policy's tokenizer, re-encode with the RM's, left-pad a batch of unequal
+    lengths, read at the last token) each score equals the RM's direct score of ``prompt + completion (+ eos)``
+    with its own tokenizer, one text at a time (no padding)."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhfkit.engine.reward_tokens import RewardTokenizer, reward_model_scores
+
+    policy_tok = AutoTokenizer.from_pretrained(given / "my sft")
+    rm_tok = AutoTokenizer.from_pretrained(given / "rm")
+    rm = AutoModelForSequenceClassification.from_pretrained(given / "rm").eval()
+    prompts = ["review : the movie was ", "review : the book was ", "review : the show was "]
+    completions = ["great and nice", "awful", "fine and lovely and superb"]
+    ended = [True, False, True]
+    rows = [policy_tok(c + (policy_tok.eos_token if e else ""), add_special_tokens=False)["input_ids"]
+            for c, e in zip(completions, ended)]
+    width = max(map(len, rows))
+    pad = policy_tok.pad_token_id if policy_tok.pad_token_id is not None else 0
+    responses = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    ctx = SimpleNamespace(reward_model=rm, tokenizer=policy_tok, reward_tokenizer=RewardTokenizer(rm_tok))
+    with torch.no_grad():
+        scores, read = reward_model_scores(ctx, prompts, responses, torch.tensor(ended),
+                                           torch.ones(3, 1, dtype=torch.long), torch.ones(3, 1, dtype=torch.long), None)
+        direct = []
+        for p, c, e in zip(prompts, completions, ended):
+            ids = rm_tok(p + c + (rm_tok.eos_token if e else ""), add_special_tokens=False, return_tensors="pt")
+            direct.append(float(rm(**ids).logits[0, 0]))
+    assert torch.allclose(scores, torch.tensor(direct), atol=1e-5), (scores, direct)
+    assert len(set(round(d, 4) for d in direct)) == 3  # three different texts, three different scores
