@@ -194,9 +194,7 @@ RAISING = ("{% if messages[0]['role'] != 'system' %}{{ raise_exception('Conversa
            "turn') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
 
 
-def test_a_policy_template_that_refuses_the_prompts_is_refused_before_anything_runs(given, tmp_path):
-    """Before: validate said ok; run trained nothing, failed the stage and every cell (exit 1, a run directory
-    written).  Now validate and run refuse in one line, exit 2, nothing written; ``chat_template = "off"`` passes."""
+def _raising_policy(given, tmp_path):
     import json
     import shutil
 
@@ -204,7 +202,29 @@ def test_a_policy_template_that_refuses_the_prompts_is_refused_before_anything_r
     shutil.copytree(given / "my sft", policy)
     config = json.loads((policy / "tokenizer_config.json").read_text())
     (policy / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": RAISING}))
-    path = _row_recipe(tmp_path, given, policy, given / "rm")
+    return policy
+
+
+def test_preflight_renders_the_policy_template_and_dpo_lengths_in_process(given, tmp_path):
+    """The fast twin of the two CLI tests below: :func:`rlhfkit.preflight.preflight` refuses in one line."""
+    from rlhfkit.preflight import preflight
+    from rlhfkit.recipe import load_recipe
+
+    recipe = load_recipe(_row_recipe(tmp_path, given, _raising_policy(given, tmp_path), given / "rm"))
+    with pytest.raises(ValueError, match=r"^models\[0\]\.policy .*data\.chat_template: .*system turn") as info:
+        preflight(recipe)
+    assert "\n" not in str(info.value)
+    recipe = load_recipe(_row_recipe(tmp_path, given, given / "my sft", given / "rm", "dpo = true\n[dpo]\nmax_length = 2\n"))
+    with pytest.raises(ValueError, match=r"^dpo\.max_length: 2 leaves no answer token"):
+        preflight(recipe)
+    preflight(load_recipe(_row_recipe(tmp_path, given, given / "my sft", given / "rm", "dpo = true\n")))
+
+
+@pytest.mark.slow
+def test_a_policy_template_that_refuses_the_prompts_is_refused_before_anything_runs(given, tmp_path):
+    """Before: validate said ok; run trained nothing, failed the stage and every cell (exit 1, a run directory
+    written).  Now validate and run refuse in one line, exit 2, nothing written; ``chat_template = "off"`` passes."""
+    path = _row_recipe(tmp_path, given, _raising_policy(given, tmp_path), given / "rm")
     for command in ("validate", "run"):
         out = run_cli(command, path, *(["--output", tmp_path / "out"] if command == "run" else []))
         lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
@@ -216,6 +236,7 @@ def test_a_policy_template_that_refuses_the_prompts_is_refused_before_anything_r
     assert run_cli("validate", path).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_dpo_max_length_no_pair_fits_is_refused_before_anything_runs(given, tmp_path):
     """Before: validate said ok; run failed the DPO stage and every cell (exit 1).  Now one line, exit 2."""
     path = _row_recipe(tmp_path, given, given / "my sft", given / "rm", "dpo = true\n[dpo]\nmax_length = 2\n")
