@@ -56,6 +56,25 @@ def prompt_messages(prompt: str) -> list[dict]:
     return _hh_messages(prompt) or _plain_messages(prompt) or [{"role": "user", "content": prompt.strip()}]
 
 
+_ORIGINALS: dict[str, str] = {}
+"""Formatted prompt -> the data's own prompt, for every prompt :func:`chat_task` formatted in this process (the
+reward model's own chat template must render the conversation, not the policy's template text)."""
+
+
+def original_prompt(prompt: str) -> str:
+    """The data's own text of a prompt :func:`chat_task` formatted with the policy's template (else ``prompt``)."""
+    return _ORIGINALS.get(prompt, prompt)
+
+
+def conversation(prompt: str, completion: str) -> list[dict]:
+    """``[turns of the prompt..., assistant: completion]`` for a reward model's own chat template: the data's own
+    prompt (not the policy's template text) read back as HH or plain turns; any other prompt is one user message
+    with its text as is."""
+    original = original_prompt(prompt)
+    turns = _hh_messages(original) or _plain_messages(original) or [{"role": "user", "content": original}]
+    return turns + [{"role": "assistant", "content": completion}]
+
+
 def format_prompt(tokenizer, prompt: str) -> str:
     """``prompt`` through the tokenizer's chat template, ending with the generation prompt (an open assistant
     turn).  A template that refuses the conversation (e.g. one that needs a user turn first) is a one-line
@@ -112,6 +131,7 @@ def chat_task(task, tokenizer, mode: str = "auto"):
         rl_prompts=[fmt(p) for p in task.rl_prompts], eval_prompts=[fmt(p) for p in task.eval_prompts],
         stats={**task.stats, "chat_template": "applied"},
     )
+    _ORIGINALS.update({v: k for k, v in cache.items()})
     if task.gold_reward is not None:
         formatted.gold_reward = OriginalPromptGold(task.gold_reward, {v: k for k, v in cache.items()})
     return formatted

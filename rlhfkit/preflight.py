@@ -1,6 +1,7 @@
 """Checks that need more than the recipe's text, run by ``rlhfkit validate`` and ``rlhfkit run`` before anything
 is written: every lazy reference resolves (:mod:`rlhfkit.references`), the data files hold usable rows, and each
-memory strategy accepts the models it will hold on this machine.
+memory strategy accepts the models it will hold on this machine, and a checkpoint policy's chat template
+renders the data's first prompts.
 
 Each check is the plugin's own, found through the registry (no built-in is named here):
 - a data set whose ``build`` module defines ``check(options)`` has it called (it opens the file and reads until
@@ -46,6 +47,90 @@ def check_dpo_pairs(recipe, stats: dict) -> None:
         )
 
 
+def _ships_chat_template(path) -> bool:
+    """Whether a checkpoint directory's tokenizer carries a chat template (read from its files, no import)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    try:
+        return bool(json.loads((path / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+CHAT_SAMPLE = 64
+"""Prompts of the task formatted here per checkpoint policy with a template (the stage formats them all)."""
+
+
+DPO_SAMPLE = 2048
+"""Training pairs tokenized here per DPO row with a checkpoint policy (all of them up to this many)."""
+
+
+def check_dpo_lengths(recipe) -> None:
+    """A ``dpo = true`` row whose policy is a checkpoint: at least one of the task's training pairs (the first
+    ``DPO_SAMPLE``, after ``max_pairs``) keeps an answer token within ``[dpo] max_length``, tokenized as the stage
+    does (its chat template included), so a too small ``max_length`` is one line before anything is written,
+    not a failed stage.  A preset's tokenizer is trained by the stage, so its rows are checked there."""
+    from rlhfkit.given import checkpoint_dir
+
+    used = set(recipe.grid.models or recipe.models)
+    task = None
+    for i, (name, entry) in enumerate(recipe.models.items()):
+        path = checkpoint_dir(entry.policy, entry.trust_remote_code) if name in used and entry.dpo else None
+        if path is None:
+            continue
+        from transformers import AutoTokenizer
+
+        from rlhfkit.chat import chat_task
+        from rlhfkit.stages.dpo import encode_pairs
+        from rlhfkit.stages.pipeline import build_task
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=entry.trust_remote_code)
+        task = task or build_task(recipe)
+        pairs = list(chat_task(task, tokenizer, recipe.chat_template).pairs)[: recipe.dpo.max_pairs or None]
+        sample = pairs[:DPO_SAMPLE]
+        kept, dropped = encode_pairs(tokenizer, sample, recipe.dpo.max_length)
+        if sample and not kept:
+            raise ValueError(
+                f"dpo.max_length: {recipe.dpo.max_length} leaves no answer token in any of the {len(sample)} "
+                f"training pairs checked for models[{i}] ({entry.policy!r}: every prompt fills it); allowed: a "
+                f"max_length above the prompts' token count"
+            )
+
+
+def check_chat_templates(recipe) -> None:
+    """``[data] chat_template = "auto"`` and a checkpoint policy whose tokenizer ships a template: the template
+    renders the first prompts of the task, so a template that refuses them (e.g. one that needs a system turn
+    first) is a one-line error before anything is written, not a failed stage after the run began.  Costs one
+    tokenizer load and one data set build, only for such rows (a tiny checkpoint: ~0.3 s)."""
+    if recipe.chat_template == "off":
+        return
+    from rlhfkit.given import checkpoint_dir
+
+    used = set(recipe.grid.models or recipe.models)
+    task = None
+    for i, (name, entry) in enumerate(recipe.models.items()):
+        path = checkpoint_dir(entry.policy, entry.trust_remote_code) if name in used else None
+        if path is None or not _ships_chat_template(path):
+            continue
+        from transformers import AutoTokenizer
+
+        from rlhfkit.chat import format_prompt
+        from rlhfkit.stages.pipeline import build_task
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=entry.trust_remote_code)
+        task = task or build_task(recipe)
+        prompts = list(dict.fromkeys([p["prompt"] for p in task.pairs[:CHAT_SAMPLE]] + task.eval_prompts[:CHAT_SAMPLE]))
+        for prompt in prompts:
+            try:
+                format_prompt(tokenizer, prompt)
+            except ValueError as exc:
+                raise ValueError(f"models[{i}].policy {entry.policy!r}: {exc}") from None
+
+
 def check_memory_strategies(recipe, registry) -> None:
     from rlhfkit.memory import split_strategy
 
@@ -83,5 +168,7 @@ def preflight(recipe) -> None:
     check_recipe_references(recipe)
     stats = check_dataset(recipe.data_name, recipe.data_options, registry)
     check_dpo_pairs(recipe, stats)
+    check_chat_templates(recipe)
+    check_dpo_lengths(recipe)
     check_memory_strategies(recipe, registry)
     check_reward_functions(recipe, registry)

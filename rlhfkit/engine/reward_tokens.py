@@ -11,8 +11,9 @@ model's tokenizer:
   last token; the score of a text inside the cell is the score computed directly with the reward model's own
   tokenizer;
 - a given reward model (``train_reward = false``) whose tokenizer has a chat template is scored on that
-  template instead: ``[user: prompt, assistant: completion]`` rendered by ``apply_chat_template`` (how such
-  models are trained elsewhere).  A reward model trained by rlhfkit is trained on plain text, so it is scored
+  template instead: the prompt's turns plus ``assistant: completion`` rendered by ``apply_chat_template`` (how
+  such models are trained elsewhere; :func:`rlhfkit.chat.conversation`: the data's own prompt, not the policy's
+  template text, read back as HH/plain turns, else one user turn).  A reward model trained by rlhfkit is trained on plain text, so it is scored
   on plain text whatever its tokenizer ships.
 
 With the policy's tokenizer (or one with the same vocabulary) nothing is re-encoded: the rollout's own ids are
@@ -56,10 +57,19 @@ class RewardTokenizer:
 
         tok = self.tokenizer
         if self.chat_template:
-            return [tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": c}],
-                                            tokenize=False) for p, c in zip(prompts, completions)]
+            from rlhfkit.chat import conversation
+
+            return [self._render(conversation(p, c)) for p, c in zip(prompts, completions)]
         eos = tok.eos_token
         return [p + (with_eos(c, eos) if end and eos else c) for p, c, end in zip(prompts, completions, ended)]
+
+    def _render(self, messages: list[dict]) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        except Exception as exc:  # jinja's TemplateError and whatever a template raises
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"reward model: its tokenizer's chat template refused a conversation of "
+                             f"{len(messages)} message(s) (roles {[m['role'] for m in messages]}): {first}") from None
 
     def encode(self, prompts, completions, ended, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``(input_ids, attention_mask)`` of the reward model's own tokens."""

@@ -54,19 +54,20 @@ class DPOStageConfig:
     """Seed of the stage (data order): the same seed gives the same model, bit for bit."""
 
     def __post_init__(self):
+        # Each message names the key, the value and what is allowed (the recipe loader prefixes "dpo: ").
         for name in ("epochs", "batch_size", "max_length"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)!r})")
         if self.beta <= 0:
-            raise ValueError("beta must be > 0")
+            raise ValueError(f"beta must be > 0 (got {self.beta!r})")
         if self.learning_rate <= 0:
-            raise ValueError("learning_rate must be > 0")
+            raise ValueError(f"learning_rate must be > 0 (got {self.learning_rate!r})")
         if self.max_pairs < 0:
-            raise ValueError("max_pairs must be >= 0 (0 = all)")
+            raise ValueError(f"max_pairs must be >= 0, 0 = all (got {self.max_pairs!r})")
         if not 0 <= self.warmup_ratio < 1:
-            raise ValueError("warmup_ratio must be in [0, 1)")
+            raise ValueError(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio!r})")
         if self.weight_decay < 0:
-            raise ValueError("weight_decay must be >= 0")
+            raise ValueError(f"weight_decay must be >= 0 (got {self.weight_decay!r})")
         check_choices(self)  # lr_scheduler
 
 
