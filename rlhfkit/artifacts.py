@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlhfkit.fileio import remove_directory, replace_directory
 from rlhfkit.recipe import ModelEntry, Recipe, fingerprint
 
 DONE_MARKER = "rlhfkit_artifact.json"
@@ -196,12 +197,7 @@ def reusable(path: Path, notes: list | None = None) -> bool:
     print(note, file=sys.stderr)
     if notes is not None:
         notes.append(note)
-    aside = path.with_name(f"{path.name}.damaged-{os.getpid()}")
-    try:
-        os.replace(path, aside)  # a reader never sees a half-removed directory under the real name
-    except FileNotFoundError:  # another stage process moved it first
-        return False
-    shutil.rmtree(aside, ignore_errors=True)
+    remove_directory(path, path.with_name(f"{path.name}.damaged-{os.getpid()}"))  # or another process moved it
     return False
 
 
@@ -246,4 +242,4 @@ def publish(tmp: Path, final: Path, info: dict | None = None) -> None:
     if final.exists():  # another process finished it first; keep theirs
         shutil.rmtree(tmp)
         return
-    os.replace(tmp, final)
+    replace_directory(tmp, final)

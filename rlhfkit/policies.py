@@ -31,7 +31,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from rlhfkit.fileio import atomic_write_json
+from rlhfkit.fileio import atomic_write_json, remove_directory, replace_directory
 
 POLICY_DIR = "policy"
 MANIFEST = "rlhfkit_policy.json"
@@ -55,8 +55,7 @@ def save_policy(built) -> Path | None:
             shutil.rmtree(staging, ignore_errors=True)
             manifest = _write(accelerator.unwrap_model(ctx.policy), ctx.tokenizer, staging, built)
             atomic_write_json(staging / MANIFEST, manifest)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(staging, final)
+            replace_directory(staging, final)
             print(f"policy saved to {final} ({manifest['kind']}{', merged' if manifest['merged'] else ''})",
                   file=sys.stderr)
     accelerator.wait_for_everyone()
@@ -181,9 +180,7 @@ def keep_best(output_dir: Path) -> dict:
         if policy["id"] in kept:
             continue
         directory = output_dir / policy["path"]
-        doomed = directory.with_name(f"{PRUNED_PREFIX}{os.getpid()}")
-        os.replace(directory, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        remove_directory(directory, directory.with_name(f"{PRUNED_PREFIX}{os.getpid()}"))
         removed.append(policy["id"])
     earlier = (read_json(output_dir / SUMMARY) or {}).get("removed") or []
     removed = sorted(set(removed) | {r for r in earlier if isinstance(r, str)})

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlhfkit.fileio import atomic_write_text
+from rlhfkit.fileio import atomic_write_text, replace_directory
 
 LEDGER_FIELDS = ("episodes", "prompts", "generated_tokens", "forward_tokens", "backward_tokens", "optimizer_steps",
                  "wall_s", "cpu_s")
@@ -112,8 +112,7 @@ class Checkpointer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         torch.save(self.state(ctx, steps_done, next_eval), tmp / "state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        replace_directory(tmp, final)
         atomic_write_text(self.directory / "LATEST", final.name)
         for old in self.directory.iterdir():
             if old.is_dir() and old.name != final.name:

@@ -186,9 +186,19 @@ class TrainContext:
         plan = self.plan
         if plan is not None and plan.zero_stage == 3:
             if getattr(self.config, "zero3_gather_for_generation", True):
-                return _zero3_gathered(self.policy)
+                return self._zero3_gathered_generation()
             return self._zero3_hooked_generation()
         return nullcontext()
+
+    @contextmanager
+    def _zero3_gathered_generation(self):
+        """The whole policy gathered for generation, with inference mode lifted (``no_grad`` instead).
+        ``GatheredParameters`` writes the gathered parameters and then the shards back into ``param.data``;
+        written under inference mode they become inference tensors, and under LoRA the next reference forward
+        fails in peft's ``set_adapter`` ("Setting requires_grad=True on inference tensor outside InferenceMode":
+        a 2-process ZeRO-3 + LoRA PPO cell failed at its first evaluation this way)."""
+        with torch.inference_mode(False), torch.no_grad(), _zero3_gathered(self.policy):
+            yield
 
     @contextmanager
     def _zero3_hooked_generation(self):
