@@ -20,10 +20,10 @@ VOCAB, QUERY, RESPONSE, BATCH = 40, 5, 12, 10
 ATOL = 1e-5
 
 
-def _config(**kw):
+def _config(vocab_size=VOCAB, **kw):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, **kw)
 
 
@@ -135,3 +135,34 @@ def test_a_cell_trains_with_padding_free_forwards():
         assert a["objective/length"] == b["objective/length"]  # same samples
         for key in ("objective/scores", "objective/entropy", "loss/policy", "val/mean"):
             assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-5), key
+
+
+def test_dropping_finished_rows_from_decoding_changes_no_number(monkeypatch):
+    """sample() drops finished rows from the lean decoder's batch; the kept rows' tokens and log-probs, and the
+    generator's state after, are those of decoding every row to the end (bit for bit)."""
+    from transformers import LlamaForCausalLM
+
+    from rlhfkit.engine.rollout import sample
+    from rlhfkit_plugins.models._decode import LlamaDecoder
+
+    kept = []
+    select = LlamaDecoder.select_rows
+    monkeypatch.setattr(LlamaDecoder, "select_rows", lambda self, rows: (kept.append(len(rows)), select(self, rows)))
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(_config(vocab_size=12, eos_token_id=2)).eval()  # 1/12 EOS per step: lengths vary
+    query = torch.randint(3, 12, (24, 4), generator=torch.Generator().manual_seed(1))
+    query_mask = torch.ones_like(query)
+    query_mask[::5, :1] = 0
+    runs = []
+    for drop in (False, True):
+        gen = torch.Generator().manual_seed(5)
+        with torch.inference_mode():
+            tokens, logprobs = sample(policy, query, query_mask, 30, 1.0, 2, 0, gen, drop_finished=drop)
+        runs.append((tokens, logprobs, torch.rand(3, generator=gen)))
+    (tokens, logprobs, after), (tokens2, logprobs2, after2) = runs
+    assert torch.equal(tokens, tokens2) and torch.equal(after, after2)
+    real = torch.ones_like(tokens, dtype=torch.bool)
+    real[:, 1:] = (tokens[:, :-1] != 2).cumprod(1).bool()  # up to and including the first EOS
+    assert 0 < int((tokens == 2).any(1).sum()) < 24  # some rows finished early, some did not
+    assert torch.equal(logprobs[real], logprobs2[real])
+    assert kept and kept[-1] < 24  # rows were dropped

@@ -89,8 +89,11 @@ def fast_decoder(model, cache, query_mask, positions, max_new_tokens: int):
     return family.decoder(model, cache, query_mask, positions, max_new_tokens) if family is not None else None
 
 
-@torch.no_grad()
+MIN_ROWS_DROPPED = 4
+"""Finished rows leave the lean decoder's batch once at least this many (and a quarter of it) have finished."""
 
+
+@torch.no_grad()
 def sample(
     model,
     query_ids: torch.Tensor,
@@ -102,6 +105,7 @@ def sample(
     generator: torch.Generator,
     top_k: int = 0,
     fast: bool = True,
+    drop_finished: bool = True,
 ):
     """Sample completions with a KV cache; returns ``(responses, logprobs)``.
 
@@ -110,7 +114,9 @@ def sample(
     "old" log-probs without a second forward pass.  Finished rows are fed pad and stop attending.
     ``fast=False`` decodes with the model's own forward every step (the reference the fast path is tested
     against); by default a family with a lean decode step (:func:`fast_decoder`: Llama, Qwen2) uses it, same
-    numbers, less overhead.
+    numbers, less overhead.  ``drop_finished``: with the lean step, rows that have finished leave the decode
+    batch (:data:`MIN_ROWS_DROPPED`), the others' numbers unchanged bit for bit; a dropped row's log-probs
+    after its EOS are 0.0 (padding: masked by every consumer).
     """
     from transformers import DynamicCache
 
@@ -135,6 +141,8 @@ def sample(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logprobs = torch.zeros(batch, max_new_tokens, dtype=torch.float32, device=device)
+    rows = None  # the batch row of each row the decoder still runs (None: every row, in order)
+    drop = drop_finished and decoder is not None and hasattr(decoder, "select_rows")
     steps = 0
     for step in range(max_new_tokens):
         logits = logits.float()
@@ -144,22 +152,42 @@ def sample(
         if top_k:
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
             sampling_logits = logits.masked_fill(logits < kth, float("-inf"))
-        # Gumbel-max: one uniform draw per vocabulary entry from our own generator, deterministic per seed.
-        uniform = torch.rand(sampling_logits.shape, generator=generator, device=device)
+        # Gumbel-max: one uniform draw per vocabulary entry of every batch row (dropped rows too, so the
+        # generator's stream does not depend on when rows finish), from our own generator.
+        uniform = torch.rand((batch, logits.size(-1)), generator=generator, device=device)
+        if rows is not None:
+            uniform = uniform[rows]
         gumbel = uniform.clamp_(1e-20, 1.0).log_().neg_().log_().neg_()
         next_token = torch.argmax(sampling_logits + gumbel, dim=-1)
         # log_softmax + gather (one (batch, vocab) row block per step; on CPU this is ~3x cheaper than
         # logit - logsumexp, whose kernel runs max/sub/exp/sum/log as separate passes).
         token_logprob = torch.log_softmax(logits, dim=-1).gather(-1, next_token.unsqueeze(-1)).squeeze(-1)
-        is_real = ~finished
-        next_token = next_token.masked_fill_(finished, pad_token_id)
-        tokens[:, step] = next_token
-        logprobs[:, step] = token_logprob
+        done = finished if rows is None else finished[rows]
+        is_real = ~done
+        next_token = next_token.masked_fill_(done, pad_token_id)
+        done = done | (next_token == eos_token_id)
+        if rows is None:
+            tokens[:, step] = next_token
+            logprobs[:, step] = token_logprob
+            finished = done
+        else:
+            tokens[rows, step] = next_token
+            logprobs[rows, step] = token_logprob
+            finished[rows] = done
         steps = step + 1
-        finished |= next_token == eos_token_id
         if step + 1 == max_new_tokens or bool(finished.all()):
             break
         if decoder is not None:
+            if drop:
+                # Finished rows leave the decode batch once they are at least a quarter of it (and 4 rows):
+                # with EOS-varying lengths most late steps would otherwise compute padding.  Dropping copies
+                # the KV buffers of the kept rows, so it is done in few large steps, not row by row.
+                n_done = int(done.sum())
+                if n_done >= max(MIN_ROWS_DROPPED, done.numel() // 4):
+                    keep = (~done).nonzero().squeeze(1)
+                    decoder.select_rows(keep)
+                    rows = keep if rows is None else rows[keep]
+                    next_token, is_real = next_token[keep], is_real[keep]
             logits = decoder(next_token, is_real)
             continue
         attention_mask = torch.cat([attention_mask, is_real.long().unsqueeze(1)], dim=1)
