@@ -3,6 +3,8 @@
 A benchmark, not a test.  Run from the repository root with the project's virtualenv:
 
     python benchmarks/bench_engine.py                 # ~5 min on 2 cores once artifacts and the TRL 0.29 venv exist
+    python benchmarks/bench_engine.py --model h256l4 --length 64          # issue 17's compute-bound comparison
+    python benchmarks/bench_engine.py --model h256l4 --length 64 --quick  # the same, one run per side, 6 steps
 
 What it does, each part in its own fresh process (same thread count for every side):
 1. Artifacts: the SFT policy, reward model and tokenizer of recipes/ppo_vs_rloo.toml, built by the project's own
@@ -20,6 +22,10 @@ What it does, each part in its own fresh process (same thread count for every si
    KV-cached forward per token, no sampling logic), completion length 64.
 5. Scaling: RLOO step time (EOS disabled, so every completion has the full length) over completion lengths
    32..256 and batch sizes 8..64.
+6. (issue 17) With ``--model h256l4`` / ``h512l8`` (benchmarks/_presets.py): the same RLOO and PPO comparisons on a
+   compute-bound model, TRL PPO also with its ``gc.collect()`` calls patched out, our step time per phase against
+   an honest FLOP floor (benchmarks/_floor.py), and the policy's forwards timed at two length mixes of one padded
+   shape (time follows the real tokens).  Ratios are of the median of ``--repeats`` interleaved runs per side.
 """
 
 from __future__ import annotations
