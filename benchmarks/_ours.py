@@ -76,10 +76,12 @@ def _instrument(ctx):
 
     @contextmanager
     def timed(name):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with phase(name):
             yield
         phase_s[-1][name] = phase_s[-1].get(name, 0.0) + time.perf_counter() - start
+        # CPU seconds of this process too: on a shared machine, wall time includes waiting for a core
+        phase_s[-1]["cpu_" + name] = phase_s[-1].get("cpu_" + name, 0.0) + time.process_time() - cpu
 
     rollout = ctx.rollout
 
@@ -105,9 +107,12 @@ def timed_training(recipe, artifacts, algorithm, steps, no_eos=False, floor=Fals
     log = ctx.logger.log
     phase_s, rows = _instrument(ctx)
 
+    cpu = []
+
     def stamped(step, metrics):
         log(step, metrics)
         stamps.append(_time.perf_counter())
+        cpu.append(_time.process_time())
         phase_s.append({})
 
     ctx.logger.log = stamped
@@ -119,7 +124,7 @@ def timed_training(recipe, artifacts, algorithm, steps, no_eos=False, floor=Fals
     mean_len = sum(lengths) / len(lengths)
     out = {
         "impl": f"rlhfkit {algorithm}", "steps": steps, "total_s": result["seconds"], "steady_steps": n,
-        "steady_s": steady, "step_s": steady / n, "episodes_per_s": batch * n / steady,
+        "steady_s": steady, "step_s": steady / n, "cpu_step_s": (cpu[-1] - cpu[0]) / n, "episodes_per_s": batch * n / steady,
         "min_step_s": min(b - a for a, b in zip(stamps, stamps[1:])),
         "tokens_per_s": batch * n * mean_len / steady, "mean_length": mean_len,
     }
@@ -129,6 +134,8 @@ def timed_training(recipe, artifacts, algorithm, steps, no_eos=False, floor=Fals
         steady_phases = phase_s[1:n + 1]
         out["phase_s"] = {k: statistics.mean(p.get(k, 0.0) for p in steady_phases)
                           for k in ("generation", "scoring", "training")}
+        out["phase_cpu_s"] = {k: statistics.mean(p.get("cpu_" + k, 0.0) for p in steady_phases)
+                              for k in ("generation", "scoring", "training")}
         lora = MEMORY != "full"
         out["floor"] = _floor.floor_seconds(_floor.arch_of(ctx.policy), rows[1:], algorithm, ctx.config.num_epochs,
                                             ctx.config.num_minibatches, lora)

@@ -52,11 +52,12 @@ def main() -> None:
     reward = AutoModelForSequenceClassification.from_pretrained(a.reward, dtype=torch.float32, num_labels=1)
     value = AutoModelForSequenceClassification.from_pretrained(a.reward, dtype=torch.float32, num_labels=1)
 
-    stamps, lengths = [], []
+    stamps, lengths, cpu = [], [], []
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             stamps.append(time.perf_counter())
+            cpu.append(time.process_time())
 
     cfg = PPOConfig(
         output_dir=a.out, per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
@@ -106,7 +107,7 @@ def main() -> None:
         "impl": f"trl {trl.__version__} experimental.ppo.PPOTrainer" + (" (gc.collect patched out)" if a.no_gc else ""),
         "gc_calls_skipped": gc_calls[0], "torch": torch.__version__,
         "threads": torch.get_num_threads(), "steps": len(stamps), "total_s": total, "steady_steps": n,
-        "steady_s": steady, "episodes_per_s": a.batch * n / steady,
+        "steady_s": steady, "cpu_step_s": (cpu[-1] - cpu[0]) / n, "episodes_per_s": a.batch * n / steady,
         "tokens_per_s": a.batch * n * (sum(lengths[1:]) / max(len(lengths) - 1, 1)) / steady,
         "mean_length": sum(lengths[1:]) / max(len(lengths) - 1, 1),
     }))

@@ -136,7 +136,9 @@ def alternate(cmds, repeats, env, markers):
         median = ordered[(len(ordered) - 1) // 2]  # the lower median: a real run, not an average of two
         out.append({**median, "runs_episodes_per_s": [round(r["episodes_per_s"], 2) for r in rs],
                     "median_episodes_per_s": statistics.median(r["episodes_per_s"] for r in rs),
-                    "best_episodes_per_s": ordered[-1]["episodes_per_s"]})
+                    "best_episodes_per_s": ordered[-1]["episodes_per_s"],
+                    "cpu_med": statistics.median(r.get("cpu_step_s", 0.0) for r in rs),
+                    "runs_cpu_step_s": [round(r.get("cpu_step_s", 0.0), 4) for r in rs]})
     return out
 
 
@@ -145,7 +147,10 @@ def ratio_line(ours: dict, other: dict, target: float | None) -> str:
     best = ours["best_episodes_per_s"] / other["best_episodes_per_s"]
     tok = ours["tokens_per_s"] / other["tokens_per_s"]
     verdict = "" if target is None else f"   target >= {target}x: {'MET' if med >= target else 'MISSED'}"
-    return f"episodes/s {med:.2f}x (median runs; best runs {best:.2f}x)   tokens/s {tok:.2f}x{verdict}"
+    cpu = ""
+    if ours.get("cpu_med") and other.get("cpu_med"):
+        cpu = f"   CPU s/step {other['cpu_med'] / ours['cpu_med']:.2f}x"
+    return f"episodes/s {med:.2f}x (median runs; best runs {best:.2f}x)   tokens/s {tok:.2f}x{cpu}{verdict}"
 
 
 def floor_lines(name: str, r: dict) -> list[str]:
@@ -153,20 +158,25 @@ def floor_lines(name: str, r: dict) -> list[str]:
     f = r["floor"]
     lines = [f"  {name}: mean prompt {r['mean_prompt']:.1f} + completion {r['mean_length']:.1f} real tokens; matmul "
              f"rates measured at the phase shapes (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in f["rates_gflops"].items())]
-    lines.append(f"    {'phase':<11} {'GFLOP/step':>10} {'floor s':>9} {'ours s':>9} {'ours/floor':>10}")
+    lines.append(f"    {'phase':<11} {'GFLOP/step':>10} {'floor s':>9} {'ours s':>9} {'ours/floor':>10} {'CPU s':>9} "
+                 f"{'CPU/floor':>9}")
+    cpu = r.get("phase_cpu_s", {})
     for phase in ("generation", "scoring", "training"):
+        c = cpu.get(phase, float("nan"))
         lines.append(f"    {phase:<11} {f['flops'][phase] / 1e9:10.2f} {f['floor_s'][phase]:9.4f} {r['phase_s'][phase]:9.4f}"
-                     f" {r['phase_s'][phase] / f['floor_s'][phase]:10.1f}x")
+                     f" {r['phase_s'][phase] / f['floor_s'][phase]:10.1f}x {c:9.4f} {c / f['floor_s'][phase]:8.1f}x")
     total = sum(f["floor_s"].values())
+    c = r.get("cpu_step_s", float("nan"))
     lines.append(f"    {'step':<11} {sum(f['flops'].values()) / 1e9:10.2f} {total:9.4f} {r['step_s']:9.4f} "
-                 f"{r['step_s'] / total:10.1f}x   (step = all phases + optimizer, logging, the rest)")
+                 f"{r['step_s'] / total:10.1f}x {c:9.4f} {c / total:8.1f}x   (step = the phases + optimizer, logging, "
+                 "the rest; CPU = this process's CPU seconds, what wall time would be on an idle core)")
     return lines
 
 
 def fmt_rate(r: dict) -> str:
     return (f"{r['episodes_per_s']:8.1f} episodes/s  {r['tokens_per_s']:8.1f} tokens/s  "
-            f"({r['steady_s'] / r['steady_steps']:.3f} s/step, mean completion {r['mean_length']:.1f} tokens; "
-            f"runs {r.get('runs_episodes_per_s', '')} ep/s)")
+            f"({r['steady_s'] / r['steady_steps']:.3f} s/step, {r.get('cpu_med', 0.0):.3f} CPU s/step, mean completion "
+            f"{r['mean_length']:.1f} tokens; runs {r.get('runs_episodes_per_s', '')} ep/s)")
 
 
 def main(argv=None) -> int:
@@ -178,6 +188,9 @@ def main(argv=None) -> int:
     p.add_argument("--artifacts", default=None,
                    help="artifacts root (an earlier `rlhfkit run --output X` leaves X/artifacts); default "
                    "benchmarks/.cache/artifacts (tiny) or benchmarks/.cache/<model>/artifacts")
+    p.add_argument("--memory", default="full", choices=["full", "lora"],
+                   help="lora: both sides train LoRA adapters (r=16, alpha=32, all linear layers); TRL PPO is then "
+                   "not run (its 0.29 venv has no peft)")
     p.add_argument("--quick", action="store_true",
                    help="6 steps, one run per side, no generation/scaling parts (a smoke run: noisy figures)")
     p.add_argument("--steps", type=int, default=10, help="RL steps per side (rates use steps 2..N)")
@@ -210,21 +223,22 @@ def main(argv=None) -> int:
     if Path(a.artifacts).is_dir() and (Path(a.artifacts).parent / "recipe.toml").is_file():
         recipe = Path(a.artifacts).parent / "recipe.toml"  # a run's output: use the recipe it was built from
     log(f"# bench_engine  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}  model={a.model}  threads={a.threads}  "
-        f"batch={a.batch} k={a.k} length={a.length} steps={a.steps} repeats={a.repeats} temperature=1.0 lr=1e-3 beta=0.05"
+        f"memory={a.memory} batch={a.batch} k={a.k} length={a.length} steps={a.steps} repeats={a.repeats} temperature=1.0 lr=1e-3 beta=0.05"
         f"  load average {os.getloadavg()[0]:.1f}")
     root, sft, reward, prompts = ensure_artifacts(recipe, Path(a.artifacts), max(a.threads, 1))
     log(f"artifacts: {sft.name}, {reward.name}  (recipe {recipe})")
     shared = ["--steps", str(a.steps), "--batch", str(a.batch), "--length", str(a.length), "--threads", str(a.threads),
               "--lr", "1e-3", "--beta", "0.05", "--temperature", "1.0"]
     trl_args = ["--sft", str(sft), "--reward", str(reward), "--prompts", str(prompts)]
-    ours_args = ["--recipe", str(recipe), "--artifacts", str(root)]
+    ours_args = ["--recipe", str(recipe), "--artifacts", str(root), "--memory", a.memory]
+    lora = ["--lora"] if a.memory == "lora" else []
     results: dict = {"settings": vars(a)}
 
     floors = {}
     if "rloo" not in skip:
         log("\n## RLOO: rlhfkit vs TRL RLOOTrainer (same models, prompts, batch, k, length, lr, beta, reward model)")
         ours_cmd = [py, str(BENCH / "_ours.py"), "train", "--floor", "--algorithm", "rloo", "--k", str(a.k), *ours_args, *shared]
-        trl_cmd = [py, str(BENCH / "_trl_rloo.py"), "--k", str(a.k), *trl_args, *shared]
+        trl_cmd = [py, str(BENCH / "_trl_rloo.py"), "--k", str(a.k), *trl_args, *shared, *lora]
         ours, trl = alternate([ours_cmd, trl_cmd], a.repeats, env, ["BENCH_JSON ", None])
         log(f"  rlhfkit RLOO            {fmt_rate(ours)}")
         log(f"  {trl['impl']:<23} {fmt_rate(trl)}")
@@ -236,7 +250,7 @@ def main(argv=None) -> int:
         log("\n## PPO: rlhfkit vs TRL 0.29 experimental.ppo.PPOTrainer (4 epochs x 4 minibatches, critic from the RM), "
             "with and without its gc.collect() calls")
         ours_cmd = [py, str(BENCH / "_ours.py"), "train", "--floor", "--algorithm", "ppo", *ours_args, *shared]
-        trl_python, note = ensure_trl029()
+        trl_python, note = ensure_trl029() if not lora else (None, "not run under LoRA (no peft in its venv)")
         if trl_python is None:
             ours = run_json(ours_cmd, "BENCH_JSON ", env=env)
             log(f"  rlhfkit PPO             {fmt_rate(ours)}")
@@ -265,8 +279,9 @@ def main(argv=None) -> int:
             total = sum(ours["floor"]["floor_s"].values())
             for other in others:
                 step = other["steady_s"] / other["steady_steps"]
-                log(f"    {other['impl']}: {step:.4f} s/step = {step / total:.1f}x the same floor "
-                    f"(its mean completion {other['mean_length']:.1f} tokens, ours {ours['mean_length']:.1f})")
+                cpu = other.get("cpu_med") or float("nan")
+                log(f"    {other['impl']}: {step:.4f} s/step = {step / total:.1f}x the same floor, {cpu:.4f} CPU s/step = "
+                    f"{cpu / total:.1f}x (its mean completion {other['mean_length']:.1f} tokens, ours {ours['mean_length']:.1f})")
         results["floors"] = {k: v[0]["floor"] for k, v in floors.items()}
 
     if "tokens" not in skip:
