@@ -259,9 +259,10 @@ def length_groups(attention_mask: torch.Tensor, model, mode: str = "auto"):
     order = sorted(range(batch), key=ends.__getitem__)
     lengths = [ends[i] for i in order]
     overhead = 0.0 if mode == "on" else CALL_OVERHEAD_FLOPS / max(_flops_per_token(model), 1.0)
-    # Cut points: every ~1/32 of the sorted rows (and the end), so the search stays small for big batches.
-    step = max(1, batch // 32)
-    cuts = sorted(set(range(step, batch, step)) | {batch})
+    # Cut points: where the sorted length changes (a cut between equal lengths only adds a call), at most ~32
+    # of them, so the search stays small (~1 ms) for big batches.
+    cuts = [i for i in range(1, batch) if lengths[i] != lengths[i - 1]]
+    cuts = sorted(set(cuts[:: max(1, len(cuts) // 32)]) | {batch})
     best = {0: (0.0, [])}  # rows covered -> (cost, group ends), for the current number of groups
     found = []
     for _ in range(MAX_LENGTH_GROUPS):
