@@ -191,6 +191,9 @@ def main(argv=None) -> int:
     p.add_argument("--memory", default="full", choices=["full", "lora"],
                    help="lora: both sides train LoRA adapters (r=16, alpha=32, all linear layers); TRL PPO is then "
                    "not run (its 0.29 venv has no peft)")
+    p.add_argument("--fused-row", action="store_true",
+                   help="also run our side with torch's fused AdamW (TRL's default optimizer; cells use foreach, "
+                   "whose rounding the pinned results have), as an extra labelled row")
     p.add_argument("--quick", action="store_true",
                    help="6 steps, one run per side, no generation/scaling parts (a smoke run: noisy figures)")
     p.add_argument("--steps", type=int, default=10, help="RL steps per side (rates use steps 2..N)")
@@ -239,10 +242,15 @@ def main(argv=None) -> int:
         log("\n## RLOO: rlhfkit vs TRL RLOOTrainer (same models, prompts, batch, k, length, lr, beta, reward model)")
         ours_cmd = [py, str(BENCH / "_ours.py"), "train", "--floor", "--algorithm", "rloo", "--k", str(a.k), *ours_args, *shared]
         trl_cmd = [py, str(BENCH / "_trl_rloo.py"), "--k", str(a.k), *trl_args, *shared, *lora]
-        ours, trl = alternate([ours_cmd, trl_cmd], a.repeats, env, ["BENCH_JSON ", None])
+        cmds = [ours_cmd, trl_cmd] + ([ours_cmd + ["--adamw", "fused"]] if a.fused_row else [])
+        ours, trl, *fused = alternate(cmds, a.repeats, env, ["BENCH_JSON ", None, "BENCH_JSON "])
         log(f"  rlhfkit RLOO            {fmt_rate(ours)}")
         log(f"  {trl['impl']:<23} {fmt_rate(trl)}")
         log(f"  ratio (ours / TRL): {ratio_line(ours, trl, 1.5)}")
+        if fused:
+            log(f"  {'rlhfkit, fused AdamW':<23} {fmt_rate(fused[0])}")
+            log(f"  ratio (ours with fused AdamW / TRL): {ratio_line(fused[0], trl, 1.5)}")
+            results["rloo_fused"] = fused[0]
         results["rloo"] = {"ours": ours, "trl": trl, "episodes_ratio": ours["median_episodes_per_s"] / trl["median_episodes_per_s"]}
         floors["rlhfkit RLOO"] = (ours, [trl])
 
@@ -258,14 +266,18 @@ def main(argv=None) -> int:
             results["ppo"] = {"ours": ours, "trl_error": note}
         else:
             trl_cmd = [str(trl_python), str(BENCH / "_trl_ppo.py"), *trl_args, *shared]
-            ours, trl, trl_nogc = alternate([ours_cmd, trl_cmd, trl_cmd + ["--no-gc"]], a.repeats, env,
-                                            ["BENCH_JSON ", None, None])
+            cmds = [ours_cmd, trl_cmd, trl_cmd + ["--no-gc"]] + ([ours_cmd + ["--adamw", "fused"]] if a.fused_row else [])
+            ours, trl, trl_nogc, *fused = alternate(cmds, a.repeats, env, ["BENCH_JSON ", None, None, "BENCH_JSON "])
             log(f"  rlhfkit PPO             {fmt_rate(ours)}")
             version = note.split()[0]
             log(f"  {'trl ' + version + ' PPOTrainer':<23} {fmt_rate(trl)}")
             log(f"  {'  same, no gc.collect':<23} {fmt_rate(trl_nogc)}  [{trl_nogc.get('gc_calls_skipped', '?')} calls skipped]")
             log(f"  ratio (ours / TRL):            {ratio_line(ours, trl, 1.5)}")
             log(f"  ratio (ours / TRL without gc): {ratio_line(ours, trl_nogc, 1.3)}")
+            if fused:
+                log(f"  {'rlhfkit, fused AdamW':<23} {fmt_rate(fused[0])}")
+                log(f"  ratio (ours with fused AdamW / TRL without gc): {ratio_line(fused[0], trl_nogc, 1.3)}")
+                results["ppo_fused"] = fused[0]
             results["ppo"] = {"ours": ours, "trl": trl, "trl_no_gc": trl_nogc,
                               "episodes_ratio": ours["median_episodes_per_s"] / trl["median_episodes_per_s"],
                               "episodes_ratio_no_gc": ours["median_episodes_per_s"] / trl_nogc["median_episodes_per_s"]}
