@@ -214,6 +214,10 @@ MAX_LENGTH_GROUPS = 4
 """At most this many forward calls per batch (small matrices run at lower throughput)."""
 MIN_SAVING = 0.2
 """``auto`` splits only when the estimated cost (tokens + call overhead) drops by at least this fraction."""
+MIN_GROUP_ROWS = 8
+"""``auto`` makes no group of fewer rows: small groups multiply at lower throughput, forward and backward.
+Without it PPO's 8-row minibatches on hidden 256 x 4 layers were split and the step cost 8 % more CPU
+(3.18 vs 2.93 s), while RLOO's 32-row batch gained 3 %."""
 
 _FLOPS_PER_TOKEN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -263,13 +267,14 @@ def length_groups(attention_mask: torch.Tensor, model, mode: str = "auto"):
     # of them, so the search stays small (~1 ms) for big batches.
     cuts = [i for i in range(1, batch) if lengths[i] != lengths[i - 1]]
     cuts = sorted(set(cuts[:: max(1, len(cuts) // 32)]) | {batch})
+    min_rows = 1 if mode == "on" else MIN_GROUP_ROWS
     best = {0: (0.0, [])}  # rows covered -> (cost, group ends), for the current number of groups
     found = []
     for _ in range(MAX_LENGTH_GROUPS):
         nxt = {}
         for start, (cost, ends_so_far) in best.items():
             for stop in cuts:
-                if stop <= start:
+                if stop - start < min_rows and not (stop == batch and start == 0):
                     continue
                 c = cost + (stop - start) * lengths[stop - 1] + overhead
                 if stop not in nxt or c < nxt[stop][0]:
