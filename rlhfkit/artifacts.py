@@ -36,9 +36,28 @@ class StageArtifacts:
     tokenizer: Path
     sft: Path
     reward_model: Path
+    reward_tokenizer: Path | None = None
+    """Where the reward model's own tokenizer is (its artifact directory), or None when it reads the policy's
+    tokenizer (``rlhfkit.given.reward_has_own_tokenizer``)."""
+    dpo: Path | None = None
+    """The DPO stage's policy (rows with ``dpo = true``), else None."""
+
+    @property
+    def policy_start(self) -> Path:
+        """Where the RL policy (and its reference) start: the DPO policy when the row has one, else the SFT one."""
+        return self.dpo or self.sft
+
+    def stage_paths(self) -> list[Path]:
+        """Every artifact the row's stages build (a reward tokenizer of its own lives in the reward model's)."""
+        return [p for p in (self.tokenizer, self.sft, self.reward_model, self.dpo) if p is not None]
 
     def as_dict(self) -> dict:
-        return {k: str(v) for k, v in dataclasses.asdict(self).items()}
+        """Paths as strings; a field that is None (no reward tokenizer of its own, no DPO stage) is left out."""
+        return {k: str(v) for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+ArtifactDirs = StageArtifacts
+"""The name the parallel branches of issue 15 agreed on."""
 
 
 def stage_threads(recipe: Recipe) -> int:
@@ -55,26 +74,57 @@ def _threads_key(recipe: Recipe) -> dict:
     return {} if threads == (os.cpu_count() or 1) else {"threads": threads}
 
 
+def _chat_key(recipe: Recipe, entry: ModelEntry) -> dict:
+    """``[data] chat_template`` for the stage keys of a checkpoint policy (its tokenizer may have a template, so
+    the mode can change the prompts); left out for presets, whose locally trained tokenizers have none, so their
+    keys and numbers are those of a recipe without the setting."""
+    from rlhfkit.models import parse_model_spec
+
+    if parse_model_spec(entry.policy, entry.trust_remote_code).is_preset:
+        return {}
+    return {"chat_template": recipe.chat_template}
+
+
 def artifact_dirs(recipe: Recipe, entry: ModelEntry, root: Path, data_seed: int | None = None) -> StageArtifacts:
     """``data_seed``: the stratum's (a cell's ``data_seed``); None = ``[run] data_seed``, the key of a plain grid."""
     data = {
         "data": recipe.stage_fingerprint()["data"],
         "data_seed": recipe.run.data_seed if data_seed is None else data_seed,
     }
+    from rlhfkit.given import checkpoint_dir, content_fingerprint, reward_has_own_tokenizer
+
     # A preset policy gets a tokenizer trained on the data (no torch arithmetic: no thread count); a
     # checkpoint brings its own.
-    tokenizer_key = fingerprint({**data, "tokenizer_from": entry.policy})
-    threads = _threads_key(recipe)
-    sft_key = fingerprint({**data, "tokenizer": tokenizer_key, "policy": entry.policy, "sft": dataclasses.asdict(recipe.sft),
-                           **threads})
-    rm_key = fingerprint(
-        {**data, "tokenizer": tokenizer_key, "reward": entry.reward, "reward_model": dataclasses.asdict(recipe.reward_model),
-         **threads}
-    )
+    given_policy = None
+    if not entry.train_sft and (path := checkpoint_dir(entry.policy, entry.trust_remote_code)) is not None:
+        given_policy = content_fingerprint(path)  # a changed checkpoint is another artifact
+    tokenizer_key = fingerprint({**data, "tokenizer_from": entry.policy,
+                                 **({"given": given_policy} if given_policy else {})})
+    threads = {**_threads_key(recipe), **_chat_key(recipe, entry)}  # both change what the stages train
+    if entry.train_sft:
+        sft_key = fingerprint({**data, "tokenizer": tokenizer_key, "policy": entry.policy,
+                               "sft": dataclasses.asdict(recipe.sft), **threads})
+    else:  # used as is: only the checkpoint and the tokenizer (a pad token may add an embedding row) count
+        sft_key = fingerprint({"given_sft": entry.policy, "content": given_policy, "tokenizer": tokenizer_key})
+    own_tokenizer = reward_has_own_tokenizer(entry)
+    if not entry.train_reward:
+        path = checkpoint_dir(entry.reward, entry.trust_remote_code)
+        rm_key = fingerprint({"given_reward": entry.reward, "content": content_fingerprint(path) if path else None})
+    else:
+        # Trained on its own tokenizer (a checkpoint of another family): not the policy's tokenizer's key.
+        tokenizer_part = {"reward_tokenizer": "own"} if own_tokenizer else {"tokenizer": tokenizer_key}
+        rm_key = fingerprint({**data, **tokenizer_part, "reward": entry.reward,
+                              "reward_model": dataclasses.asdict(recipe.reward_model), **threads})
+    dpo_key = None
+    if entry.dpo:  # after SFT: the SFT key covers the tokenizer, the policy, [sft] and the data
+        dpo_key = fingerprint({**data, "sft": sft_key, "dpo": dataclasses.asdict(recipe.dpo), **threads})
+    reward_model = root / f"reward-{rm_key}"
     return StageArtifacts(
         tokenizer=root / f"tokenizer-{tokenizer_key}",
         sft=root / f"sft-{sft_key}",
-        reward_model=root / f"reward-{rm_key}",
+        reward_model=reward_model,
+        reward_tokenizer=reward_model if own_tokenizer else None,
+        dpo=root / f"dpo-{dpo_key}" if dpo_key else None,
     )
 
 

@@ -32,9 +32,12 @@ from rlhfkit.fileio import atomic_write_json as write_json_atomic  # noqa: F401
 def run_cell(spec: dict) -> dict:
     """Build the cell from its spec, train and evaluate it; returns ``result.json``'s content and ``is_main``
     (only the main process writes the file)."""
+    from rlhfkit.policies import save_policy
+
     built = build_cell(spec)
     sft_eval, final_eval, train_seconds = train(built)
     result = summarise(built, sft_eval, final_eval, train_seconds)
+    save_policy(built)  # [run] save_policies: after the result is complete, so nothing measured changes
     return {**result.as_dict(), "is_main": built.accelerator.is_main_process}
 
 

@@ -4,8 +4,9 @@ docs/config.md; ``rlhfkit config rl.kl_coef`` prints one key's help).
 A field's help is the string literal written right after it in the class body (the convention of TRL-style
 dataclasses); it is read with :mod:`ast` from the source, so the documentation is the code's own and cannot
 drift.  Sections are the recipe's tables: ``[rl]``, each built-in algorithm's ``[algorithms.<name>]`` (only the
-keys it adds or whose default it changes), ``[sft]``, ``[reward_model]``, ``[run]``, ``[report]``, ``[grid]``,
-``[tuning]``, ``[[models]]``, ``[data]`` per built-in data set and the settings of each memory-strategy part.
+keys it adds or whose default it changes), ``[sft]``, ``[reward_model]``, ``[dpo]``, ``[run]``, ``[report]``, ``[grid]``,
+``[tuning]``, ``[[models]]``, ``[data]`` (common keys, then per built-in data set) and the settings of each
+memory-strategy part.
 Nothing here imports torch.
 """
 
@@ -122,7 +123,8 @@ def sections(builtin_only: bool = True) -> list[Section]:
     """Every table of a recipe, in the order docs/config.md lists them."""
     from rlhfkit.engine.config import RLConfig
     from rlhfkit.plugins import get_registry
-    from rlhfkit.recipe import GridSettings, ModelEntry, ReportSettings, RunSettings, TuningSettings
+    from rlhfkit.recipe import DataSettings, GridSettings, ModelEntry, ReportSettings, RunSettings, TuningSettings
+    from rlhfkit.stages.dpo import DPOStageConfig
     from rlhfkit.stages.reward import RewardStageConfig
     from rlhfkit.stages.sft import SFTStageConfig
 
@@ -138,11 +140,15 @@ def sections(builtin_only: bool = True) -> list[Section]:
         out.append(Section(f"algorithms.{e.name}", f"[algorithms.{e.name}]", cls, only,
                            "Keys it adds or whose default differs from `[rl]`; every `[rl]` key applies too."))
     out += [Section("sft", "[sft]", SFTStageConfig), Section("reward_model", "[reward_model]", RewardStageConfig),
+            Section("dpo", "[dpo]", DPOStageConfig, note="Used by the `[[models]]` rows with `dpo = true` (a DPO stage "
+                    "after SFT; its policy is the RL start and reference)."),
             Section("run", "[run]", RunSettings), Section("report", "[report]", ReportSettings),
             Section("grid", "[grid]", GridSettings, note="`[grid.sweep]` (every algorithm) and `[grid.sweep.<algorithm>]` "
                     "take lists of values of any `[rl]`/`[algorithms.<name>]` key; each value is a setting of its own."),
             Section("tuning", "[tuning]", TuningSettings),
-            Section("models", "[[models]]", ModelEntry)]
+            Section("models", "[[models]]", ModelEntry),
+            Section("data", "[data]", DataSettings,
+                    note="Keys every data set takes; its own keys follow, per data set.")]
     for e in entries("dataset"):
         out.append(Section(f"data.{e.name}", f'[data] name = "{e.name}"', e.obj.options_class))
     for e in entries("memory_strategy"):

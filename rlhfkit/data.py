@@ -33,6 +33,9 @@ class PreferenceTask:
     tokenizer_vocab_size: int = 4096
     stats: dict = field(default_factory=dict)
     """Counts worth reporting: rows read, rows dropped and why."""
+    prompt_metadata: dict = field(default_factory=dict)
+    """Per-prompt data for reward functions, keyed by the prompt text as it appears in ``rl_prompts`` and
+    ``eval_prompts`` (e.g. ``{"7 + 5 =": {"answer": 12}}``); empty when the task has none."""
 
     def tokenizer_corpus(self) -> list[str]:
         texts = [row["prompt"] + row["completion"] for row in self.sft]

@@ -123,6 +123,19 @@ def register_trackers(register):
     """
 
 
+@hookspec
+def register_reward_functions(register):
+    """Register reward functions: programmatic rewards a ``[[models]]`` row optimises with ``reward = "fn:NAME"``
+    (alone, or weighted with its reward model through ``reward_weights``).
+
+    Called once when the registry is first built.  ``register(spec)`` takes a
+    :class:`rlhfkit.registry.RewardFunctionSpec`: a name, the scorer as a lazy ``"module:attr"`` string (imported
+    only inside a cell, so loading plugins never imports torch) and whether it needs the task's per-prompt
+    metadata or gold reward.  The scorer is called in the cell's process once per rollout batch as
+    ``fn(prompts, completions, metadata, task)`` with decoded texts and returns one float per completion.
+    """
+
+
 @hookspec(firstresult=True)
 def detect_model_family(model_config):
     """Claim a checkpoint for a model family.

@@ -97,11 +97,24 @@ GPU_FRAMEWORK_BYTES = 1 * GiB
 # (benchmarks/bench_memory.py; see docs/memory.md).
 CPU_FRAMEWORK_BYTES = 30 * MiB
 CPU_DEEPSPEED_BYTES = 1 * MiB
-# ZeRO-3 bookkeeping per partitioned parameter tensor (its ds_* attributes, partition tensor and hooks), host
-# memory: 33 KiB measured by initialising ZeRO-3 engines over 100 and 400 one-parameter modules of the same
-# total size on this machine (+9.9 MiB for 300 more tensors).  It is why ZeRO-3 + LoRA (peft adds two tensors
-# per adapted layer) costs more host memory than ZeRO-3 on the same model.
-ZERO3_HOST_BYTES_PER_TENSOR = 33 * 1024
+# ZeRO-3 host bookkeeping (CPU memory, also on a GPU machine).  DeepSpeed keeps state per *module* (forward and
+# backward hooks, the autograd functions around each call, the traced module order) as well as per partitioned
+# parameter tensor (ds_* attributes, the partition).  `python benchmarks/bench_zero3_host.py` (DeepSpeed 0.19,
+# a second engine, 10 steps, anonymous resident memory; 2026-12-01): 300 extra parameter-free modules cost
+# 24.1 KiB each with one process, 24.4 with two; 300 extra one-tensor modules cost 26.6 / 22.3 KiB per tensor
+# more than empty ones; with a peer every ZeRO-3 engine holds 1.5 MiB more (gloo collectives' state).  The old
+# per-tensor figure (33 KiB, from one-parameter modules, where modules = tensors) missed peft's LoRA layers:
+# ~10 modules per adapted linear layer for 2 tensors, so the tiny ZeRO-3 + LoRA PPO cell of the seed table's
+# CPU twin planned 39.0 MiB against 53.1 measured (2 processes).
+ZERO3_HOST_BYTES_PER_MODULE = 24 * 1024
+ZERO3_HOST_BYTES_PER_TENSOR = 24 * 1024
+ZERO3_HOST_BYTES_PER_ENGINE_PEERS = int(1.5 * MiB)
+# peft's LoRA layer (peft 0.18): the wrapper, lora_dropout / lora_A / lora_B ModuleDicts with one module each,
+# lora_embedding_A/B ParameterDicts and lora_magnitude_vector: 10 modules beside the base linear layer; the
+# PeftModel and LoraModel wrappers: 2; a modules_to_save head: its wrapper, a ModuleDict and the copy.
+LORA_MODULES_PER_TARGET = 10
+PEFT_WRAPPER_MODULES = 2
+MODULES_PER_SAVED_HEAD = 3
 
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 absmax blocks
 # Peak bytes per training logit (rows x (response + 1) x vocab) of a PPO update: forward (logits, /temperature,
@@ -197,6 +210,19 @@ def parameter_tensors(arch: dict, is_causal_lm: bool = True, lora_targets=()) ->
     return count
 
 
+def module_count(arch: dict, lora_targets=(), modules_to_save: int = 0) -> int:
+    """``nn.Module`` objects of a decoder as transformers builds it: the linear layers, six per layer (decoder
+    layer, attention, MLP, activation, two norms) and seven around them (the model, its backbone, embedding,
+    layer list, final norm, rotary embedding, head); peft's modules under LoRA.  Exact for Llama, Qwen2 and
+    Deepseek; Phi3 (residual dropouts) and MiniCPM3 (latent-attention norms) have two more per layer."""
+    linears = arch.get("linear_layers") or ()
+    count = sum(int(n) for _, _, _, n in linears) + 6 * arch["num_layers"] + 7
+    adapted = sum(int(n) for name, _, _, n in linears if name in set(lora_targets))
+    if adapted or modules_to_save:
+        count += LORA_MODULES_PER_TARGET * adapted + PEFT_WRAPPER_MODULES + MODULES_PER_SAVED_HEAD * modules_to_save
+    return count
+
+
 def classifier_parameters(arch: dict) -> int:
     """A sequence classifier of the same backbone: no LM head, a one-output score head."""
     head = 0 if arch["tied_embeddings"] else arch["vocab_size"] * arch["hidden_size"]
@@ -245,6 +271,8 @@ class _Model:
     """Parameter tensors (ZeRO-3 keeps bookkeeping per tensor)."""
     param_bytes: int = 4
     """Bytes per parameter of its compute weights (gathered by ZeRO-3, cached by generation)."""
+    modules: int = 0
+    """``nn.Module`` objects (ZeRO-3 keeps bookkeeping per module too)."""
 
     @property
     def kind(self) -> str:
@@ -271,11 +299,13 @@ def _size_role(role, ms, arch: dict, default_targets) -> _Model:
         lp += arch["hidden_size"] * len(role.modules_to_save)  # modules_to_save: a trainable copy of the score head
         base = quantized_bytes(arch, params, is_lm) if role.quantization else params * stored
         tensors = parameter_tensors(arch, is_lm, targets) + len(role.modules_to_save)
-        return _Model(role, arch, base + lp * trained, lp, tensors, stored)
+        modules = module_count(arch, targets, len(role.modules_to_save))
+        return _Model(role, arch, base + lp * trained, lp, tensors, stored, modules)
+    tensors, modules = parameter_tensors(arch, is_lm), module_count(arch)
     if role.trainable == "full":
         trained = ms.trained_param_bytes(role)
-        return _Model(role, arch, params * trained, params, parameter_tensors(arch, is_lm), trained)
-    return _Model(role, arch, params * stored, 0, parameter_tensors(arch, is_lm), stored)
+        return _Model(role, arch, params * trained, params, tensors, trained, modules)
+    return _Model(role, arch, params * stored, 0, tensors, stored, modules)
 
 
 def _capacity(hardware: str) -> int:
@@ -307,7 +337,8 @@ class _Cell:
     algo: Any
     info: dict
     arch_p: dict
-    arch_r: dict
+    arch_r: dict | None
+    """``None``: no reward model (a function reward)."""
     length_fraction: float = 1.0
     """Answers' length as a fraction of ``response_length`` (1: the worst case)."""
 
@@ -415,8 +446,14 @@ def _framework(c: _Cell) -> float:
         return GPU_FRAMEWORK_BYTES
     framework = CPU_FRAMEWORK_BYTES + (CPU_DEEPSPEED_BYTES if c.zero else 0)
     if c.zero == 3:  # on a GPU this is host memory, not the device's
-        framework += sum(m.tensors for m in c.models) * ZERO3_HOST_BYTES_PER_TENSOR
+        framework += zero3_host_bytes(c.models, c.n)
     return framework
+
+
+def zero3_host_bytes(models, num_processes: int) -> int:
+    """DeepSpeed ZeRO-3's host bookkeeping of the cell's engines (one per separate model)."""
+    per_model = sum(m.modules * ZERO3_HOST_BYTES_PER_MODULE + m.tensors * ZERO3_HOST_BYTES_PER_TENSOR for m in models)
+    return per_model + (len(models) * ZERO3_HOST_BYTES_PER_ENGINE_PEERS if num_processes > 1 else 0)
 
 
 def _live(c: _Cell, m: _Model) -> float:
@@ -448,7 +485,8 @@ def _scoring(c: _Cell) -> dict:
     t_r = c.response_tokens
     ref_logits = c.rows_gen * (t_r + 1) * c.arch_p["vocab_size"] * 4 * SCORE_LOGIT_COPIES
     transient_p = c.rows_gen * c.tokens * layer_activation_elements(c.arch_p) * c.act_b
-    transient_r = c.rows_gen * c.tokens * (layer_activation_elements(c.arch_r) + 2 * c.arch_r["hidden_size"]) * c.act_b
+    transient_r = 0 if c.arch_r is None else (
+        c.rows_gen * c.tokens * (layer_activation_elements(c.arch_r) + 2 * c.arch_r["hidden_size"]) * c.act_b)
     parts = {"forward": max(ref_logits + transient_p, transient_r)}
     if c.zero == 3:
         parts["zero3_live_parameters"] = max(_live(c, m) for m in c.models)
@@ -502,9 +540,11 @@ def _cell_models(recipe, cell, ms, artifacts_root) -> tuple[list, dict, dict]:
     from rlhfkit.models import adapter_for, parse_model_spec
 
     entry = recipe.models[cell.model]
-    arch = {"policy": cell_architecture(recipe, cell.model, "policy", artifacts_root),
-            "reward": cell_architecture(recipe, cell.model, "reward", artifacts_root)}
-    refs = {"policy": entry.policy, "reward": entry.reward}
+    arch = {"policy": cell_architecture(recipe, cell.model, "policy", artifacts_root), "reward": None}
+    refs = {"policy": entry.policy}
+    if ms.reward is not None:  # a function reward (reward = "fn:...") has no reward model to size
+        arch["reward"] = cell_architecture(recipe, cell.model, "reward", artifacts_root)
+        refs["reward"] = entry.reward
     targets = {k: adapter_for(parse_model_spec(v, entry.trust_remote_code)).lora_target_modules for k, v in refs.items()}
     models = [_size_role(role, ms, arch[role.arch_of], targets[role.arch_of]) for role in ms.roles() if role.separate]
     return models, arch["policy"], arch["reward"]
@@ -565,7 +605,7 @@ def _assumptions(c: _Cell) -> dict:
     return {
         "precision": c.ms.precision,
         "policy_parameters": c.arch_p["num_parameters"],
-        "reward_parameters": classifier_parameters(c.arch_r),
+        "reward_parameters": classifier_parameters(c.arch_r) if c.arch_r is not None else 0,
         "trainable": {m.kind: m.trainable for m in c.trained},
         "rollout_rows": c.rows_gen,
         "minibatch_rows": c.rows_mb,

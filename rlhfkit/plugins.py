@@ -24,6 +24,7 @@ BUILTIN_PLUGINS = (
     "rlhfkit_plugins.algorithms",
     "rlhfkit_plugins.memory",
     "rlhfkit_plugins.datasets",
+    "rlhfkit_plugins.rewards",
     "rlhfkit_plugins.reporters",
     "rlhfkit_plugins.reporters.trackers",
 )
@@ -40,6 +41,7 @@ REGISTRATION_HOOKS = {
     "register_kl_estimators": "kl_estimator",
     "register_metrics": "metric",
     "register_trackers": "tracker",
+    "register_reward_functions": "reward_function",
 }
 
 _lock = threading.RLock()

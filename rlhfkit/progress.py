@@ -47,6 +47,13 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds}s"
 
 
+def _given_text(info: dict) -> str:
+    """``; given: SFT, RM`` for stages a row brought ready (``train_sft``/``train_reward = false``)."""
+    stages = info.get("stages") if isinstance(info.get("stages"), dict) else {}
+    given = [{"sft": "SFT", "reward_model": "RM"}.get(k, k) for k, v in stages.items() if v == "given" and k != "tokenizer"]
+    return f"; given: {', '.join(given)}" if given else ""
+
+
 class RichProgress:
     def __init__(self, console: Console | None = None):
         self.console = widen_for_logs(console or Console())
@@ -92,6 +99,9 @@ class RichProgress:
             self.console.print(
                 f"[cyan]stages[/] {model}: [green]ok[/] in {info['wall_s']:.0f} s; "
                 f"reward-model held-out accuracy {_fmt(info.get('reward/eval_accuracy'), 3)}"
+                + _given_text(info)
+                + (f"; DPO held-out reward accuracy {_fmt(info['dpo/eval_reward_accuracy'], 3)}"
+                   if "dpo/eval_reward_accuracy" in info else "")
             )
         else:
             self.console.print(f"[cyan]stages[/] {model}: [red]failed[/]: {info.get('error')}")

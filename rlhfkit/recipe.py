@@ -20,6 +20,7 @@ from rlhfkit.executors import EXECUTORS, RaySettings, SlurmSettings
 from rlhfkit.memory import strategy_id
 from rlhfkit.plugins import get_registry
 from rlhfkit.registry import config_fields
+from rlhfkit.rewards import check_entry as check_reward_entry, has_reward_model
 from rlhfkit.sweeps import confounder_warnings, freeze, setting_combinations, settings_text, thaw
 from rlhfkit.validation import check_choices, check_number, check_range, check_string, choice_error, did_you_mean, hint
 
@@ -32,11 +33,28 @@ class RecipeError(ValueError):
 
 
 TOP_LEVEL_KEYS = (
-    "name", "description", "data", "models", "grid", "tuning", "sft", "reward_model", "rl", "algorithms", "run", "report",
+    "name", "description", "data", "models", "grid", "tuning", "sft", "reward_model", "dpo", "rl", "algorithms", "run",
+    "report",
 )
 PHASES = ("grid", "tuning", "final")
 TUNING_METRICS = ("gold_at_kl", "gold_final")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class DataSettings:
+    """Keys of the ``[data]`` table that every data set takes; the other keys are the data set's own options."""
+
+    name: str = ""
+    """The data set (``rlhfkit plugins`` lists them); empty = the default one (``synthetic``)."""
+    chat_template: Literal["auto", "off"] = "auto"
+    """``"auto"``: when the policy's tokenizer has a chat template, every prompt (SFT, reward model, DPO, RL,
+    evaluation) is formatted with it (``apply_chat_template(..., add_generation_prompt=True)``; HH and plain
+    conversations are split into their turns).  ``"off"``: prompts stay the data's own text.  Tiny presets have
+    no template, so both give the same numbers."""
+
+    def __post_init__(self):
+        check_choices(self)
 
 
 @dataclass
@@ -48,9 +66,23 @@ class ModelEntry:
     policy: str
     """``family:preset`` (tiny, random init, then SFT) or a checkpoint directory / hub id."""
     reward: str = ""
-    """The reward model's base, same forms as ``policy``; empty means the same as ``policy``."""
+    """The reward model's base, same forms as ``policy``; empty means the same as ``policy``.  ``"fn:NAME"``: a
+    registered reward function is the reward (``rlhfkit plugins`` lists them): no reward model, no RM stage."""
     trust_remote_code: bool = False
     """Allow checkpoints that ship their own modelling code (e.g. MiniCPM 1/2)."""
+    train_sft: bool = True
+    """``false``: ``policy`` is already an SFT checkpoint (with its own tokenizer), used as is: no SFT stage.
+    Refused for a ``family:preset`` policy (random init)."""
+    train_reward: bool = True
+    """``false``: ``reward`` is a trained ``...ForSequenceClassification`` checkpoint with one label, loaded as is
+    with its own tokenizer (never retrained or resized): no reward-model stage.  Refused for presets."""
+    dpo: bool = False
+    """Run a DPO stage (TRL's DPOTrainer, settings in ``[dpo]``) on the preference pairs after SFT: its policy is
+    the RL start and the reference policy (the KL leash) of this row's cells."""
+    reward_weights: dict = field(default_factory=dict)
+    """Optimise a weighted sum of reward components: ``{ model = 1.0, "fn:arith_exact" = 0.5 }`` (``model`` = this
+    row's reward model, ``fn:NAME`` = a reward function); empty = ``reward`` alone, weight 1.  Finite weights;
+    ``model`` must be listed when ``reward`` is a model, and the ``fn:`` of ``reward = "fn:..."`` likewise."""
 
     def __post_init__(self):
         if not NAME_PATTERN.fullmatch(self.name):
@@ -137,6 +169,14 @@ class RunSettings:
     resumes an unfinished cell from its checkpoint with the numbers of an uninterrupted run, and a cell that
     finishes ok removes it.  Single-process cells without ZeRO (others train without checkpoints, a note in
     their log.txt)."""
+    save_policies: Literal["none", "best", "all"] = "none"
+    """Keep trained policies: ``none``; ``all`` (every ok cell saves its final policy with ``save_pretrained``
+    into ``cells/<cell>/policy/``, with its tokenizer; under LoRA the peft adapter); ``best`` (every cell saves,
+    then per algorithm only the policy of the ok cell with the highest final eval gold, or proxy score without a
+    gold reward, is kept; ``policies.json`` says which).  The report links them (docs/scaling.md)."""
+    save_merged: bool = False
+    """Under LoRA, also save the adapter merged into its base as a full model (``policy/merged/``); cells without
+    LoRA (nothing to merge) and over a 4-bit base (not merged: a note in log.txt) save as they would without it."""
     executor: str = "local"
     """Where cells run: ``local`` (processes on this machine), ``ray`` (``[run.ray]``) or ``slurm`` (``[run.slurm]``);
     ``--executor`` overrides it.  The cell process is the same everywhere, so results do not depend on it."""
@@ -151,6 +191,8 @@ class RunSettings:
                              f"{hint(self.executor, EXECUTORS)}")
         if self.parallel_cells < 1:
             raise ValueError("parallel_cells must be >= 1")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 = no checkpoints; got {self.checkpoint_every})")
         if self.threads_per_cell < 0:
             raise ValueError("threads_per_cell must be >= 0")
         if self.cell_timeout_s <= 0:
@@ -308,6 +350,10 @@ class Recipe:
     tuned: dict[tuple, tuple] = field(default_factory=dict)
     """(model, algorithm, memory) -> the setting tuning picked; filled from the run's ``tuning.json``."""
     _configs: dict = field(default_factory=dict, repr=False)
+    dpo: Any = None
+    """The ``[dpo]`` table (:class:`rlhfkit.stages.dpo.DPOStageConfig`), used by rows with ``dpo = true``."""
+    chat_template: str = "auto"
+    """``[data] chat_template``: ``"auto"`` or ``"off"`` (see :class:`DataSettings`)."""
 
     def settings_for(self, algorithm: str) -> list[tuple]:
         """Every swept setting of one algorithm, in sweep order (``[()]`` when it sweeps nothing)."""
@@ -378,8 +424,11 @@ class Recipe:
         return self.run.data_seed if cell.data_seed is None else cell.data_seed
 
     def warnings(self) -> list[str]:
-        """One line per way the arms differ that is not the algorithm and is not swept."""
-        return confounder_warnings(self.algorithms, self.sweeps)
+        """One line per way the arms differ that is not the algorithm and is not swept (and a ``[dpo]`` table that
+        no row uses)."""
+        unused = ["[dpo] is set but no [[models]] row has dpo = true: no DPO stage runs"] if (
+            "dpo" in self.raw and not any(e.dpo for e in self.models.values())) else []
+        return confounder_warnings(self.algorithms, self.sweeps) + unused
 
     def load_tuned(self, output_dir: Path) -> None:
         """Take the tuned settings from a run directory's ``tuning.json`` (nothing when absent)."""
@@ -591,12 +640,14 @@ def _parsed_or_empty(strategy: str) -> list:
         return []
 
 
-def _parse_data(raw: dict, base_dir: Path | None) -> tuple[str, Any]:
-    """``[data]``: the data set's name and its validated options (a relative ``path`` resolved, and present)."""
+def _parse_data(raw: dict, base_dir: Path | None) -> tuple[str, Any, str]:
+    """``[data]``: the data set's name, its validated options (a relative ``path`` resolved, and present) and
+    the chat-template mode."""
     data = raw.get("data", {})
     if not isinstance(data, dict):
         raise RecipeError(f"data: expected a table, got {data!r}")
-    data_name = data.get("name") or default_dataset()
+    common = build_dataclass(DataSettings, {k: v for k, v in data.items() if k in ("name", "chat_template")}, "data")
+    data_name = common.name or default_dataset()
     registry = get_registry()
     _choose(data_name, registry.names("dataset"), "data.name")
     dataset = registry.get("dataset", data_name)
@@ -607,7 +658,8 @@ def _parse_data(raw: dict, base_dir: Path | None) -> tuple[str, Any]:
             where = f"the recipe's directory {base_dir}" if base_dir else "the current directory"
             raise RecipeError(f"data.path: {written!r} is not a file (looked at {data['path']}; relative paths "
                               f"resolve against {where})")
-    return data_name, build_dataclass(dataset.options_class, data, "data", skip=("name",))
+    options = build_dataclass(dataset.options_class, data, "data", skip=("name", "chat_template"))
+    return data_name, options, common.chat_template
 
 
 def _parse_models(rows: Any) -> dict[str, ModelEntry]:
@@ -623,13 +675,43 @@ def _parse_models(rows: Any) -> dict[str, ModelEntry]:
             raise RecipeError(f"models[{i}].name: {entry.name!r} is used twice")
         models[entry.name] = entry
         _check_model_ref(entry.policy, entry.trust_remote_code, f"models[{i}].policy")
-        _check_model_ref(entry.reward, entry.trust_remote_code, f"models[{i}].reward")
+        if has_reward_model(entry):
+            _check_model_ref(entry.reward, entry.trust_remote_code, f"models[{i}].reward")
+        _check_given_is_checkpoint(entry, f"models[{i}]")
+        try:
+            check_reward_entry(entry, f"models[{i}]", get_registry())
+        except ValueError as exc:
+            raise RecipeError(str(exc)) from None
     return models
+
+
+def _check_given_is_checkpoint(entry: ModelEntry, where: str) -> None:
+    """``train_sft``/``train_reward = false`` take a checkpoint as is: a preset (random init) cannot be one."""
+    from rlhfkit.models import parse_model_spec
+
+    for key, which in (("train_sft", "policy"), ("train_reward", "reward")):
+        if getattr(entry, key):
+            continue
+        text = getattr(entry, which)
+        spec = parse_model_spec(text, entry.trust_remote_code)
+        what = "an SFT checkpoint directory" if which == "policy" else "a trained reward-model checkpoint directory"
+        if spec.is_preset:
+            raise RecipeError(
+                f"{where}.{key}: false needs {which} to be {what}, but {text!r} is a preset (random init, it must "
+                f"be trained); set {key} = true or point {which} at a checkpoint"
+            )
+        if spec.checkpoint is not None and not Path(spec.checkpoint).expanduser().is_dir():
+            # A given checkpoint's artifact links its files: it must be on this machine.
+            raise RecipeError(
+                f"{where}.{key}: false needs {which} to be {what} on this machine, but {text!r} is a hub id; "
+                f"download it first (e.g. `hf download {spec.checkpoint} --local-dir DIR`) and write the directory"
+            )
 
 
 def parse_recipe(raw: dict, path: Path | None = None, base_dir: Path | None = None) -> Recipe:
     """Validate a parsed TOML recipe; ``base_dir`` is where relative data paths resolve (None: the current
     directory)."""
+    from rlhfkit.stages.dpo import DPOStageConfig
     from rlhfkit.stages.reward import RewardStageConfig
     from rlhfkit.stages.sft import SFTStageConfig
 
@@ -650,7 +732,7 @@ def parse_recipe(raw: dict, path: Path | None = None, base_dir: Path | None = No
         if not isinstance(description, str):
             fail("description: expected a string")
 
-        data_name, data_options = _parse_data(raw, base_dir)
+        data_name, data_options, chat_template = _parse_data(raw, base_dir)
         models = _parse_models(raw.get("models"))
 
         grid = build_dataclass(GridSettings, raw.get("grid"), "grid", skip=("sweep",))
@@ -663,6 +745,7 @@ def parse_recipe(raw: dict, path: Path | None = None, base_dir: Path | None = No
 
         sft = build_dataclass(SFTStageConfig, raw.get("sft"), "sft")
         reward_model = build_dataclass(RewardStageConfig, raw.get("reward_model"), "reward_model")
+        dpo = build_dataclass(DPOStageConfig, raw.get("dpo"), "dpo")
 
         shared, algorithms, tables = _parse_algorithms(raw, grid)
         sweeps, tuning = _parse_sweeps_and_tuning(raw, grid, tables)
@@ -693,6 +776,8 @@ def parse_recipe(raw: dict, path: Path | None = None, base_dir: Path | None = No
         sweeps=sweeps,
         tuning=tuning,
         algorithm_tables=tables,
+        dpo=dpo,
+        chat_template=chat_template,
     )
 
 
@@ -810,7 +895,7 @@ def check_trainable(recipe: Recipe) -> None:
     prefix = f"{recipe.path}: " if recipe.path else ""
     used = set(recipe.grid.models or recipe.models)
     for i, (name, entry) in enumerate(recipe.models.items()):
-        for which in ("policy", "reward"):
+        for which in ("policy", "reward") if has_reward_model(entry) else ("policy",):
             text = getattr(entry, which)
             if name in used and parse_model_spec(text, entry.trust_remote_code).is_reference:
                 raise RecipeError(
@@ -818,6 +903,13 @@ def check_trainable(recipe: Recipe) -> None:
                     "no weights): it can only be planned (rlhfkit plan); to train, use 'family:preset' or a "
                     "checkpoint directory"
                 )
+        if name in used:
+            from rlhfkit.given import check_row
+
+            try:
+                check_row(entry, f"models[{i}]")
+            except ValueError as exc:
+                raise RecipeError(f"{prefix}{exc}") from None
     registry = get_registry()
     for i, tracker in enumerate(recipe.report.trackers):
         spec = registry.get("tracker", tracker)

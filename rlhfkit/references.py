@@ -70,9 +70,12 @@ def recipe_entries(recipe, registry) -> list[tuple[str, str]]:
 
     used = [("dataset", recipe.data_name)]
     used += [("algorithm", name) for name in recipe.grid.algorithms]
+    from rlhfkit.rewards import components, has_reward_model
+
     for row in recipe.models.values():
-        for reference in dict.fromkeys((row.policy, row.reward)):
+        for reference in dict.fromkeys((row.policy, row.reward) if has_reward_model(row) else (row.policy,)):
             used.append(("model_adapter", parse_model_spec(reference, row.trust_remote_code).family))
+        used += [("reward_function", c.function) for c in components(row) if c.function is not None]
     for strategy in recipe.grid.memory:
         used += [("memory_strategy", part) for part in split_strategy(strategy)]
     reporters = recipe.report.reporters or [n for n in registry.names("reporter") if registry.get("reporter", n).default]

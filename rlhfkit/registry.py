@@ -28,6 +28,7 @@ KINDS = (
     "kl_estimator",
     "metric",
     "tracker",
+    "reward_function",
 )
 
 
@@ -60,12 +61,14 @@ class AlgorithmSpec:
     """Callable ``trainer(context) -> None`` (or a lazy ``"module:attr"`` string) run inside the cell."""
     description: str = ""
     needs_value_model: bool = False
-    """True when the algorithm trains a critic (PPO); the runner then builds one from the reward model."""
+    """True when the algorithm trains a critic (PPO); the cell then builds one (see ``critic_from``)."""
     samples_per_prompt_field: str | None = None
     """Name of the config field holding k (completions per prompt), if the algorithm samples several."""
     critic_from: str = "reward_model"
     """Where the critic starts, when ``needs_value_model``: ``reward_model`` (the trained reward model, its
-    score head included) or ``policy`` (the SFT policy's backbone with a new one-output head)."""
+    score head included) or ``policy`` (the SFT policy's backbone with a new one-output head).  A row without a
+    reward model reading the policy's tokens (``reward = "fn:..."``) always gets the latter
+    (:func:`rlhfkit.cellspec.modelset.critic_start`)."""
     default_in_grid: bool = False
     """In the grid of a recipe that does not list ``[grid] algorithms`` (core names no algorithm itself)."""
 
@@ -168,6 +171,31 @@ class Reporter:
     description: str = ""
     default: bool = True
     """Run by default after every run (recipes may restrict the list with ``[report] reporters``)."""
+
+
+@dataclass
+class RewardFunctionSpec:
+    """A programmatic reward (``reward = "fn:<name>"`` in a ``[[models]]`` row): e.g. a verifiable reward.
+
+    ``fn(prompts, completions, metadata, task)`` (object or lazy ``"module:attr"``, imported only inside a cell)
+    scores one batch of decoded completions: ``prompts`` and ``completions`` are lists of texts (the completion
+    without its prompt, special tokens removed), ``metadata`` a list of dicts, one per row (the task's
+    ``prompt_metadata`` of that row's prompt, e.g. ``{"answer": 12}``; ``{}`` where the task has none), and
+    ``task`` the :class:`rlhfkit.data.PreferenceTask`.  It returns one finite float per completion (a list, a
+    tuple or a 1-D tensor).  The plugin that registered it is recorded by the registry, like every kind.
+    """
+
+    name: str
+    """What recipes write after ``fn:`` (``reward = "fn:arith_exact"``)."""
+    fn: Any
+    """The scorer, or a lazy ``"module:attr"`` reference to it (so loading plugins never imports torch)."""
+    description: str = ""
+    needs_metadata: bool = False
+    """Reads ``metadata`` (the task's per-prompt answers): a data set without metadata for its prompts is
+    refused before any stage runs."""
+    needs_gold: bool = False
+    """Calls the task's own gold reward (``task.gold_reward``): a data set without one is refused before any
+    stage runs."""
 
 
 @dataclass

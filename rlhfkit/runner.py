@@ -123,6 +123,8 @@ class Running:
     metrics_offset: int = 0
     watch: MemoryWatch | None = None
     """Samples of the cell's memory: evidence for ``oom`` if a signal ends it (rlhfkit/exits.py)."""
+    checkpoint_from: int = 0
+    """The step of the checkpoint this attempt started from (0: none); see :func:`resumes`."""
 
 
 @dataclass
@@ -242,7 +244,7 @@ class Runner:
         for model, data_seed in strata:
             name = Cell(model, "", "", 0, data_seed=data_seed).stage
             dirs = artifact_dirs(self.recipe, self.recipe.models[model], self.artifacts_root, data_seed)
-            if all(is_complete(p) for p in (dirs.tokenizer, dirs.sft, dirs.reward_model)) and name in stages:
+            if all(is_complete(p) for p in dirs.stage_paths()) and name in stages:
                 continue
             if self.progress:
                 self.progress.stage_started(name)
@@ -336,7 +338,8 @@ class Runner:
                                       attempt_dir=directory)
         # Memory samples (evidence for oom when a signal ends the cell) need the process on this machine.
         pid = getattr(handle, "pid", None)
-        return Running(cell=cell, proc=handle, started=time.monotonic(), watch=MemoryWatch(pid) if pid else None)
+        return Running(cell=cell, proc=handle, started=time.monotonic(), watch=MemoryWatch(pid) if pid else None,
+                       checkpoint_from=saved_step(directory))
 
     def _finish(self, run: Running, timed_out: bool = False) -> dict:
         run.proc.close()
@@ -354,6 +357,8 @@ class Runner:
                 lines = (directory / "log.txt").read_bytes()[-2000:].decode(errors="replace").strip().splitlines()
                 status, error = "failed", (lines[-1] if lines else f"exit code {rc}")
             result = {"cell": run.cell.as_dict(), "status": status, "error": error}
+            if (directory / "checkpoint").is_dir():  # what a rerun needs to tell progress from a loop (resumes())
+                result["checkpoint"] = {"resumed_from": run.checkpoint_from, "saved": saved_step(directory)}
             write_json_atomic(directory / "result.json", result)
         self.hook.cell_finished(cell=run.cell, cell_dir=directory, result=result,
                                 run=self.recipe.run_context(self.output_dir / RECIPE_COPY))
@@ -404,6 +409,8 @@ class Runner:
             result = read_result(self.output_dir, cell)
             if result is not None and not _same_cell(result, cell):
                 result = None  # a result left by other settings under this id: rerun
+            if result is not None and resumes(result, cell_dir(self.output_dir, cell)):
+                result = None  # died mid-run after saving progress: continue from its checkpoint
             keep = result is not None and (result["status"] == "ok" or not self.retry_failed)
             if keep:
                 outcome.kept.append(cell)
@@ -475,6 +482,35 @@ def clear_attempt(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
 
 
+def saved_step(directory: Path) -> int:
+    """The step of a cell's latest checkpoint (``checkpoint/LATEST`` -> ``step-<n>``), 0 when it has none."""
+    try:
+        name = (directory / "checkpoint" / "LATEST").read_text().strip()
+        return int(name.removeprefix("step-"))
+    except (OSError, ValueError):
+        return 0
+
+
+def resumes(result: dict, directory: Path) -> bool:
+    """Whether a plain rerun continues a dead cell from its checkpoint instead of keeping its status.
+
+    Only a death the cell did not report itself: the runner wrote the result (status ``killed``, or ``failed``
+    for a signal such as SIGSEGV or a process the executor lost: a preempted job, a dead Ray worker) and recorded
+    the checkpoint then.  A status the cell wrote (``diverged``, ``oom``, an exception as ``failed``) and
+    ``timeout``/``oom`` from the runner stay terminal (``--retry-failed`` reruns them, from the checkpoint).
+    The last attempt must have saved a newer checkpoint than the one it started from: a cell that dies again
+    before its next checkpoint (a deterministic crash at one step) is kept as it is, so reruns cannot loop;
+    each resumed attempt advances at least ``checkpoint_every`` steps.
+    """
+    saved = result.get("checkpoint")
+    if result.get("status") not in ("killed", "failed") or not isinstance(saved, dict):
+        return False
+    try:
+        return saved_step(directory) == int(saved["saved"]) > int(saved["resumed_from"])
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def _same_cell(result: dict, cell: Cell) -> bool:
     try:
         return Cell(**result["cell"]) == cell
@@ -501,7 +537,12 @@ def run_recipe(recipe: Recipe, output_dir: Path, progress=None, retry_failed: bo
             executor.open(output_dir)  # before the stages: a cluster that cannot run the grid says so first
             runner = Runner(recipe, output_dir, progress=progress, retry_failed=retry_failed, executor=executor)
             stages = runner.run_stages()
-            return runner.run_cells(stages)
+            outcome = runner.run_cells(stages)
+            if recipe.run.save_policies == "best":  # every cell saved its policy; keep each algorithm's best
+                from rlhfkit.policies import keep_best
+
+                keep_best(output_dir)
+            return outcome
         except ExecutorError as exc:
             raise RunError(str(exc)) from None
         finally:

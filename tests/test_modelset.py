@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from rlhfkit.artifacts import StageArtifacts
 from rlhfkit.cellspec.build import build_models, deepspeed_config
 from rlhfkit.cellspec.modelset import derive_model_set, zero_bucket_elements
 from rlhfkit.memory import build_memory_plan, strategy_parts
@@ -92,7 +93,7 @@ def saved_models(tmp_path_factory):
     policy.save_pretrained(root / "sft")
     reward.save_pretrained(root / "rm")
     arch = get_registry().get("model_adapter", "llama").architecture(tiny_llama_config(tokenizer).to_dict())
-    return SimpleNamespace(sft=root / "sft", reward_model=root / "rm"), arch
+    return StageArtifacts(tokenizer=root / "tokenizer", sft=root / "sft", reward_model=root / "rm"), arch
 
 
 @pytest.mark.parametrize("memory", ["full", "lora", "lora+gc", "qlora", "lora(r=4,alpha=8,target_modules=q_proj|v_proj)"])

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from conftest import REPO, run_cli
-from rlhfkit.planner import (CPU_DEEPSPEED_BYTES, CPU_FRAMEWORK_BYTES, GiB, NF4_BYTES, ZERO3_HOST_BYTES_PER_TENSOR, plan_cell,
+from rlhfkit.planner import (CPU_DEEPSPEED_BYTES, CPU_FRAMEWORK_BYTES, GiB, NF4_BYTES, ZERO3_HOST_BYTES_PER_ENGINE_PEERS, ZERO3_HOST_BYTES_PER_MODULE,
+                             ZERO3_HOST_BYTES_PER_TENSOR, module_count, plan_cell,
                              plan_recipe)
 from rlhfkit.recipe import Cell, load_recipe
 
@@ -103,9 +104,11 @@ def test_zero3_shards_weights_and_states_and_gathers_policy_for_generation(recip
     bucket_and_prefetch = P * 4 + 0.9 * H * H * 4        # CPU: one reduce bucket, + prefetch bucket
     assert parts["zero_buffers"] == int(2 * bucket_and_prefetch)
     # ZeRO-3 bookkeeping per parameter tensor: causal LM 2 x 7 linears + 2 x 2 norms + final norm + tied
-    # embedding = 20 (policy, reference); classifier 21 (+ score head; reward model, critic)
-    tensors = 20 + 20 + 21 + 21
-    assert parts["framework"] == CPU_FRAMEWORK_BYTES + CPU_DEEPSPEED_BYTES + tensors * ZERO3_HOST_BYTES_PER_TENSOR
+    # embedding = 20 (policy, reference); classifier 21 (+ score head; reward model, critic); per module: 14
+    # linears + 6 per layer + 7 = 33 for each of the four models; per engine with a peer (2 processes): 4
+    tensors, modules = 20 + 20 + 21 + 21, 4 * 33
+    bookkeeping = tensors * ZERO3_HOST_BYTES_PER_TENSOR + modules * ZERO3_HOST_BYTES_PER_MODULE + 4 * ZERO3_HOST_BYTES_PER_ENGINE_PEERS
+    assert parts["framework"] == CPU_FRAMEWORK_BYTES + CPU_DEEPSPEED_BYTES + bookkeeping
     assert plan_cell(recipe, cell("zero3"), "A100-40GB", 2).parts["generation"]["framework"] == GiB  # host memory
     # ZeRO-3's flat 16-bit gradient partition is allocated with the engine and kept: static, both engines
     assert parts["zero3_gradients"] == 4 * (P + R) // 2 and plan.parts["training"]["gradients"] == 0
@@ -190,3 +193,26 @@ def test_plan_cli_json_and_table():
     assert "every cell fits" in out.stdout  # the published ZeRO-2 + LoRA OOM is not predicted (docs/memory.md)
     out = run_cli("plan", seed, "--gpu", "V100")
     assert out.returncode == 2 and "unknown GPU" in out.stderr
+
+
+def test_module_count_matches_transformers_and_peft():
+    """ZeRO-3 keeps host state per module: the planner's count is the number of modules transformers and peft build
+    (Llama, Qwen2: exact; a LoRA layer adds 10 modules, the peft wrappers 2, a modules_to_save head 3)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    from rlhfkit.architecture import architecture_numbers
+
+    config = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, tie_word_embeddings=False)
+    arch = architecture_numbers(config)
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(**config))
+    assert module_count(arch) == len(list(lm.modules())) == 3 * 7 + 6 * 3 + 7
+    targets = ["q_proj", "v_proj"]
+    lora = get_peft_model(lm, LoraConfig(r=4, target_modules=targets))
+    assert module_count(arch, targets) == len(list(lora.modules())) == 46 + 10 * 6 + 2
+    critic = get_peft_model(LlamaForSequenceClassification(LlamaConfig(**config, num_labels=1)),
+                            LoraConfig(r=4, target_modules=targets, modules_to_save=["score"], task_type="SEQ_CLS"))
+    assert module_count(arch, targets, modules_to_save=1) == len(list(critic.modules()))

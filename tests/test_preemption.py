@@ -85,3 +85,48 @@ def test_the_runner_keeps_a_checkpoint_and_its_metric_lines(tmp_path):
     (cell / "checkpoint").rmdir()
     clear_attempt(cell)
     assert list(cell.iterdir()) == []
+
+
+def _dead_cell(tmp_path, saved: int | None):
+    cell = tmp_path / "cell"
+    cell.mkdir(parents=True)
+    if saved is not None:
+        (cell / "checkpoint" / f"step-{saved}").mkdir(parents=True)
+        (cell / "checkpoint" / "LATEST").write_text(f"step-{saved}")
+    return cell
+
+
+def test_a_dead_cell_resumes_on_a_plain_rerun_only_after_progress(tmp_path):
+    """The rule of rlhfkit.runner.resumes: a death the runner recorded (killed, or failed by a signal or a lost
+    worker) with a newer checkpoint than its attempt started from is unfinished; a cell's own verdict
+    (diverged, an exception), timeout/oom, or a death before the next checkpoint is kept (no rerun loop)."""
+    from rlhfkit.runner import resumes, saved_step
+
+    cell = _dead_cell(tmp_path, saved=20)
+    assert saved_step(cell) == 20 and saved_step(tmp_path / "none") == 0
+    died = {"status": "killed", "checkpoint": {"resumed_from": 10, "saved": 20}}
+    assert resumes(died, cell)
+    assert resumes({**died, "status": "failed"}, cell)  # SIGSEGV, a preempted job, a dead Ray worker
+    assert not resumes({**died, "checkpoint": {"resumed_from": 20, "saved": 20}}, cell)  # died again at step 20
+    assert not resumes({**died, "checkpoint": {"resumed_from": 10, "saved": 30}}, cell)  # not the one on disk
+    for status in ("diverged", "oom", "timeout", "ok"):
+        assert not resumes({**died, "status": status}, cell)
+    assert not resumes({"status": "failed", "error": "ValueError: bad"}, cell)  # written by the cell itself
+    assert not resumes(died, _dead_cell(tmp_path / "other", saved=None))  # the checkpoint is gone
+
+
+def test_a_cluster_attempt_keeps_the_checkpoint(tmp_path):
+    """Ray and Slurm clean a cell's directory on the node before each attempt: the checkpoint (and the metric
+    lines it continues) stay, or a preempted cell could never resume there."""
+    from rlhfkit.executors.remote import clean_attempt
+
+    cell = _dead_cell(tmp_path, saved=3)
+    for name in ("metrics.jsonl", "result.json", "spec.json", "log.worker.json", "log.txt"):
+        (cell / name).write_text("x")
+    clean_attempt(str(cell))
+    assert sorted(p.name for p in cell.iterdir()) == ["checkpoint", "log.worker.json", "metrics.jsonl", "spec.json"]
+    (cell / "checkpoint" / "LATEST").unlink()
+    (cell / "checkpoint" / "step-3").rmdir()
+    (cell / "checkpoint").rmdir()
+    clean_attempt(str(cell))
+    assert sorted(p.name for p in cell.iterdir()) == ["log.worker.json", "spec.json"]

@@ -73,7 +73,7 @@ BAD_RECIPES = [
     ("[algorithms.ppo]\nnum_epoch = 1\n", "algorithms.ppo: unknown key 'num_epoch'; allowed: "),
     ('[grid]\nalgorithms = ["ppoo"]\n', "grid.algorithms[0]: unknown 'ppoo'; allowed: dpo, "),
     ('[grid]\nmemory = ["lorra"]\n', "unknown part 'lorra'; allowed: "),
-    ('[data]\nname = "synthetc"\n', "data.name: unknown 'synthetc'; allowed: hh_rlhf, hub, preference_jsonl, synthetic; did you mean 'synthetic'?"),
+    ('[data]\nname = "synthetc"\n', "data.name: unknown 'synthetc'; allowed: arithmetic, hh_rlhf, hub, preference_jsonl, synthetic; did you mean 'synthetic'?"),
     ('[report]\nreporters = ["consol"]\n', "report.reporters[0]: unknown 'consol'; allowed: "),
     ('![[models]]\nname = "m"\npolicy = "lama:tiny"\n', "unknown model family 'lama'; allowed: deepseek, llama, minicpm, phi3, qwen2; did you mean 'llama'?"),
     ('![[models]]\nname = "m"\npolicy = "llama:tiyn"\n', "family 'llama' has no preset 'tiyn'"),

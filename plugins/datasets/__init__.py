@@ -1,7 +1,8 @@
-"""Built-in data sets: the synthetic gold-reward task and real preference data (files or the hub)."""
+"""Built-in data sets: the synthetic gold-reward task, the arithmetic exact-match task and real preference data (files or the hub)."""
 
 from rlhfkit.hookspecs import hookimpl
 from rlhfkit.registry import DatasetSpec
+from rlhfkit_plugins.datasets.arithmetic import ArithmeticOptions
 from rlhfkit_plugins.datasets.hh_rlhf import HHRLHFOptions
 from rlhfkit_plugins.datasets.hub import HubOptions
 from rlhfkit_plugins.datasets.preference_jsonl import PreferenceFileOptions
@@ -33,6 +34,14 @@ def register_datasets(register):
             options_class=PreferenceFileOptions,
             build="rlhfkit_plugins.datasets.preference_jsonl:build",
             description="generic JSONL/JSON/Parquet with prompt/chosen/rejected (TRL standard or conversational)",
+        )
+    )
+    register(
+        DatasetSpec(
+            name="arithmetic",
+            options_class=ArithmeticOptions,
+            build="rlhfkit_plugins.datasets.arithmetic:build",
+            description="offline additions ('7 + 5 =') with noisy SFT answers; gold = exact match (fn:arith_exact)",
         )
     )
     register(

@@ -216,7 +216,8 @@ class ColumnOptions(PreferenceOptions):
     """Column holding the dispreferred answer (or full conversation)."""
     chat_format: str = "hh"
     """How conversational rows become text: ``"hh"`` (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) or
-    ``"plain"`` (``"role: content"`` lines)."""
+    ``"plain"`` (``"role: content"`` lines).  When the policy's tokenizer has a chat template (and ``chat_template``
+    is ``"auto"``), the turns are read back from this text and formatted with the template instead."""
 
     def __post_init__(self):
         super().__post_init__()

@@ -9,7 +9,8 @@ Accepted row formats (TRL's names):
 - conversational, implicit prompt: ``{"chosen": [messages], "rejected": [messages]}``.
 
 Conversations are rendered as text (``chat_format``) so tiny models with a locally trained tokenizer can use
-them.  No gold reward.
+them; a policy whose tokenizer has a chat template gets them through the template (``[data] chat_template``,
+rlhfkit/chat.py).  No gold reward.
 """
 
 from __future__ import annotations

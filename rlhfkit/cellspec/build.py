@@ -59,9 +59,13 @@ def _load(role: ModelRole, dirs, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cls = AutoModelForCausalLM if role.head == "causal_lm" else AutoModelForSequenceClassification
-    path = dirs.sft if role.start == "sft" else dirs.reward_model
+    # "sft" is the row's policy start: its DPO policy when the row has a DPO stage (policy and reference alike).
+    path = dirs.policy_start if role.start == "sft" else dirs.reward_model
+    kwargs = _load_kwargs(role)
+    if role.head == "classifier" and role.start == "sft":
+        kwargs["num_labels"] = 1  # a critic from the SFT policy: its backbone, a fresh one-label score head
     # Checkpoints that ship their own modelling code (MiniCPM 1/2) load only where the recipe row allows it.
-    return cls.from_pretrained(str(path), **_load_kwargs(role), trust_remote_code=trust_remote_code)
+    return cls.from_pretrained(str(path), **kwargs, trust_remote_code=trust_remote_code)
 
 
 def _lora_config(role: ModelRole, default_targets):
@@ -119,9 +123,10 @@ def build_models(model_set: ModelSet, recipe, model_name: str, dirs, device):
 
     entry = recipe.models[model_name]
     remote = entry.trust_remote_code
-    adapters = {"policy": adapter_for(parse_model_spec(entry.policy, remote)),
-                "reward": adapter_for(parse_model_spec(entry.reward, remote))}
-    built = {}
+    adapters = {"policy": adapter_for(parse_model_spec(entry.policy, remote))}
+    if model_set.reward is not None:  # a function reward (reward = "fn:...") names no model
+        adapters["reward"] = adapter_for(parse_model_spec(entry.reward, remote))
+    built = {"reward": None}
     for role in model_set.roles():
         if not role.separate:
             built[role.role] = None
@@ -275,8 +280,10 @@ def _preimport_families(recipe, model_name: str) -> None:
     from rlhfkit.models import adapter_for, parse_model_spec
     from rlhfkit.registry import resolve
 
+    from rlhfkit.rewards import has_reward_model
+
     entry = recipe.models[model_name]
-    for ref in (entry.policy, entry.reward):
+    for ref in (entry.policy, entry.reward) if has_reward_model(entry) else (entry.policy,):
         try:
             adapter = adapter_for(parse_model_spec(ref, entry.trust_remote_code))
             for lazy in adapter.classes()[1:]:
@@ -323,8 +330,16 @@ def _prepare_trained(accelerator, plan, model, optimizer):
     return model.to(accelerator.device), accelerator.prepare_optimizer(optimizer, device_placement=False)
 
 
+def reward_mix(entry, task):
+    """The row's reward functions and weights (:class:`rlhfkit.rewards.RewardMix`), or ``None`` when the row
+    optimises its reward model's score alone: the rollout then scores exactly as it always has."""
+    from rlhfkit.rewards import RewardMix, is_plain_model
+
+    return None if is_plain_model(entry) else RewardMix(entry, task)
+
+
 def build_context(config, accelerator, plan, models, tokenizer, task, memory, logger, seed: int,
-                  algorithm: str = ""):
+                  algorithm: str = "", reward_tokenizer=None):
     """Optimizers, accelerate/DeepSpeed preparation and the :class:`TrainContext` of built models.
 
     ``plan`` is the cell's :class:`ModelSet` (or, for tests that bring their own models, a memory plan);
@@ -348,7 +363,8 @@ def build_context(config, accelerator, plan, models, tokenizer, task, memory, lo
     if value_model is not None:
         value_model, value_optimizer = _prepare_trained(accelerator, plan, value_model, value_optimizer)
     if plan.zero_stage == 3:
-        reward_model = _zero3_inference(reward_model, accelerator)
+        if reward_model is not None:
+            reward_model = _zero3_inference(reward_model, accelerator)
         if reference is not None:
             reference = _zero3_inference(reference, accelerator)
     device = accelerator.device
@@ -358,7 +374,7 @@ def build_context(config, accelerator, plan, models, tokenizer, task, memory, lo
         task=task, memory=memory, logger=logger, generator=torch.Generator(device=device).manual_seed(seed),
         prompt_sampler=PromptSampler(task.rl_prompts, seed), value_model=value_model,
         value_optimizer=value_optimizer, value_scheduler=value_scheduler, plan=plan,
-        is_main=accelerator.is_main_process, algorithm=algorithm,
+        is_main=accelerator.is_main_process, algorithm=algorithm, reward_tokenizer=reward_tokenizer,
     )
 
 
@@ -421,8 +437,10 @@ def build_cell(spec: dict, config_overrides: dict | None = None, broadcast: bool
 
     from rlhfkit.artifacts import artifact_dirs
     from rlhfkit.cellspec.arch import cell_model_set
+    from rlhfkit.chat import chat_task
     from rlhfkit.engine.context import MetricsLogger
     from rlhfkit.engine.memory_tracker import PhaseMemory
+    from rlhfkit.engine.reward_tokens import load_reward_tokenizer
     from rlhfkit.plugins import get_plugin_manager, get_registry
     from rlhfkit.recipe import Cell, load_recipe
     from rlhfkit.stages.pipeline import build_task, load_tokenizer
@@ -449,13 +467,16 @@ def build_cell(spec: dict, config_overrides: dict | None = None, broadcast: bool
     task = build_task(recipe, cell.data_seed)  # the stratum's data draw: the one its SFT and reward model saw
     dirs = artifact_dirs(recipe, recipe.models[cell.model], Path(spec["artifacts_root"]), cell.data_seed)
     tokenizer = load_tokenizer(dirs.tokenizer)
+    task = chat_task(task, tokenizer, recipe.chat_template)  # as the stages saw it (unchanged without a template)
+    reward_tokenizer = load_reward_tokenizer(dirs, tokenizer, given=not recipe.models[cell.model].train_reward)
     memory.reset_baseline()  # measured memory = models, optimizer states, activations: not the task/tokenizer
     models = build_models(model_set, recipe, cell.model, dirs, accelerator.device)
     metrics = Path(spec["cell_dir"]) / "metrics.jsonl" if spec.get("cell_dir") else None
     hook = get_plugin_manager().hook if broadcast else None
     logger = MetricsLogger(metrics, cell, hook, accelerator.is_main_process, run=recipe.run_context(spec["recipe"]))
     ctx = build_context(config, accelerator, model_set, models, tokenizer, task, memory, logger, seed,
-                        algorithm=cell.algorithm)
+                        algorithm=cell.algorithm, reward_tokenizer=reward_tokenizer)
+    ctx.reward_mix = reward_mix(recipe.models[cell.model], task)
     ctx.checkpointer = _checkpointer(spec, recipe, config, model_set, accelerator, metrics)
     return BuiltCell(spec=spec, recipe=recipe, cell=cell, algorithm=algorithm, model_set=model_set,
                      accelerator=accelerator, ctx=ctx, dirs=dirs, cuda=cuda, measurement=measurement, started=started)

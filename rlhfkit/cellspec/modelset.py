@@ -5,8 +5,11 @@ Plain data and pure functions only: no torch, no registry import (strategies and
 passed in).  The rules that used to be written twice, once in the cell and once in the planner, live here:
 
 - no separate reference under LoRA: the reference is the policy's base with the adapters disabled;
-- PPO's critic starts from the reward model (``AlgorithmSpec.critic_from``) and follows the policy's LoRA
-  (``MemoryPlan.value_model_lora`` overrides), keeping its ``score`` head trainable (peft ``modules_to_save``);
+- PPO's critic (:func:`critic_start`) starts from the reward model when there is one reading the policy's tokens
+  (``AlgorithmSpec.critic_from``), otherwise from the SFT policy with a fresh one-label score head
+  (``critic start = "sft"``); it follows the policy's LoRA (``MemoryPlan.value_model_lora`` overrides), keeping
+  its ``score`` head trainable (peft ``modules_to_save``);
+- a row whose reward is a function (``reward = "fn:NAME"``) has no reward-model role;
 - QLoRA quantises the bases of LoRA-trained models only; frozen models are stored in the frozen dtype;
 - trained full weights load in fp32 (accelerate autocasts; DeepSpeed casts its engines to 16 bit and keeps
   fp32 master weights), frozen ones in bf16 under bf16, fp16 under fp16 on CUDA, else fp32;
@@ -180,7 +183,8 @@ class ModelSet:
     cuda: bool
     policy: ModelRole
     reference: ModelRole
-    reward: ModelRole
+    reward: ModelRole | None
+    """``None``: the row has no reward model (its reward is a function)."""
     critic: ModelRole | None = None
     deepspeed: DeepSpeedSettings | None = None
 
@@ -271,12 +275,27 @@ def _frozen_role(plan: MemoryPlan, name: str, start: str, head: str, precision: 
                      zero_stage=3 if zero3 else 0, offload_parameters=zero3 and plan.offload_parameters)
 
 
+def critic_start(algorithm, has_reward_model: bool = True, reward_reads_policy_tokens: bool = True) -> str:
+    """Where the critic's weights start: ``reward_model`` when the algorithm asks for it (``critic_from``) and the
+    row has a reward model reading the policy's tokens (the critic scores the policy's tokens at every position,
+    and the RM's score head is a trained start); otherwise ``sft``: the SFT policy's backbone with a fresh
+    one-label score head (no reward model: ``reward = "fn:..."``; or an RM with its own tokenizer, whose
+    embeddings cannot read the policy's token ids)."""
+    wanted = getattr(algorithm, "critic_from", "reward_model")
+    if wanted == "reward_model" and has_reward_model and reward_reads_policy_tokens:
+        return "reward_model"
+    return "sft"
+
+
 def derive_model_set(plan: MemoryPlan, algorithm, precision: str = "fp32", cuda: bool = False,
-                     policy_arch: dict | None = None, strategies=()) -> ModelSet:
+                     policy_arch: dict | None = None, strategies=(), has_reward_model: bool = True,
+                     reward_reads_policy_tokens: bool = True) -> ModelSet:
     """The model set of a cell from its memory plan, its algorithm spec and the precision/device.
 
     ``policy_arch`` (architecture numbers) is needed under ZeRO (bucket sizes); ``strategies`` are the
-    strategy parts, whose :meth:`shape` runs last, in the recipe's order.
+    strategy parts, whose :meth:`shape` runs last, in the recipe's order.  ``has_reward_model=False`` (a
+    function reward) leaves the reward role out; with ``reward_reads_policy_tokens=False`` too the critic
+    starts from the SFT policy (:func:`critic_start`).
     """
     lora = plan.uses_lora
     policy = _trained_role(plan, "policy", "sft", "causal_lm", lora, precision, cuda)
@@ -285,11 +304,11 @@ def derive_model_set(plan: MemoryPlan, algorithm, precision: str = "fp32", cuda:
                               quantization=policy.quantization, adapters_off_of="policy")
     else:
         reference = _frozen_role(plan, "reference", "sft", "causal_lm", precision, cuda)
-    reward = _frozen_role(plan, "reward", "reward_model", "classifier", precision, cuda)
+    reward = _frozen_role(plan, "reward", "reward_model", "classifier", precision, cuda) if has_reward_model else None
     critic = None
     if getattr(algorithm, "needs_value_model", False):
         critic_lora = plan.value_model_lora if plan.value_model_lora is not None else lora
-        start = getattr(algorithm, "critic_from", "reward_model")
+        start = critic_start(algorithm, has_reward_model, reward_reads_policy_tokens)
         critic = _trained_role(plan, "critic", start, "classifier", critic_lora, precision, cuda,
                                modules_to_save=("score",))
     deepspeed = None
@@ -305,4 +324,4 @@ def derive_model_set(plan: MemoryPlan, algorithm, precision: str = "fp32", cuda:
 
 
 __all__ = ["LoraSettings", "MemoryPlan", "OptimizerChoice", "ModelRole", "DeepSpeedSettings", "ModelSet",
-           "derive_model_set", "deepspeed_settings", "zero_bucket_elements", "frozen_dtype", "DTYPE_BYTES"]
+           "derive_model_set", "critic_start", "deepspeed_settings", "zero_bucket_elements", "frozen_dtype", "DTYPE_BYTES"]

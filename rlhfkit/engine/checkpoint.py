@@ -157,6 +157,9 @@ class Checkpointer:
         _set_rng_states(ctx, state["rng"])
         self._truncate_metrics(state["metrics_bytes"])
         self.resume_point = (state["steps_done"], state["next_eval"])
+        # The cell's log.txt says so: a rerun that resumed is told from one that started afresh.
+        print(f"resumed from checkpoint step-{state['steps_done']} ({self.directory}): continuing at step "
+              f"{state['steps_done']}", file=sys.stderr)
         return True
 
     def _truncate_metrics(self, length: int) -> None:

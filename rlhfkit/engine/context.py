@@ -112,6 +112,12 @@ class TrainContext:
     """Steps finished so far (``ctx.steps()`` advances it)."""
     checkpointer: Any = None
     """:class:`rlhfkit.engine.checkpoint.Checkpointer` (``[run] checkpoint_every``), or ``None``: no checkpoints."""
+    reward_tokenizer: Any = None
+    """:class:`rlhfkit.engine.reward_tokens.RewardTokenizer` when the reward model has its own tokenizer
+    (completions are re-encoded for it), or ``None``: it reads the policy's token ids."""
+    reward_mix: Any = None
+    """:class:`rlhfkit.rewards.RewardMix`: the row's reward functions and weights (``reward = "fn:..."``,
+    ``reward_weights``); ``None``: the reward model's score alone (``reward_model`` is then required)."""
 
     def __post_init__(self):
         if self.kl_controller is None:

@@ -63,6 +63,10 @@ def evaluate_policy(ctx, step: int) -> dict:
     gold = ctx.gold(rollout.prompts, rollout.completions)
     if gold is not None:
         measured["gold"] = gold
+    # eval/score is the optimised reward (raw_scores: the weighted sum when the row mixes components), at step 0
+    # and at the end alike; each component is reported beside it (eval/reward/model, eval/reward/fn:NAME).
+    for key, values in (rollout.reward_parts or {}).items():
+        measured[f"reward/{key}"] = values
     for name, values in measured.items():
         result[f"eval/{name}"], result[f"eval/{name}_se"] = clustered_mean_se(values, clusters)
     result["eval/length"] = rollout.mask.sum(1).mean().item()

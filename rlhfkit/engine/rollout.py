@@ -421,11 +421,15 @@ class Rollout:
     """Policy log-probs at sampling time (INVALID_LOGPROB where masked)."""
     ref_logprobs: torch.Tensor
     raw_scores: torch.Tensor
-    """Reward-model scores as read."""
+    """The optimised reward before the missing-EOS penalty: the reward model's score as read, or the row's
+    weighted sum of components (``reward_weights``; a reward function alone for ``reward = "fn:..."``)."""
     scores: torch.Tensor
     """Scores after the missing-EOS penalty: what the algorithm optimises."""
     prompts: list
     completions: list
+    reward_parts: dict | None = None
+    """Component -> its unweighted values (``model``, ``fn:NAME``) when the row's reward is not the reward
+    model's score alone; ``None`` otherwise."""
 
     def select(self, index) -> "Rollout":
         """Rows ``index`` of every tensor field (minibatching)."""
@@ -434,6 +438,10 @@ class Rollout:
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
                 values[f.name] = value[index]
+            elif value is None:
+                values[f.name] = None
+            elif isinstance(value, dict):
+                values[f.name] = {k: v[index] for k, v in value.items()}
             else:
                 values[f.name] = [value[i] for i in index.tolist()]
         return Rollout(**values)
@@ -514,24 +522,36 @@ def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
     logprobs = torch.where(mask.bool(), logprobs, INVALID_LOGPROB)
     input_ids = torch.cat([query.input_ids, responses], dim=1)
     attention_mask = torch.cat([query.attention_mask, mask.long()], dim=1)
+    from rlhfkit.engine.reward_tokens import reward_model_scores
+
     padding_free = padding_free_mode(ctx)
     with ctx.memory.phase(Phase.SCORING.value), _scoring_mode(ctx):
         with reference_mode(policy, ctx.reference) as ref_model:
             ref_logprobs = response_logprobs(ref_model, input_ids, attention_mask, responses, cfg.temperature,
                                              padding_free=padding_free)
         ref_logprobs = torch.where(mask.bool(), ref_logprobs, INVALID_LOGPROB)
-        raw_scores = score_at(ctx.reward_model, input_ids, attention_mask, query.input_ids.size(1) + last_index,
-                              padding_free=padding_free)
+        model_scores, reward_tokens = None, 0
+        if ctx.reward_model is not None:  # None: the row's reward is a function (reward = "fn:...")
+            # The reward model's own tokens when it has its own tokenizer (rlhfkit/engine/reward_tokens.py).
+            model_scores, reward_tokens = reward_model_scores(ctx, prompts, responses, contains_eos, input_ids,
+                                                              attention_mask, query.input_ids.size(1) + last_index,
+                                                              padding_free=padding_free)
+    completions = tok.batch_decode(responses, skip_special_tokens=True)
     # Clone out of inference mode: these tensors are used in autograd graphs later.
-    ref_logprobs, raw_scores = ref_logprobs.clone(), raw_scores.clone()
+    ref_logprobs = ref_logprobs.clone()
+    mix, reward_parts = getattr(ctx, "reward_mix", None), None
+    if mix is None:
+        raw_scores = model_scores.clone()
+    else:
+        raw_scores, reward_parts = mixed_scores(mix, model_scores, list(prompts), completions, contains_eos.device)
     scores = raw_scores - cfg.missing_eos_penalty * (~contains_eos).float()
     ledger = getattr(ctx, "ledger", None)
     if ledger is not None:
         real_tokens = int(attention_mask.sum())
         ledger.generated(len(prompts), len(set(prompts)), int(mask.sum()), int(query.attention_mask.sum()), not greedy)
         ledger.forward("reference", real_tokens)
-        ledger.forward("reward", real_tokens)
-    completions = tok.batch_decode(responses, skip_special_tokens=True)
+        if model_scores is not None:
+            ledger.forward("reward", reward_tokens)
     return Rollout(
         query_ids=query.input_ids,
         responses=responses,
@@ -546,4 +566,17 @@ def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
         scores=scores,
         prompts=list(prompts),
         completions=completions,
+        reward_parts=reward_parts,
     )
+
+
+def mixed_scores(mix, model_scores, prompts: list[str], completions: list[str], device):
+    """The row's optimised reward, ``sum(weight * component)``, and each component's values (float32 on
+    ``device``).  Reward functions see decoded texts (special tokens removed)."""
+    parts = {} if model_scores is None else {"model": model_scores.clone()}
+    for key, values in mix.function_scores(prompts, completions).items():
+        parts[key] = torch.tensor(values, dtype=torch.float32, device=device)
+    total = torch.zeros(len(completions), dtype=torch.float32, device=device)
+    for component in mix.components:
+        total = total + component.weight * parts[component.key]
+    return total, parts

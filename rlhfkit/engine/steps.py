@@ -142,6 +142,8 @@ class StepScope:
             "perf/tokens_per_s": n_tokens / seconds,
             "lr": ctx.current_lr(),
         }
+        for key, values in (rollout.reward_parts or {}).items():  # a mixed reward's components, unweighted
+            metrics[f"objective/reward/{key}"] = values.mean().item()
         if penalty is not None and ctx.config.kl_placement in ("token_reward", "sequence_reward") \
                 and ctx.config.kl_estimator == "k1":
             # The built-ins' original expressions (same floats): the k1 penalty is the monitored KL.

@@ -44,11 +44,16 @@ def info_path(log_path: Path) -> Path:
 
 
 def clean_attempt(attempt_dir: str | None) -> None:
-    """A retried cell starts from a clean directory (metrics.jsonl is appended to), keeping its spec."""
+    """A retried cell starts from a clean directory (metrics.jsonl is appended to), keeping its spec, and a
+    training checkpoint (``[run] checkpoint_every``) with the metric lines it continues, as the runner's
+    ``clear_attempt`` does: without that, a cell preempted on a cluster could never resume."""
     if not attempt_dir:
         return
+    resumable = ("checkpoint", "metrics.jsonl") if (Path(attempt_dir) / "checkpoint").is_dir() else ()
     for path in Path(attempt_dir).iterdir():
         if path.name == "spec.json" or path.name.endswith(".worker.json"):  # the attempt counter lives there
+            continue
+        if path.name in resumable:
             continue
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 

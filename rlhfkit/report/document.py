@@ -46,6 +46,8 @@ class TableCell:
     text: str
     emphasis: str = ""
     """``win`` (the better side of a comparison), ``muted`` (pending/missing) or ``bad`` (failed)."""
+    href: str = ""
+    """A link target relative to the report (a saved policy's directory), or none."""
 
     def __str__(self) -> str:
         return self.text
@@ -361,6 +363,32 @@ def cell_table(results) -> Table:
         )
     return Table(header, rows)
 
+
+def policy_blocks(context) -> list:
+    """``[run] save_policies``: a link to every saved policy, and how "best" chose."""
+    from rlhfkit.policies import report_rows
+
+    mode = context.recipe.run.save_policies
+    if mode == "none":
+        return []
+    policies, summary = report_rows(context.output_dir)
+    kept = {entry["cell"]: entry for entry in (summary.get("kept") or {}).values()}
+
+    def kept_as(p) -> str:
+        entry = kept.get(p["id"])
+        return f"best by {entry['metric']}" if entry else "saved"
+
+    rows = [[p["cell"]["algorithm"], p["id"], kept_as(p), num(p["summary"].get("gold_final")),
+             num(p["summary"].get("score_final")), p["kind"] + (" + merged" if p.get("merged") else ""),
+             TableCell(p["path"] + "/", href=p["path"] + "/")] for p in policies]
+    how = ("Each cell's final policy, saved with `save_pretrained` and its tokenizer: load a full one with "
+           "`AutoModelForCausalLM.from_pretrained(path)`, a LoRA adapter with `AutoPeftModelForCausalLM.from_pretrained(path)` "
+           "(its base, named in adapter_config.json, is the checkpoint it was trained on), a merged one from `path/merged`.")
+    if mode == "best":
+        how += (" Kept: per algorithm, the ok cell with the highest final eval gold (the final proxy score when the "
+                "task has no gold reward); the other cells' policies were removed (`policies.json`).")
+    table = Table(["algorithm", "cell", "kept as", "gold final", "score final", "kind", "policy"], rows)
+    return [Heading("Saved policies", 3), Paragraph(how), table if rows else Paragraph("No policy saved yet.")]
 
 
 
@@ -792,6 +820,20 @@ STRATA_METHODS = [
 ]
 
 
+def reward_methods(recipe) -> list[str]:
+    """What "proxy score" means per model row, when a row optimises anything but its reward model's score
+    (reward functions, ``reward_weights``); nothing for recipes that do not (their report reads as before)."""
+    from rlhfkit.rewards import describe, is_plain_model
+
+    rows = getattr(recipe, "models", {}) or {}
+    if all(is_plain_model(entry) for entry in rows.values()):
+        return []
+    each = "; ".join(f"{name}: {describe(entry)}" for name, entry in rows.items())
+    return [f"Proxy score (eval/score, \"score final\", \"proxy\"): the reward each model row optimises, read the "
+            f"same way at step 0 and at every later evaluation (before the missing-EOS penalty): {each}. Each "
+            "component of a weighted sum is logged unweighted beside it (eval/reward/model, eval/reward/fn:NAME)."]
+
+
 def build_document(context):
     if "document" in context.cache:
         return context.cache["document"]
@@ -844,9 +886,10 @@ def build_document(context):
     problems = results[results["status"].isin(PROBLEM_STATUSES)]
     if not problems.empty:
         doc.add(Heading("Problems", 3), BulletList([f"`{r['cell']}`: {r['status']}: {r['error']}" for _, r in problems.iterrows()]))
+    doc.add(*policy_blocks(context))
     doc.add(*context_blocks(context))
     several = "data_seed" in results and results["data_seed"].nunique() > 1
-    doc.add(Heading("Methods"), BulletList(METHODS + (STRATA_METHODS if several else [])),
+    doc.add(Heading("Methods"), BulletList(METHODS + reward_methods(recipe) + (STRATA_METHODS if several else [])),
             Heading("Effective configuration", 3), *config_blocks(context, a))
     samples = samples_table(a)
     if samples is not None:
@@ -855,14 +898,54 @@ def build_document(context):
     return doc
 
 
+STAGE_LABELS = {"tokenizer": "tokenizer", "sft": "SFT", "dpo": "DPO", "reward_model": "RM"}
+REWARD_TOKENIZER_NOTES = {
+    "own": "the reward model has its own tokenizer (another vocabulary than the policy's): each completion is "
+           "decoded with the policy's tokenizer and re-encoded with the reward model's before scoring; PPO's critic "
+           "starts from the SFT policy with a fresh one-label head (it must read the policy's tokens, which the "
+           "reward model cannot)",
+    "same": "the reward model has its own tokenizer with the policy's vocabulary: it reads the policy's token ids",
+}
+
+
+def stages_text(info: dict) -> str:
+    """``SFT given, RM given`` from the stage metrics' ``stages`` (stage -> trained | given | cached)."""
+    stages = info.get("stages")
+    if not isinstance(stages, dict):
+        return "-"
+    return ", ".join(f"{STAGE_LABELS.get(k, k)} {v}" for k, v in stages.items())
+def dpo_blocks(stages: dict) -> list:
+    """The DPO stage of the rows that have one (``dpo = true``): DPO's implicit reward on training and held-out
+    pairs (chosen ranked above rejected, chosen-minus-rejected margin), its loss, and whether it was trained or
+    reused; nothing for a run without one."""
+    rows = {name: info for name, info in sorted(stages.items()) if "dpo/eval_reward_accuracy" in info}
+    if not rows:
+        return []
+    return [Heading("DPO stage (the RL start and reference policy of its row)", 3), Table(
+        ["model", "stage", "train reward accuracy", "held-out reward accuracy", "held-out margin", "held-out loss",
+         "pairs", "seconds"],
+        [[name, (info.get("stages") or {}).get("dpo", "-"), num(info.get("dpo/train_reward_accuracy")),
+          num(info.get("dpo/eval_reward_accuracy")), num(info.get("dpo/eval_margin")), num(info.get("dpo/eval_loss")),
+          str(info.get("dpo/train_pairs", "-")), num(info.get("dpo/seconds"), 0)] for name, info in rows.items()]),
+        Paragraph("Reward accuracy and margin are DPO's implicit reward, beta x (log pi - log pi_SFT), of the chosen "
+                  "minus the rejected answer. The cells of these rows start from the DPO policy and are held to it by "
+                  "the KL penalty; their step-0 evaluation (the \"SFT\" columns) is of the DPO policy.")]
+
+
 def context_blocks(context) -> list:
     """Stages, environment and the recipe text."""
     blocks = []
     if context.stages:
         blocks += [Heading("Stages (SFT and reward model)"), Table(
-            ["model", "status", "SFT eval loss", "RM held-out accuracy", "seconds"],
-            [[name, info.get("status", "-"), num(info.get("sft/eval_loss")), num(info.get("reward/eval_accuracy")),
-              num(info.get("wall_s"), 0)] for name, info in sorted(context.stages.items())])]
+            ["model", "status", "stages", "SFT eval loss", "RM held-out accuracy", "seconds"],
+            [[name, info.get("status", "-"), stages_text(info), num(info.get("sft/eval_loss")),
+              num(info.get("reward/eval_accuracy")), num(info.get("wall_s"), 0)]
+             for name, info in sorted(context.stages.items())])]
+        notes = [f"`{name}`: {REWARD_TOKENIZER_NOTES[info['reward/tokenizer']]}"
+                 for name, info in sorted(context.stages.items()) if info.get("reward/tokenizer") in REWARD_TOKENIZER_NOTES]
+        if notes:
+            blocks.append(BulletList(notes))
+        blocks += dpo_blocks(context.stages)
     blocks.append(Heading("Environment"))
     info = context.run_info
     if info:
@@ -904,6 +987,8 @@ def _md_escape(text: str) -> str:
 def _md_cell(cell) -> str:
     if isinstance(cell, TableCell):
         text = _md_escape(cell.text)
+        if cell.href:
+            text = f"[{text}](<{cell.href}>)"
         if cell.emphasis == "win":
             return f"**{text}**"
         if cell.emphasis == "muted":

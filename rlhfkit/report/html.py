@@ -49,6 +49,8 @@ def _cell(cell) -> str:
     if not NUMERIC.match(text):
         classes.append("text")
     cls = f' class="{" ".join(classes)}"' if classes else ""
+    if isinstance(cell, TableCell) and cell.href:
+        return f'<td{cls}><a href="{html.escape(cell.href, quote=True)}">{html.escape(text, quote=False)}</a></td>'
     return f"<td{cls}>{inline(text)}</td>"
 
 

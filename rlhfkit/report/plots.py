@@ -54,7 +54,10 @@ def _finite(value) -> bool:
 
 
 def reward_curves(context, directory: Path) -> Plot | None:
-    panels = [("objective/scores", "proxy reward (reward-model score)")]
+    from rlhfkit.rewards import is_plain_model
+
+    plain = all(is_plain_model(e) for e in (getattr(context.recipe, "models", {}) or {}).values())
+    panels = [("objective/scores", "proxy reward (reward-model score)" if plain else "proxy reward (optimised reward)")]
     gold = training_series(context, "objective/gold", SMOOTH)
     if gold:
         panels.append(("objective/gold", "gold reward (task's true reward)"))
