@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import time
 
+MEMORY = "full"
+"""The cell's memory strategy (``--memory``: full, lora)."""
+
 
 class _NoEOSTokenizer:
     """The cell's tokenizer with an EOS id that never occurs: completions run to full length (scaling sweeps)."""
@@ -25,6 +28,21 @@ class _NoEOSTokenizer:
         return getattr(self._tok, name)
 
 
+def _fused_adamw() -> None:
+    """Make the cell's ``torch.optim.AdamW(..., foreach=True)`` a fused AdamW in this process (benchmark only):
+    one kernel per step, ~5x less CPU than foreach on hidden 256 x 4 layers (3.3 vs 15.7 ms a step), rounding
+    differently, so results at a fixed seed change; that is why cells keep foreach."""
+    import torch
+
+    base = torch.optim.AdamW
+
+    class FusedAdamW(base):
+        def __init__(self, params, *args, foreach=None, fused=None, **kw):
+            super().__init__(params, *args, fused=True, **kw)
+
+    torch.optim.AdamW = FusedAdamW
+
+
 def build_context(recipe_path: str, artifacts_root: str, algorithm: str, seed: int = 1, no_eos: bool = False,
                   **overrides):
     """The cell's own build (``rlhfkit.cellspec.build.build_cell``) of the recipe's first model row under
@@ -34,7 +52,7 @@ def build_context(recipe_path: str, artifacts_root: str, algorithm: str, seed: i
     from rlhfkit.recipe import Cell, load_recipe
 
     recipe = load_recipe(recipe_path)
-    cell = Cell(model=next(iter(recipe.models)), algorithm=algorithm, memory="full", seed=seed)
+    cell = Cell(model=next(iter(recipe.models)), algorithm=algorithm, memory=MEMORY, seed=seed)
     spec = {"recipe": str(recipe_path), "cell": cell.as_dict(), "artifacts_root": str(artifacts_root)}
     built = build_cell(spec, config_overrides=overrides, broadcast=False)
     ctx = built.ctx
@@ -63,17 +81,60 @@ def run_training(ctx, algo) -> dict:
     }
 
 
-def timed_training(recipe, artifacts, algorithm, steps, no_eos=False, **overrides) -> dict:
-    """Steady-state rate as the TRL side measures it: from the end of step 1 to the end of the last step."""
+def torch_optim_adamw():
+    import torch
+
+    return torch.optim.AdamW
+
+
+def _instrument(ctx):
+    """Per-step phase seconds (wrapping the memory tracker's phase scopes: generation, scoring, training) and
+    each rollout's real (prompt, response) token counts; returns the two lists the wrappers fill."""
+    from contextlib import contextmanager
+
+    phase_s, rows = [{}], []
+    phase = ctx.memory.phase
+
+    @contextmanager
+    def timed(name):
+        start, cpu = time.perf_counter(), time.process_time()
+        with phase(name):
+            yield
+        phase_s[-1][name] = phase_s[-1].get(name, 0.0) + time.perf_counter() - start
+        # CPU seconds of this process too: on a shared machine, wall time includes waiting for a core
+        phase_s[-1]["cpu_" + name] = phase_s[-1].get("cpu_" + name, 0.0) + time.process_time() - cpu
+
+    rollout = ctx.rollout
+
+    def counted(prompts, greedy=False):
+        r = rollout(prompts, greedy=greedy)
+        q = r.attention_mask[:, : r.query_ids.size(1)].sum(1).tolist()
+        rows.append(list(zip(q, r.mask.sum(1).long().tolist())))
+        return r
+
+    ctx.memory.phase = timed
+    ctx.rollout = counted
+    return phase_s, rows
+
+
+def timed_training(recipe, artifacts, algorithm, steps, no_eos=False, floor=False, **overrides) -> dict:
+    """Steady-state rate as the TRL side measures it: from the end of step 1 to the end of the last step;
+    with ``floor``, also per-phase seconds and the FLOP floor of the same steps (benchmarks/_floor.py)."""
+    import statistics
     import time as _time
 
     ctx, algo = build_context(recipe, artifacts, algorithm, no_eos=no_eos, steps=steps, eval_every=10**9, **overrides)
     stamps = []
     log = ctx.logger.log
+    phase_s, rows = _instrument(ctx)
+
+    cpu = []
 
     def stamped(step, metrics):
         log(step, metrics)
         stamps.append(_time.perf_counter())
+        cpu.append(_time.process_time())
+        phase_s.append({})
 
     ctx.logger.log = stamped
     result = run_training(ctx, algo)
@@ -82,12 +143,68 @@ def timed_training(recipe, artifacts, algorithm, steps, no_eos=False, **override
     lengths = [h["objective/length"] for h in ctx.logger.history[1:]]
     batch = ctx.config.batch_size
     mean_len = sum(lengths) / len(lengths)
-    return {
-        "impl": f"rlhfkit {algorithm}", "steps": steps, "total_s": result["seconds"], "steady_steps": n,
-        "steady_s": steady, "step_s": steady / n, "episodes_per_s": batch * n / steady,
+    out = {
+        "impl": f"rlhfkit {algorithm}" + (" (fused AdamW)" if getattr(torch_optim_adamw(), "__name__", "") == "FusedAdamW" else ""), "steps": steps, "total_s": result["seconds"], "steady_steps": n,
+        "steady_s": steady, "step_s": steady / n, "cpu_step_s": (cpu[-1] - cpu[0]) / n, "episodes_per_s": batch * n / steady,
         "min_step_s": min(b - a for a, b in zip(stamps, stamps[1:])),
         "tokens_per_s": batch * n * mean_len / steady, "mean_length": mean_len,
     }
+    if floor:
+        import _floor
+
+        steady_phases = phase_s[1:n + 1]
+        out["phase_s"] = {k: statistics.mean(p.get(k, 0.0) for p in steady_phases)
+                          for k in ("generation", "scoring", "training")}
+        out["phase_cpu_s"] = {k: statistics.mean(p.get("cpu_" + k, 0.0) for p in steady_phases)
+                              for k in ("generation", "scoring", "training")}
+        lora = MEMORY != "full"
+        out["floor"] = _floor.floor_seconds(_floor.arch_of(ctx.policy), rows[1:], algorithm, ctx.config.num_epochs,
+                                            ctx.config.num_minibatches, lora)
+        out["mean_prompt"] = statistics.mean(q for r in rows for q, _ in r)
+    return out
+
+
+def tokens_follow_time(recipe, artifacts, batch: int, width: int, repeats: int = 5) -> dict:
+    """Scoring forward (reference log-probs) and training pass (policy forward + backward) over a batch of
+    ``batch`` rows padded to ``width`` response columns, at two length mixes of the same padded shape: lengths
+    spread over 1..width (one row full), and the same lengths halved.  Median seconds per mode
+    (padding_free auto / off)."""
+    import statistics
+
+    import torch
+
+    from rlhfkit.engine.rollout import response_logprobs
+
+    ctx, _ = build_context(recipe, artifacts, "rloo")
+    prompts = ctx.prompt_sampler.next(batch)
+    query = ctx.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    spread = [max(1, round(width * (i + 1) / batch)) for i in range(batch)]
+    mixes = {"full": spread, "half": [width] + [max(1, n // 2) for n in spread[1:]]}
+    policy = ctx.policy
+    gen = torch.Generator().manual_seed(0)
+    out = {"batch": batch, "width": width, "query_len": int(query.input_ids.size(1))}
+    for name, lengths in mixes.items():
+        lengths_t = torch.tensor(lengths)
+        mask = torch.arange(width)[None] < lengths_t[:, None]
+        responses = torch.randint(3, len(ctx.tokenizer), (batch, width), generator=gen).masked_fill(~mask, 0)
+        ids = torch.cat([query.input_ids, responses], 1)
+        am = torch.cat([query.attention_mask, mask.long()], 1)
+        out[name] = {"real_tokens": int(am.sum()), "padded_tokens": int(am.numel())}
+        for mode in ("auto", "off"):
+            times = {"scoring": [], "training": []}
+            for _ in range(repeats + 1):
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    response_logprobs(policy, ids, am, responses, 1.0, padding_free=mode)
+                mid = time.perf_counter()
+                lp = response_logprobs(policy, ids, am, responses, 1.0, padding_free=mode)
+                torch.where(mask, lp, 0.0).sum().backward()
+                policy.zero_grad(set_to_none=True)
+                end = time.perf_counter()
+                times["scoring"].append(mid - start)
+                times["training"].append(end - mid)
+            out[name][mode] = {k: statistics.median(v[1:]) for k, v in times.items()}
+    return out
 
 
 def generation_vs_floor(recipe, artifacts, batch, length, repeats=5) -> dict:
@@ -208,7 +325,8 @@ def main(argv=None) -> None:
     import torch
 
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["train", "gen", "scaling"])
+    p.add_argument("mode", choices=["train", "gen", "scaling", "tokens"])
+    p.add_argument("--floor", action="store_true", help="train: also per-phase seconds and the FLOP floor")
     p.add_argument("--recipe", required=True)
     p.add_argument("--artifacts", required=True)
     p.add_argument("--algorithm", default="rloo")
@@ -222,16 +340,36 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--lengths", default="32,64,128,256")
     p.add_argument("--batches", default="8,16,32,64")
+    p.add_argument("--padding-free", default=None, help="[rl] padding_free for our side (default: the config's)")
+    p.add_argument("--memory", default="full", help="the cell's memory strategy (full, lora)")
+    p.add_argument("--adamw", default="cell", choices=["cell", "fused"],
+                   help="cell: the cell's AdamW (foreach=True); fused: torch's fused AdamW, TRL's default through "
+                   "transformers' adamw_torch_fused (a labelled extra row: not what a cell runs)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _presets
+
+    _presets.register()
+    global MEMORY
+    MEMORY = a.memory
+    if a.adamw == "fused":
+        _fused_adamw()
     common = dict(learning_rate=a.lr, kl_coef=a.beta, temperature=a.temperature, lr_schedule="linear")
+    if a.padding_free:
+        common["padding_free"] = a.padding_free
     # The TRL sides' update counts, pinned here rather than taken from the recipe (whose defaults are a fair
     # protocol of their own): TRL's RLOOTrainer updates once per batch, its PPOTrainer 4 epochs x 4 minibatches.
     updates = {"rloo": dict(k=a.k, num_epochs=1, num_minibatches=1), "ppo": dict(num_epochs=4, num_minibatches=4)}
     if a.mode == "train":
         extra = updates[a.algorithm]
         out = timed_training(a.recipe, a.artifacts, a.algorithm, a.steps, batch_size=a.batch, response_length=a.length,
-                             **extra, **common)
+                             floor=a.floor, **extra, **common)
+    elif a.mode == "tokens":
+        out = tokens_follow_time(a.recipe, a.artifacts, a.batch, a.length)
     elif a.mode == "gen":
         out = generation_vs_floor(a.recipe, a.artifacts, a.batch, a.length)
     else:

@@ -31,6 +31,8 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="/tmp/trl-ppo-bench")
+    p.add_argument("--no-gc", action="store_true",
+                   help="patch gc.collect to a no-op for this run (TRL's PPOTrainer calls it twice per step)")
     a = p.parse_args()
 
     import torch
@@ -50,11 +52,12 @@ def main() -> None:
     reward = AutoModelForSequenceClassification.from_pretrained(a.reward, dtype=torch.float32, num_labels=1)
     value = AutoModelForSequenceClassification.from_pretrained(a.reward, dtype=torch.float32, num_labels=1)
 
-    stamps, lengths = [], []
+    stamps, lengths, cpu = [], [], []
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             stamps.append(time.perf_counter())
+            cpu.append(time.process_time())
 
     cfg = PPOConfig(
         output_dir=a.out, per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
@@ -83,15 +86,28 @@ def main() -> None:
         return query_responses, logits
 
     ppo_module.batch_generation = counting_generation
+    gc_calls = [0]
+    if a.no_gc:
+        # TRL 0.29 PPOTrainer.train() calls gc.collect() (with torch.cuda.empty_cache()) twice per step: a full
+        # collection of every Python object, ~0.5 s per step on the tiny model (issue 17).  As a second
+        # reference, the same trainer with those calls made no-ops, counted to show they were hit.
+        import gc
+
+        def no_collect(*args, **kw):
+            gc_calls[0] += 1
+            return 0
+
+        gc.collect = no_collect
     start = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - start
     steady = stamps[-1] - stamps[0]
     n = len(stamps) - 1
     print(json.dumps({
-        "impl": f"trl {trl.__version__} experimental.ppo.PPOTrainer", "torch": torch.__version__,
+        "impl": f"trl {trl.__version__} experimental.ppo.PPOTrainer" + (" (gc.collect patched out)" if a.no_gc else ""),
+        "gc_calls_skipped": gc_calls[0], "torch": torch.__version__,
         "threads": torch.get_num_threads(), "steps": len(stamps), "total_s": total, "steady_steps": n,
-        "steady_s": steady, "episodes_per_s": a.batch * n / steady,
+        "steady_s": steady, "cpu_step_s": (cpu[-1] - cpu[0]) / n, "episodes_per_s": a.batch * n / steady,
         "tokens_per_s": a.batch * n * (sum(lengths[1:]) / max(len(lengths) - 1, 1)) / steady,
         "mean_length": sum(lengths[1:]) / max(len(lengths) - 1, 1),
     }))

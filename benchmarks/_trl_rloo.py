@@ -34,6 +34,9 @@ def main() -> None:
     p.add_argument("--reward-mode", default="ids", choices=["ids", "text"],
                    help="ids: score prompt+completion token ids as rlhfkit does (default); text: TRL's own "
                    "reward-model path (decode, concatenate, re-tokenise)")
+    p.add_argument("--lora", action="store_true",
+                   help="LoRA as rlhfkit's default lora part: r=16, alpha=32, no dropout, q/k/v/o/gate/up/down "
+                   "(reference = the policy with its adapters disabled, on both sides)")
     a = p.parse_args()
 
     import torch
@@ -52,11 +55,12 @@ def main() -> None:
     reward = AutoModelForSequenceClassification.from_pretrained(a.reward, dtype=torch.float32, num_labels=1)
     reward_tok = AutoTokenizer.from_pretrained(a.reward)
 
-    stamps, lengths = [], []
+    stamps, lengths, cpu = [], [], []
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
             stamps.append(time.perf_counter())
+            cpu.append(time.process_time())
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "completions/mean_length" in logs:
@@ -86,8 +90,14 @@ def main() -> None:
 
     reward.eval()
     reward_funcs = reward if a.reward_mode == "text" else reward_model_score
+    peft_config = None
+    if a.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     trainer = RLOOTrainer(
-        model=policy, reward_funcs=reward_funcs, args=cfg, train_dataset=dataset, processing_class=tok,
+        model=policy, peft_config=peft_config, reward_funcs=reward_funcs, args=cfg, train_dataset=dataset, processing_class=tok,
         reward_processing_classes=reward_tok if a.reward_mode == "text" else None, callbacks=[Clock()],
     )
     start = time.perf_counter()
@@ -99,6 +109,7 @@ def main() -> None:
     print(json.dumps({
         "impl": f"trl {trl.__version__} RLOOTrainer", "torch": torch.__version__, "threads": torch.get_num_threads(),
         "steps": len(stamps), "total_s": total, "steady_steps": n, "steady_s": steady,
+        "cpu_step_s": (cpu[-1] - cpu[0]) / n,
         "episodes_per_s": a.batch * n / steady, "tokens_per_s": a.batch * n * mean_len / steady,
         "mean_length": mean_len,
     }))

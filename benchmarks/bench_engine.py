@@ -3,6 +3,8 @@
 A benchmark, not a test.  Run from the repository root with the project's virtualenv:
 
     python benchmarks/bench_engine.py                 # ~5 min on 2 cores once artifacts and the TRL 0.29 venv exist
+    python benchmarks/bench_engine.py --model h256l4 --length 64          # issue 17's compute-bound comparison
+    python benchmarks/bench_engine.py --model h256l4 --length 64 --quick  # the same, one run per side, 6 steps
 
 What it does, each part in its own fresh process (same thread count for every side):
 1. Artifacts: the SFT policy, reward model and tokenizer of recipes/ppo_vs_rloo.toml, built by the project's own
@@ -20,6 +22,10 @@ What it does, each part in its own fresh process (same thread count for every si
    KV-cached forward per token, no sampling logic), completion length 64.
 5. Scaling: RLOO step time (EOS disabled, so every completion has the full length) over completion lengths
    32..256 and batch sizes 8..64.
+6. (issue 17) With ``--model h256l4`` / ``h512l8`` (benchmarks/_presets.py): the same RLOO and PPO comparisons on a
+   compute-bound model, TRL PPO also with its ``gc.collect()`` calls patched out, our step time per phase against
+   an honest FLOP floor (benchmarks/_floor.py), and the policy's forwards timed at two length mixes of one padded
+   shape (time follows the real tokens).  Ratios are of the median of ``--repeats`` interleaved runs per side.
 """
 
 from __future__ import annotations
@@ -55,12 +61,25 @@ def run_json(cmd: list[str], marker: str | None = None, timeout: int = 600, env=
     raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (rc={proc.returncode}):\n{tail}")
 
 
+def model_recipe(model: str) -> Path:
+    """The compute-bound recipe for ``model``: benchmarks/compute_bound.toml with its model swapped in."""
+    base = BENCH / "compute_bound.toml"
+    if model == "h256l4":
+        return base
+    path = BENCH / ".cache" / model / "recipe.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(base.read_text().replace("h256l4", model))
+    return path
+
+
 def ensure_artifacts(recipe: Path, artifacts: Path | None, threads: int) -> tuple[Path, Path, Path, Path]:
     """(artifacts_root, sft_dir, reward_dir, prompts_json), building the stages with the project's code if needed."""
     code = f"""
 import json, sys, torch
 torch.set_num_threads({threads})
 from pathlib import Path
+sys.path.insert(0, {str(BENCH)!r})
+import _presets; _presets.register()
 from rlhfkit.artifacts import artifact_dirs
 from rlhfkit.recipe import load_recipe
 from rlhfkit.stages.pipeline import build_task, run_stages
@@ -102,39 +121,102 @@ def ensure_trl029() -> tuple[Path | None, str]:
     return python, done.stdout.strip()
 
 
-def alternate(ours_cmd, trl_cmd, repeats, env):
-    """Run ours and TRL alternately ``repeats`` times each; keep each side's best run (least disturbed by other
-    load on the machine).  Every run's rate is kept in ``runs``."""
-    ours_runs, trl_runs = [], []
+def alternate(cmds, repeats, env, markers):
+    """Run the commands in turn, ``repeats`` rounds (interleaved, so each sees the same spread of other load).
+    Per command: the median run (the ratios use it), the best rate, and every run's rate."""
+    import statistics
+
+    runs = [[] for _ in cmds]
     for _ in range(repeats):
-        ours_runs.append(run_json(ours_cmd, "BENCH_JSON ", env=env))
-        trl_runs.append(run_json(trl_cmd, env=env))
-    best = lambda runs: {**max(runs, key=lambda r: r["episodes_per_s"]),  # noqa: E731
-                         "runs_episodes_per_s": [round(r["episodes_per_s"], 1) for r in runs]}
-    return best(ours_runs), best(trl_runs)
+        for i, cmd in enumerate(cmds):
+            runs[i].append(run_json(cmd, markers[i], env=env, timeout=1800))
+    out = []
+    for rs in runs:
+        ordered = sorted(rs, key=lambda r: r["episodes_per_s"])
+        median = ordered[(len(ordered) - 1) // 2]  # the lower median: a real run, not an average of two
+        out.append({**median, "runs_episodes_per_s": [round(r["episodes_per_s"], 2) for r in rs],
+                    "median_episodes_per_s": statistics.median(r["episodes_per_s"] for r in rs),
+                    "best_episodes_per_s": ordered[-1]["episodes_per_s"],
+                    "cpu_med": statistics.median(r.get("cpu_step_s", 0.0) for r in rs),
+                    "runs_cpu_step_s": [round(r.get("cpu_step_s", 0.0), 4) for r in rs]})
+    return out
+
+
+def ratio_line(ours: dict, other: dict, target: float | None) -> str:
+    med = ours["median_episodes_per_s"] / other["median_episodes_per_s"]
+    best = ours["best_episodes_per_s"] / other["best_episodes_per_s"]
+    tok = ours["tokens_per_s"] / other["tokens_per_s"]
+    verdict = "" if target is None else f"   target >= {target}x: {'MET' if med >= target else 'MISSED'}"
+    cpu = ""
+    if ours.get("cpu_med") and other.get("cpu_med"):
+        cpu = f"   CPU s/step {other['cpu_med'] / ours['cpu_med']:.2f}x"
+    return f"episodes/s {med:.2f}x (median runs; best runs {best:.2f}x)   tokens/s {tok:.2f}x{cpu}{verdict}"
+
+
+def floor_lines(name: str, r: dict) -> list[str]:
+    """Per-phase step time against the FLOP floor (benchmarks/_floor.py) for one of our runs."""
+    f = r["floor"]
+    lines = [f"  {name}: mean prompt {r['mean_prompt']:.1f} + completion {r['mean_length']:.1f} real tokens; matmul "
+             f"rates measured at the phase shapes (GFLOP/s): " + ", ".join(f"{k} {v:.0f}" for k, v in f["rates_gflops"].items())]
+    lines.append(f"    {'phase':<11} {'GFLOP/step':>10} {'floor s':>9} {'ours s':>9} {'ours/floor':>10} {'CPU s':>9} "
+                 f"{'CPU/floor':>9}")
+    cpu = r.get("phase_cpu_s", {})
+    for phase in ("generation", "scoring", "training"):
+        c = cpu.get(phase, float("nan"))
+        lines.append(f"    {phase:<11} {f['flops'][phase] / 1e9:10.2f} {f['floor_s'][phase]:9.4f} {r['phase_s'][phase]:9.4f}"
+                     f" {r['phase_s'][phase] / f['floor_s'][phase]:10.1f}x {c:9.4f} {c / f['floor_s'][phase]:8.1f}x")
+    total = sum(f["floor_s"].values())
+    c = r.get("cpu_step_s", float("nan"))
+    lines.append(f"    {'step':<11} {sum(f['flops'].values()) / 1e9:10.2f} {total:9.4f} {r['step_s']:9.4f} "
+                 f"{r['step_s'] / total:10.1f}x {c:9.4f} {c / total:8.1f}x   (step = the phases + optimizer, logging, "
+                 "the rest; CPU = this process's CPU seconds, what wall time would be on an idle core)")
+    return lines
 
 
 def fmt_rate(r: dict) -> str:
     return (f"{r['episodes_per_s']:8.1f} episodes/s  {r['tokens_per_s']:8.1f} tokens/s  "
-            f"({r['steady_s'] / r['steady_steps']:.3f} s/step, mean completion {r['mean_length']:.1f} tokens; "
-            f"runs {r.get('runs_episodes_per_s', '')} ep/s)")
+            f"({r['steady_s'] / r['steady_steps']:.3f} s/step, {r.get('cpu_med', 0.0):.3f} CPU s/step, mean completion "
+            f"{r['mean_length']:.1f} tokens; runs {r.get('runs_episodes_per_s', '')} ep/s)")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--recipe", default=str(ROOT / "recipes" / "ppo_vs_rloo.toml"))
-    p.add_argument("--artifacts", default=str(BENCH / ".cache" / "artifacts"),
-                   help="artifacts root (an earlier `rlhfkit run --output X` leaves X/artifacts)")
+    p.add_argument("--model", default="tiny", choices=["tiny", "h256l4", "h512l8"],
+                   help="tiny: the default recipe's llama:tiny (hidden 64 x 2); h256l4 / h512l8: the compute-bound "
+                   "models of issue 17 (benchmarks/_presets.py, recipe benchmarks/compute_bound.toml)")
+    p.add_argument("--recipe", default=None, help="default: recipes/ppo_vs_rloo.toml (tiny) or the compute-bound recipe")
+    p.add_argument("--artifacts", default=None,
+                   help="artifacts root (an earlier `rlhfkit run --output X` leaves X/artifacts); default "
+                   "benchmarks/.cache/artifacts (tiny) or benchmarks/.cache/<model>/artifacts")
+    p.add_argument("--memory", default="full", choices=["full", "lora"],
+                   help="lora: both sides train LoRA adapters (r=16, alpha=32, all linear layers); TRL PPO is then "
+                   "not run (its 0.29 venv has no peft)")
+    p.add_argument("--fused-row", action="store_true",
+                   help="also run our side with torch's fused AdamW (TRL's default optimizer; cells use foreach, "
+                   "whose rounding the pinned results have), as an extra labelled row")
+    p.add_argument("--quick", action="store_true",
+                   help="6 steps, one run per side, no generation/scaling parts (a smoke run: noisy figures)")
     p.add_argument("--steps", type=int, default=10, help="RL steps per side (rates use steps 2..N)")
     p.add_argument("--batch", type=int, default=32, help="episodes (completions) per step")
     p.add_argument("--k", type=int, default=4, help="RLOO completions per prompt")
     p.add_argument("--length", type=int, default=32, help="max completion length in the TRL comparisons")
     p.add_argument("--threads", type=int, default=1, help="torch threads for every side (cells use threads_per_cell=1)")
-    p.add_argument("--repeats", type=int, default=3, help="alternating runs per side in the TRL comparisons (best kept)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="interleaved runs per side in the TRL comparisons (ratios of the median runs)")
     p.add_argument("--scaling-steps", type=int, default=8, help="RLOO steps per point of the scaling sweep")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: rloo,ppo,gen,scaling")
+    p.add_argument("--skip", default=None, help="comma list of parts to skip: rloo,ppo,tokens,gen,scaling (default: "
+                   "none for tiny; gen,scaling for the compute-bound models)")
     p.add_argument("--json", default=None, help="also write all figures to this file")
     a = p.parse_args(argv)
+    if a.skip is None:
+        a.skip = "" if a.model == "tiny" else "gen,scaling"
+    if a.quick:
+        a.steps, a.repeats = 6, 1
+        a.skip = ",".join(sorted(set(filter(None, a.skip.split(","))) | {"gen", "scaling"}))
+    if a.recipe is None:
+        a.recipe = str(ROOT / "recipes" / "ppo_vs_rloo.toml") if a.model == "tiny" else str(model_recipe(a.model))
+    if a.artifacts is None:
+        a.artifacts = str(BENCH / ".cache" / "artifacts") if a.model == "tiny" else str(BENCH / ".cache" / a.model / "artifacts")
     skip = set(filter(None, a.skip.split(",")))
     started = time.perf_counter()
     py = sys.executable
@@ -143,32 +225,40 @@ def main(argv=None) -> int:
     recipe = Path(a.recipe)
     if Path(a.artifacts).is_dir() and (Path(a.artifacts).parent / "recipe.toml").is_file():
         recipe = Path(a.artifacts).parent / "recipe.toml"  # a run's output: use the recipe it was built from
-    log(f"# bench_engine  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}  threads={a.threads}  "
-        f"batch={a.batch} k={a.k} length={a.length} steps={a.steps} temperature=1.0 lr=1e-3 beta=0.05")
+    log(f"# bench_engine  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}  model={a.model}  threads={a.threads}  "
+        f"memory={a.memory} batch={a.batch} k={a.k} length={a.length} steps={a.steps} repeats={a.repeats} temperature=1.0 lr=1e-3 beta=0.05"
+        f"  load average {os.getloadavg()[0]:.1f}")
     root, sft, reward, prompts = ensure_artifacts(recipe, Path(a.artifacts), max(a.threads, 1))
     log(f"artifacts: {sft.name}, {reward.name}  (recipe {recipe})")
     shared = ["--steps", str(a.steps), "--batch", str(a.batch), "--length", str(a.length), "--threads", str(a.threads),
               "--lr", "1e-3", "--beta", "0.05", "--temperature", "1.0"]
     trl_args = ["--sft", str(sft), "--reward", str(reward), "--prompts", str(prompts)]
-    ours_args = ["--recipe", str(recipe), "--artifacts", str(root)]
+    ours_args = ["--recipe", str(recipe), "--artifacts", str(root), "--memory", a.memory]
+    lora = ["--lora"] if a.memory == "lora" else []
     results: dict = {"settings": vars(a)}
 
+    floors = {}
     if "rloo" not in skip:
         log("\n## RLOO: rlhfkit vs TRL RLOOTrainer (same models, prompts, batch, k, length, lr, beta, reward model)")
-        ours_cmd = [py, str(BENCH / "_ours.py"), "train", "--algorithm", "rloo", "--k", str(a.k), *ours_args, *shared]
-        trl_cmd = [py, str(BENCH / "_trl_rloo.py"), "--k", str(a.k), *trl_args, *shared]
-        ours, trl = alternate(ours_cmd, trl_cmd, a.repeats, env)
+        ours_cmd = [py, str(BENCH / "_ours.py"), "train", "--floor", "--algorithm", "rloo", "--k", str(a.k), *ours_args, *shared]
+        trl_cmd = [py, str(BENCH / "_trl_rloo.py"), "--k", str(a.k), *trl_args, *shared, *lora]
+        cmds = [ours_cmd, trl_cmd] + ([ours_cmd + ["--adamw", "fused"]] if a.fused_row else [])
+        ours, trl, *fused = alternate(cmds, a.repeats, env, ["BENCH_JSON ", None, "BENCH_JSON "])
         log(f"  rlhfkit RLOO            {fmt_rate(ours)}")
         log(f"  {trl['impl']:<23} {fmt_rate(trl)}")
-        ratio = ours["episodes_per_s"] / trl["episodes_per_s"]
-        log(f"  ratio (ours / TRL): episodes/s {ratio:.2f}x   tokens/s {ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x"
-            f"   target >= 1.5x: {'MET' if ratio >= 1.5 else 'MISSED'}")
-        results["rloo"] = {"ours": ours, "trl": trl, "episodes_ratio": ratio}
+        log(f"  ratio (ours / TRL): {ratio_line(ours, trl, 1.5)}")
+        if fused:
+            log(f"  {'rlhfkit, fused AdamW':<23} {fmt_rate(fused[0])}")
+            log(f"  ratio (ours with fused AdamW / TRL): {ratio_line(fused[0], trl, 1.5)}")
+            results["rloo_fused"] = fused[0]
+        results["rloo"] = {"ours": ours, "trl": trl, "episodes_ratio": ours["median_episodes_per_s"] / trl["median_episodes_per_s"]}
+        floors["rlhfkit RLOO"] = (ours, [trl])
 
     if "ppo" not in skip:
-        log("\n## PPO: rlhfkit vs TRL 0.29 experimental.ppo.PPOTrainer (4 epochs x 4 minibatches, critic from the RM)")
-        ours_cmd = [py, str(BENCH / "_ours.py"), "train", "--algorithm", "ppo", *ours_args, *shared]
-        trl_python, note = ensure_trl029()
+        log("\n## PPO: rlhfkit vs TRL 0.29 experimental.ppo.PPOTrainer (4 epochs x 4 minibatches, critic from the RM), "
+            "with and without its gc.collect() calls")
+        ours_cmd = [py, str(BENCH / "_ours.py"), "train", "--floor", "--algorithm", "ppo", *ours_args, *shared]
+        trl_python, note = ensure_trl029() if not lora else (None, "not run under LoRA (no peft in its venv)")
         if trl_python is None:
             ours = run_json(ours_cmd, "BENCH_JSON ", env=env)
             log(f"  rlhfkit PPO             {fmt_rate(ours)}")
@@ -176,14 +266,50 @@ def main(argv=None) -> int:
             results["ppo"] = {"ours": ours, "trl_error": note}
         else:
             trl_cmd = [str(trl_python), str(BENCH / "_trl_ppo.py"), *trl_args, *shared]
-            ours, trl = alternate(ours_cmd, trl_cmd, a.repeats, env)
+            cmds = [ours_cmd, trl_cmd, trl_cmd + ["--no-gc"]] + ([ours_cmd + ["--adamw", "fused"]] if a.fused_row else [])
+            ours, trl, trl_nogc, *fused = alternate(cmds, a.repeats, env, ["BENCH_JSON ", None, None, "BENCH_JSON "])
             log(f"  rlhfkit PPO             {fmt_rate(ours)}")
-            results["ppo"] = {"ours": ours}
-            ratio = ours["episodes_per_s"] / trl["episodes_per_s"]
-            log(f"  {'trl ' + note.split()[0] + ' PPOTrainer':<23} {fmt_rate(trl)}")
-            log(f"  ratio (ours / TRL): episodes/s {ratio:.2f}x   tokens/s "
-                f"{ours['tokens_per_s'] / trl['tokens_per_s']:.2f}x   target >= 1.5x: {'MET' if ratio >= 1.5 else 'MISSED'}")
-            results["ppo"].update({"trl": trl, "episodes_ratio": ratio})
+            version = note.split()[0]
+            log(f"  {'trl ' + version + ' PPOTrainer':<23} {fmt_rate(trl)}")
+            log(f"  {'  same, no gc.collect':<23} {fmt_rate(trl_nogc)}  [{trl_nogc.get('gc_calls_skipped', '?')} calls skipped]")
+            log(f"  ratio (ours / TRL):            {ratio_line(ours, trl, 1.5)}")
+            log(f"  ratio (ours / TRL without gc): {ratio_line(ours, trl_nogc, 1.3)}")
+            if fused:
+                log(f"  {'rlhfkit, fused AdamW':<23} {fmt_rate(fused[0])}")
+                log(f"  ratio (ours with fused AdamW / TRL without gc): {ratio_line(fused[0], trl_nogc, 1.3)}")
+                results["ppo_fused"] = fused[0]
+            results["ppo"] = {"ours": ours, "trl": trl, "trl_no_gc": trl_nogc,
+                              "episodes_ratio": ours["median_episodes_per_s"] / trl["median_episodes_per_s"],
+                              "episodes_ratio_no_gc": ours["median_episodes_per_s"] / trl_nogc["median_episodes_per_s"]}
+            floors["rlhfkit PPO"] = (ours, [trl, trl_nogc])
+
+    if floors:
+        log("\n## Step time against the FLOP floor (FLOPs the step must do / measured matmul rate; benchmarks/_floor.py)")
+        for name, (ours, others) in floors.items():
+            for line in floor_lines(name, ours):
+                log(line)
+            total = sum(ours["floor"]["floor_s"].values())
+            for other in others:
+                step = other["steady_s"] / other["steady_steps"]
+                cpu = other.get("cpu_med") or float("nan")
+                log(f"    {other['impl']}: {step:.4f} s/step = {step / total:.1f}x the same floor, {cpu:.4f} CPU s/step = "
+                    f"{cpu / total:.1f}x (its mean completion {other['mean_length']:.1f} tokens, ours {ours['mean_length']:.1f})")
+        results["floors"] = {k: v[0]["floor"] for k, v in floors.items()}
+
+    if "tokens" not in skip:
+        log(f"\n## Time follows real tokens: policy forwards over {a.batch} rows padded to {a.length} completion tokens "
+            "(median of 5)")
+        t = run_json([py, str(BENCH / "_ours.py"), "tokens", *ours_args, "--batch", str(a.batch), "--length", str(a.length),
+                      "--threads", str(a.threads)], "BENCH_JSON ", env=env)
+        results["tokens"] = t
+        full, half = t["full"], t["half"]
+        log(f"  lengths spread over 1..{a.length}: {full['real_tokens']} real of {full['padded_tokens']} padded tokens;"
+            f" halved: {half['real_tokens']} real (x{half['real_tokens'] / full['real_tokens']:.2f})")
+        log(f"  {'forward':<22} {'padding_free':<12} {'spread s':>9} {'halved s':>9} {'time ratio':>10}")
+        for part, label in (("scoring", "scoring (no grad)"), ("training", "training (fwd + bwd)")):
+            for mode in ("auto", "off"):
+                x, y = full[mode][part], half[mode][part]
+                log(f"  {label:<22} {mode:<12} {x:9.4f} {y:9.4f} {y / x:10.2f}")
 
     if "gen" not in skip:
         log("\n## Generation loop vs bare forward cost (batch 32, EOS disabled, median of 5)")
@@ -229,7 +355,7 @@ def main(argv=None) -> int:
                 log(f"  at {last[key]}: step grew {last['step_s'] / base['step_s']:.2f}x, the model's own training pass "
                     f"{model_growth:.2f}x (attention is quadratic in length)")
 
-    log(f"\nbenchmark wall time {time.perf_counter() - started:.0f} s")
+    log(f"\nbenchmark wall time {time.perf_counter() - started:.0f} s  (load average at the end {os.getloadavg()[0]:.1f})")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     return 0

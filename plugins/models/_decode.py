@@ -123,6 +123,14 @@ class LlamaDecoder:
             and all(hasattr(layer, "keys") and layer.keys is not None for layer in cache.layers[: cfg.num_hidden_layers])
         )
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the decode batch's rows ``rows`` (the sampler drops finished rows, issue 17): their KV
+        buffers, mask and rotary tables.  Each row's numbers do not depend on the others'."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self.mask = self.mask.index_select(0, rows)
+        self.cos, self.sin = self.cos.index_select(0, rows), self.sin.index_select(0, rows)
+
     def __call__(self, tokens: torch.Tensor, is_real: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (``is_real`` False: a finished row's pad); returns logits (batch, vocab)."""
         pos = self.length

@@ -38,32 +38,57 @@ def truncate_after_eos(responses: torch.Tensor, eos_token_id: int, pad_token_id:
     return truncated, mask.float(), last_index, contains_eos
 
 
-def selective_log_softmax(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[tokens] without keeping a full-vocabulary log-prob tensor per row.
+LOGITS_PER_BLOCK = 1 << 25
+"""At most this many logits (32M: 128 MiB in float32) are turned into float32 at once by
+:func:`selective_log_softmax` and :func:`entropy_from_logits`."""
 
-    Computed row-block by row-block in float32, so peak extra memory is one block, not a copy of the
-    whole ``(batch, len, vocab)`` tensor.
+
+def _token_blocks(logits: torch.Tensor):
+    """``(flat, rows)``: ``logits`` as ``(tokens, vocab)`` and how many token rows one block of at most
+    :data:`LOGITS_PER_BLOCK` logits holds (at least one row: a vocabulary larger than the bound is one row)."""
+    vocab = max(1, logits.size(-1))
+    return logits.reshape(-1, logits.size(-1)), max(1, LOGITS_PER_BLOCK // vocab)
+
+
+def selective_log_softmax(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[tokens] without a full-vocabulary float32 copy of the whole batch.
+
+    Computed in float32, block by block over the flattened ``(batch x len)`` token rows, each block at most
+    :data:`LOGITS_PER_BLOCK` logits, so peak extra memory is one block.  (Blocks used to be
+    ``max(8, 2**25 // (len x vocab))`` batch rows: at least 8 whole sequences, 4.98e9 logits = 20 GB for
+    Qwen2-7B at 4,097 tokens, issue 17.)  Per token row the computation is the same whatever the block size,
+    so the values do not depend on it (tests/test_packing.py).
     """
-    # Rows per block: 8 for large vocabularies (as before), more when rows are small, so that small models do
-    # not pay a Python round per 8 rows; a block holds at most ~32M logits either way.  Per row the
-    # computation is the same, so the values do not depend on the block size.
-    per_row = max(1, logits[0].numel()) if logits.size(0) else 1
-    rows = max(8, (1 << 25) // per_row)
-    if rows >= logits.size(0):
+    flat, rows = _token_blocks(logits)
+    flat_tokens = tokens.reshape(-1, 1)
+    if rows >= flat.size(0):
         block = logits.float()
         return block.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(block, dim=-1)
-    out = torch.empty(tokens.shape, dtype=torch.float32, device=logits.device)
-    for start in range(0, logits.size(0), rows):
-        block = logits[start : start + rows].float()
-        picked = block.gather(-1, tokens[start : start + rows].unsqueeze(-1)).squeeze(-1)
+    out = torch.empty(flat_tokens.size(0), dtype=torch.float32, device=logits.device)
+    for start in range(0, flat.size(0), rows):
+        block = flat[start : start + rows].float()
+        picked = block.gather(-1, flat_tokens[start : start + rows]).squeeze(-1)
         out[start : start + rows] = picked - torch.logsumexp(block, dim=-1)
-    return out
+    return out.view(tokens.shape)
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     probs = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per row, in float32 blocks of at most :data:`LOGITS_PER_BLOCK` logits (the
+    same values per row as one block).  Callers that only report it run it without autograd (its float32
+    softmax would otherwise be kept for backward: ``response_logprobs``)."""
+    flat, rows = _token_blocks(logits)
+    if rows >= flat.size(0):
+        return _entropy(logits)
+    out = torch.empty(flat.size(0), dtype=torch.float32, device=logits.device)
+    for start in range(0, flat.size(0), rows):
+        out[start : start + rows] = _entropy(flat[start : start + rows])
+    return out.view(logits.shape[:-1])
 
 
 class AdaptiveKLController:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from rlhfkit.engine import functional as F
-from rlhfkit.engine.rollout import response_logprobs, token_scores
+from rlhfkit.engine.rollout import padding_free_mode, response_logprobs, token_scores
 from rlhfkit.engine.steps import Phase
 from rlhfkit.registry import resolve
 
@@ -49,9 +49,9 @@ class Parts:
             raise ValueError(f"advantage {composition.advantage!r} needs samples_per_prompt k >= 2")
 
 
-def critic_values(value_model, input_ids, attention_mask, query_len: int) -> torch.Tensor:
+def critic_values(value_model, input_ids, attention_mask, query_len: int, padding_free: str = "off") -> torch.Tensor:
     """V(s_t) for each response token t: the critic read at the position that predicts token t.  (B, T)."""
-    values = token_scores(value_model, input_ids, attention_mask)
+    values = token_scores(value_model, input_ids, attention_mask, padding_free)
     return values[:, query_len - 1 : -1]
 
 
@@ -93,7 +93,8 @@ def run_policy_gradient(ctx, composition) -> None:
 def _critic_values(ctx, rollout) -> torch.Tensor:
     with ctx.phase(Phase.SCORING), torch.no_grad():
         ctx.value_model.eval()
-        values = critic_values(ctx.value_model, rollout.input_ids, rollout.attention_mask, rollout.query_ids.size(1))
+        values = critic_values(ctx.value_model, rollout.input_ids, rollout.attention_mask, rollout.query_ids.size(1),
+                               padding_free_mode(ctx))
     ctx.ledger.forward("critic", int(rollout.attention_mask.sum()))
     return torch.where(rollout.mask.bool(), values, 0.0)
 
@@ -145,8 +146,9 @@ def _minibatch(ctx, parts, step, mb, mask, advantages, values, returns) -> None:
     """One optimizer step of the policy (and critic) on one minibatch."""
     cfg = ctx.config
     tokens = int(mb.attention_mask.sum())
+    padding_free = padding_free_mode(ctx)
     logprobs, entropy = response_logprobs(ctx.policy, mb.input_ids, mb.attention_mask, mb.responses,
-                                          cfg.temperature, with_entropy=True)
+                                          cfg.temperature, with_entropy=True, padding_free=padding_free)
     ctx.ledger.forward("policy", tokens)
     if parts.loss.level == "token" and advantages.dim() == 1:
         advantages = advantages.unsqueeze(1).expand_as(logprobs)
@@ -158,7 +160,7 @@ def _minibatch(ctx, parts, step, mb, mask, advantages, values, returns) -> None:
         loss = pg_loss + ctx.kl_controller.value * kl_loss
         step.stat("loss/kl", kl_loss.item())
     if parts.critic:
-        new_values = critic_values(ctx.value_model, mb.input_ids, mb.attention_mask, mb.query_ids.size(1))
+        new_values = critic_values(ctx.value_model, mb.input_ids, mb.attention_mask, mb.query_ids.size(1), padding_free)
         ctx.ledger.forward("critic", tokens)
         vf_loss, vf_clipfrac = F.clipped_value_loss(values=new_values, old_values=values, returns=returns, mask=mask,
                                                     cliprange_value=cfg.cliprange_value)

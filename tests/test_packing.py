@@ -1,0 +1,168 @@
+"""Padding-free forwards (issue 17): rows grouped by length and trimmed give the padded forward's values.
+
+A batch of left-padded queries and right-padded completions of mixed lengths is scored once over the whole
+padded batch (``padding_free="off"``, the old path) and once group by group (``"on"``); log-probs, entropies,
+gradients, critic values and reward scores must agree at every real position to float tolerance (trimming
+changes the number of masked columns attention reduces over, so not bit for bit).  Also: the chunked
+log-softmax and entropy give the same bits whatever the block size, and a block never holds more than the
+bound.
+"""
+
+import pytest
+import torch
+
+from rlhfkit.engine import core
+from rlhfkit.engine.core import entropy_from_logits, selective_log_softmax
+from rlhfkit.engine.pg_loop import critic_values
+from rlhfkit.engine.rollout import length_groups, response_logprobs, row_ends, score_at
+
+VOCAB, QUERY, RESPONSE, BATCH = 40, 5, 12, 10
+ATOL = 1e-5
+
+
+def _config(vocab_size=VOCAB, **kw):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, **kw)
+
+
+@pytest.fixture(scope="module")
+def models():
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(_config()).eval()
+    torch.manual_seed(1)
+    reward = LlamaForSequenceClassification(_config(num_labels=1)).eval()
+    return policy, reward
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Left-padded queries, completions of lengths 1..RESPONSE right-padded with 0 (as make_rollout builds)."""
+    gen = torch.Generator().manual_seed(3)
+    query = torch.randint(3, VOCAB, (BATCH, QUERY), generator=gen)
+    query_mask = torch.ones(BATCH, QUERY, dtype=torch.long)
+    query_mask[::3, :2] = 0
+    query = query.masked_fill(query_mask == 0, 0)
+    lengths = torch.tensor([1, 12, 3, 7, 2, 12, 5, 9, 4, 6])
+    mask = torch.arange(RESPONSE)[None] < lengths[:, None]
+    responses = torch.randint(3, VOCAB, (BATCH, RESPONSE), generator=gen).masked_fill(~mask, 0)
+    input_ids = torch.cat([query, responses], 1)
+    attention_mask = torch.cat([query_mask, mask.long()], 1)
+    return input_ids, attention_mask, responses, mask, lengths
+
+
+def test_groups_cover_every_row_once_and_reach_its_last_token(models, batch):
+    input_ids, attention_mask, *_ = batch
+    groups = length_groups(attention_mask, models[0], "on")
+    assert groups is not None and 1 < len(groups) <= 4
+    rows = torch.cat([g[0] for g in groups]).sort().values
+    assert rows.tolist() == list(range(BATCH))
+    ends = row_ends(attention_mask)
+    for rows, width in groups:
+        assert int(ends[rows].max()) == width
+    assert sum(len(r) * w for r, w in groups) < BATCH * input_ids.size(1)
+    assert length_groups(attention_mask, models[0], "off") is None
+    # auto: a model this small pays more per extra call than the padding costs -> one padded forward
+    assert length_groups(attention_mask, models[0], "auto") is None
+
+
+def test_logprobs_and_entropy_equal_the_padded_forward(models, batch):
+    policy, _ = models
+    input_ids, attention_mask, responses, mask, _ = batch
+    with torch.no_grad():
+        padded, padded_entropy = response_logprobs(policy, input_ids, attention_mask, responses, 0.7, with_entropy=True)
+        packed, packed_entropy = response_logprobs(policy, input_ids, attention_mask, responses, 0.7, with_entropy=True,
+                                                   padding_free="on")
+    assert packed.shape == padded.shape == (BATCH, RESPONSE)
+    torch.testing.assert_close(packed[mask], padded[mask], atol=ATOL, rtol=0)
+    torch.testing.assert_close(packed_entropy[mask], padded_entropy[mask], atol=ATOL, rtol=0)
+
+
+def test_gradients_equal_the_padded_forward(models, batch):
+    policy, _ = models
+    input_ids, attention_mask, responses, mask, _ = batch
+    grads = []
+    for mode in ("off", "on"):
+        policy.zero_grad(set_to_none=True)
+        logprobs = response_logprobs(policy, input_ids, attention_mask, responses, 1.0, padding_free=mode)
+        torch.where(mask, logprobs, 0.0).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters()]))
+    policy.zero_grad(set_to_none=True)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_rewards_and_critic_values_equal_the_padded_forward(models, batch):
+    _, reward = models
+    input_ids, attention_mask, _, mask, lengths = batch
+    with torch.no_grad():
+        last = QUERY + lengths - 1
+        torch.testing.assert_close(score_at(reward, input_ids, attention_mask, last, padding_free="on"),
+                                   score_at(reward, input_ids, attention_mask, last), atol=ATOL, rtol=0)
+        packed = critic_values(reward, input_ids, attention_mask, QUERY, padding_free="on")
+        padded = critic_values(reward, input_ids, attention_mask, QUERY)
+    torch.testing.assert_close(packed[mask], padded[mask], atol=ATOL, rtol=0)
+
+
+def test_chunked_log_softmax_and_entropy_are_bitwise_the_one_block_values(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 50, generator=gen)
+    tokens = torch.randint(0, 50, (3, 7), generator=gen)
+    whole = selective_log_softmax(logits, tokens), entropy_from_logits(logits)
+    seen = []
+    real_float = torch.Tensor.float
+
+    def spy(self):  # every block turned into float32 is recorded
+        seen.append(self.numel())
+        return real_float(self)
+
+    monkeypatch.setattr(core, "LOGITS_PER_BLOCK", 120)  # 2 token rows of 50 logits per block
+    monkeypatch.setattr(torch.Tensor, "float", spy)
+    chunked = selective_log_softmax(logits, tokens), entropy_from_logits(logits)
+    monkeypatch.undo()
+    assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[1], whole[1])
+    assert seen and max(seen) <= 120  # blocks along tokens: the bound holds even within one sequence
+
+
+def test_a_cell_trains_with_padding_free_forwards():
+    from engine_harness import run
+
+    off, _ = run("ppo", response_length=10, batch_size=8, steps=2)
+    on, _ = run("ppo", response_length=10, batch_size=8, steps=2, padding_free="on")
+    for a, b in zip(off, on):
+        assert a["objective/length"] == b["objective/length"]  # same samples
+        for key in ("objective/scores", "objective/entropy", "loss/policy", "val/mean"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-5), key
+
+
+def test_dropping_finished_rows_from_decoding_changes_no_number(monkeypatch):
+    """sample() drops finished rows from the lean decoder's batch; the kept rows' tokens and log-probs, and the
+    generator's state after, are those of decoding every row to the end (bit for bit)."""
+    from transformers import LlamaForCausalLM
+
+    from rlhfkit.engine.rollout import sample
+    from rlhfkit_plugins.models._decode import LlamaDecoder
+
+    kept = []
+    select = LlamaDecoder.select_rows
+    monkeypatch.setattr(LlamaDecoder, "select_rows", lambda self, rows: (kept.append(len(rows)), select(self, rows)))
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(_config(vocab_size=12, eos_token_id=2)).eval()  # 1/12 EOS per step: lengths vary
+    query = torch.randint(3, 12, (24, 4), generator=torch.Generator().manual_seed(1))
+    query_mask = torch.ones_like(query)
+    query_mask[::5, :1] = 0
+    runs = []
+    for drop in (False, True):
+        gen = torch.Generator().manual_seed(5)
+        with torch.inference_mode():
+            tokens, logprobs = sample(policy, query, query_mask, 30, 1.0, 2, 0, gen, drop_finished=drop)
+        runs.append((tokens, logprobs, torch.rand(3, generator=gen)))
+    (tokens, logprobs, after), (tokens2, logprobs2, after2) = runs
+    assert torch.equal(tokens, tokens2) and torch.equal(after, after2)
+    real = torch.ones_like(tokens, dtype=torch.bool)
+    real[:, 1:] = (tokens[:, :-1] != 2).cumprod(1).bool()  # up to and including the first EOS
+    assert 0 < int((tokens == 2).any(1).sum()) < 24  # some rows finished early, some did not
+    assert torch.equal(logprobs[real], logprobs2[real])
+    assert kept and kept[-1] < 24  # rows were dropped
