@@ -180,9 +180,25 @@ def check_output_dir(output_dir: Path, must_exist: bool = False) -> None:
             raise RunError(f"{label} {output_dir} does not exist")
 
 
+def given_checkpoints(recipe: Recipe) -> dict[str, str]:
+    """``{"<row>.policy" | "<row>.reward": hash}`` of every checkpoint a row brings ready (``train_sft`` /
+    ``train_reward = false``): its resolved path and every file's size and modification time
+    (:func:`rlhfkit.given.content_fingerprint`).  The recipe text does not change when such a checkpoint is
+    rewritten in place, so this, not the recipe fingerprint, tells that finished cells were trained on another."""
+    from rlhfkit.given import checkpoint_dir, content_fingerprint
+
+    found = {}
+    for entry in recipe.models.values():
+        for role, ref, given in (("policy", entry.policy, not entry.train_sft), ("reward", entry.reward, not entry.train_reward)):
+            path = checkpoint_dir(ref, entry.trust_remote_code) if given else None
+            if path is not None:
+                found[f"{entry.name}.{role}"] = fingerprint(content_fingerprint(path))
+    return found
+
+
 def prepare_output(recipe: Recipe, output_dir: Path) -> None:
     """Refuse an output directory that holds another recipe's results (naming the first setting that
-    differs); create it (and missing parents)."""
+    differs) or results of given checkpoints that changed since; create it (and missing parents)."""
     check_output_dir(output_dir)
     previous = read_json(output_dir / RUN_INFO)
     if previous is not None and previous.get("results_fingerprint") != results_fingerprint(recipe.raw):
@@ -191,6 +207,13 @@ def prepare_output(recipe: Recipe, output_dir: Path) -> None:
         which = f"{diff[0]} is {diff[2]!r} here, {diff[1]!r} there" if diff else "settings that change results differ"
         raise RunError(
             f"{output_dir} holds results of a different recipe ({which}); choose another --output or remove that directory"
+        )
+    old_given = (previous or {}).get("given_checkpoints") or {}
+    changed = sorted(k for k, v in given_checkpoints(recipe).items() if k in old_given and old_given[k] != v)
+    if changed:
+        raise RunError(
+            f"{output_dir} holds results of the checkpoint {changed[0]!r} as it was before it changed (another path or "
+            "rewritten files); choose another --output or remove that directory"
         )
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +234,7 @@ def _record_run(recipe: Recipe, output_dir: Path) -> None:
             "recipe_dir": str(Path(recipe.path).resolve().parent),
             "results_fingerprint": results_fingerprint(recipe.raw),
             "results_settings": results_settings(recipe.raw),
+            "given_checkpoints": {**(previous.get("given_checkpoints") or {}), **given_checkpoints(recipe)},
             "first_started": previous.get("first_started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "last_started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": package_versions(),

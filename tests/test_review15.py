@@ -282,3 +282,28 @@ def test_reward_model_with_its_own_tokenizer_scores_a_ragged_batch_as_each_text_
             direct.append(float(rm(**ids).logits[0, 0]))
     assert torch.allclose(scores, torch.tensor(direct), atol=1e-5), (scores, direct)
     assert len(set(round(d, 4) for d in direct)) == 3  # three different texts, three different scores
+
+
+def test_a_given_checkpoint_rewritten_after_a_run_is_refused_for_that_output(given, tmp_path):
+    """Found by the review: a given reward model rewritten in place got a new artifact, but the finished cells
+    scored by the old one were kept and reported beside new ones.  The run records every given checkpoint's
+    content hash; a rerun into the same output with a changed checkpoint is refused in one line."""
+    import os
+    import shutil
+
+    from rlhfkit.recipe import load_recipe
+    from rlhfkit.runner import RunError, _record_run, prepare_output
+
+    rm = tmp_path / "rm"
+    shutil.copytree(given / "rm", rm)
+    recipe = load_recipe(_row_recipe(tmp_path, given, given / "my sft", rm))
+    out = tmp_path / "out"
+    prepare_output(recipe, out)
+    _record_run(recipe, out)
+    prepare_output(recipe, out)  # unchanged: accepted
+    weights = next(rm.glob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten in place
+    with pytest.raises(RunError, match=r"checkpoint 'm.reward' as it was before it changed"):
+        prepare_output(recipe, out)
+    prepare_output(recipe, tmp_path / "elsewhere")  # another output is fine
