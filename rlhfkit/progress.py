@@ -12,6 +12,7 @@ import os
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "oom": "magenta", "diverged": "yellow", "timeout": "yellow", "killed": "red"}
@@ -104,7 +105,7 @@ class RichProgress:
                    if "dpo/eval_reward_accuracy" in info else "")
             )
         else:
-            self.console.print(f"[cyan]stages[/] {model}: [red]failed[/]: {info.get('error')}")
+            self.console.print(f"[cyan]stages[/] {model}: [red]failed[/]: {escape(str(info.get('error')))}")
 
     # -- grid -----------------------------------------------------------------------------------------
     def _grid_info(self) -> str:
@@ -181,7 +182,7 @@ class RichProgress:
             f"gold {_fmt(summary.get('gold_sft'))} -> {_fmt(summary.get('gold_final'))}, "
             f"kl {_fmt(summary.get('kl_final'))}"
             if status == "ok"
-            else str(result.get("error"))
+            else escape(str(result.get("error")))
         )
         style = STATUS_STYLE.get(status, "white")
         eta = "" if self.cells_done >= self.cells_total else f"; grid ETA {_duration(self.grid_eta())}"

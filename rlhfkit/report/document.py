@@ -902,7 +902,7 @@ STAGE_LABELS = {"tokenizer": "tokenizer", "sft": "SFT", "dpo": "DPO", "reward_mo
 REWARD_TOKENIZER_NOTES = {
     "own": "the reward model has its own tokenizer (another vocabulary than the policy's): each completion is "
            "decoded with the policy's tokenizer and re-encoded with the reward model's before scoring; PPO's critic "
-           "starts from the SFT policy with a fresh one-label head (it must read the policy's tokens, which the "
+           "starts from the SFT policy (the DPO policy on a row with a DPO stage) with a fresh one-label head (it must read the policy's tokens, which the "
            "reward model cannot)",
     "same": "the reward model has its own tokenizer with the policy's vocabulary: it reads the policy's token ids",
 }
