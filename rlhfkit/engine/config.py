@@ -53,6 +53,13 @@ class RLConfig:
     estimated saving (padded tokens against the cost of more forward calls) is at least 20%, which never
     happens on the tiny presets; ``"on"`` always; ``"off"`` never.  Trimmed forwards equal the padded ones to
     float rounding (~5e-7 on a log-prob), not bit for bit.  Off under ZeRO-3 and with several processes."""
+    drop_finished_rows: bool = False
+    """Generation with the family's lean decode step (Llama, Qwen2): rows that have emitted EOS leave the decode
+    batch (once at least 4 rows and a quarter of the batch have), so sampling cost follows the unfinished rows.
+    The kept rows' tokens and random draws are unchanged, but their log-probs are computed in a smaller batch,
+    and CPU matrix kernels may round differently by row count: on the default recipe every sampled token and
+    gold value stayed the same while ``kl_final`` moved by up to 1.8e-6.  Off by default so that results at a
+    fixed seed stay those of earlier versions."""
     kl_coef: float = 0.05
     """beta: weight of the KL penalty to the reference (SFT) policy."""
     kl_estimator: str = "k1"

@@ -105,7 +105,7 @@ def sample(
     generator: torch.Generator,
     top_k: int = 0,
     fast: bool = True,
-    drop_finished: bool = True,
+    drop_finished: bool = False,
 ):
     """Sample completions with a KV cache; returns ``(responses, logprobs)``.
 
@@ -114,9 +114,10 @@ def sample(
     "old" log-probs without a second forward pass.  Finished rows are fed pad and stop attending.
     ``fast=False`` decodes with the model's own forward every step (the reference the fast path is tested
     against); by default a family with a lean decode step (:func:`fast_decoder`: Llama, Qwen2) uses it, same
-    numbers, less overhead.  ``drop_finished``: with the lean step, rows that have finished leave the decode
-    batch (:data:`MIN_ROWS_DROPPED`), the others' numbers unchanged bit for bit; a dropped row's log-probs
-    after its EOS are 0.0 (padding: masked by every consumer).
+    numbers, less overhead.  ``drop_finished`` (``[rl] drop_finished_rows``): with the lean step, rows that have
+    finished leave the decode batch (:data:`MIN_ROWS_DROPPED`); the others' tokens are unchanged, their log-probs
+    equal to rounding (the CPU kernels may round differently by row count); a dropped row's log-probs after its
+    EOS are 0.0 (padding: masked by every consumer).
     """
     from transformers import DynamicCache
 
@@ -515,6 +516,7 @@ def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
             tok.pad_token_id,
             torch.Generator(device=ctx.device).manual_seed(0) if greedy else ctx.generator,
             top_k=1 if greedy else cfg.top_k,
+            drop_finished=getattr(cfg, "drop_finished_rows", False),
         )
     # Out of inference mode (cheap copies): these feed autograd graphs in the update.
     responses, logprobs = responses.clone(), logprobs.clone()
