@@ -92,7 +92,7 @@ def saved_models(tmp_path_factory):
     policy.save_pretrained(root / "sft")
     reward.save_pretrained(root / "rm")
     arch = get_registry().get("model_adapter", "llama").architecture(tiny_llama_config(tokenizer).to_dict())
-    return SimpleNamespace(sft=root / "sft", reward_model=root / "rm"), arch
+    return SimpleNamespace(sft=root / "sft", policy_start=root / "sft", reward_model=root / "rm"), arch
 
 
 @pytest.mark.parametrize("memory", ["full", "lora", "lora+gc", "qlora", "lora(r=4,alpha=8,target_modules=q_proj|v_proj)"])
