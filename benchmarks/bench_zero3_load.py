@@ -3,7 +3,7 @@
 ``python benchmarks/bench_zero3_load.py [--processes 2] [--hidden 512] [--layers 4] [--lora]`` saves a Llama
 policy and a one-label classifier of that size (random weights, nothing downloaded), then for each mode starts
 ``torchrun`` with that many CPU processes, each building the cell's four models with the cell's own code
-(``rlhfkit.cellspec.build._build_trained`` / ``_build_frozen`` under a stage-3 accelerate plugin: policy, reference,
+(``rlhfkit.cellspec.build.build_role`` under a stage-3 accelerate plugin: policy, reference,
 reward model, critic; under ``--lora`` policy and critic get adapters and there is no separate reference), and
 prints per rank the growth of resident memory (anonymous and all: peak sampled every millisecond, and after the build)
 and the parameter bytes each process holds after the build.  ``whole`` is what the cell did before it built
@@ -93,9 +93,7 @@ def _worker(root: Path, mode: str, lora: bool) -> None:
     sampler.start()
     models = []
     for role in roles:
-        with build._model_init(role):
-            models.append(build._build_trained(role, dirs, adapter, False) if role.trained
-                          else build._build_frozen(role, dirs, accelerator.device, False))
+        models.append(build.build_role(role, dirs, adapter, accelerator.device))
     after = _resident()
     stop.set()
     sampler.join()

@@ -164,12 +164,17 @@ def build_models(model_set: ModelSet, recipe, model_name: str, dirs, device):
         if not role.separate:
             built[role.role] = None
             continue
-        with _model_init(role):
-            if role.trained:
-                built[role.role] = _build_trained(role, dirs, adapters[role.arch_of], remote)
-            else:
-                built[role.role] = _build_frozen(role, dirs, device, remote)
+        built[role.role] = build_role(role, dirs, adapters[role.arch_of], device, remote)
     return built["policy"], built["reference"], built["reward"], built.get("critic")
+
+
+def build_role(role: ModelRole, dirs, adapter, device, trust_remote_code: bool = False):
+    """One separate model of the set: loaded (under ZeRO-3 through DeepSpeed's partitioned init), trained roles
+    with gradient checkpointing and LoRA as the role says, frozen ones in eval mode on their device."""
+    with _model_init(role):
+        if role.trained:
+            return _build_trained(role, dirs, adapter, trust_remote_code)
+        return _build_frozen(role, dirs, device, trust_remote_code)
 
 
 def zero3_load_report(model_set: ModelSet, models) -> str | None:
@@ -606,5 +611,5 @@ def summarise(built: BuiltCell, sft_eval: dict, final_eval: dict, train_seconds:
     )
 
 
-__all__ = ["build_cell", "train", "summarise", "build_context", "build_models", "deepspeed_config", "BuiltCell",
-           "seed_everything"]
+__all__ = ["build_cell", "train", "summarise", "build_context", "build_models", "build_role", "deepspeed_config",
+           "BuiltCell", "seed_everything", "zero3_load_report"]
