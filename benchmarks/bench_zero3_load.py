@@ -100,9 +100,10 @@ def _worker(root: Path, mode: str, lora: bool) -> None:
     held = sum((p.ds_tensor.numel() * p.ds_tensor.element_size() if hasattr(p, "ds_tensor") else p.numel() * p.element_size())
                for m in models for p in m.parameters())
     full = sum(getattr(p, "ds_numel", p.numel()) * 4 for m in models for p in m.parameters())
-    print(json.dumps({"mode": mode, "lora": lora, "rank": accelerator.process_index, "peak_anon_mib": (peak[0] - base[0]) / MiB,
+    # one file per rank: two ranks printing to one stdout interleave their lines
+    (root / f"{mode}-rank{accelerator.process_index}.json").write_text(json.dumps({"mode": mode, "lora": lora, "rank": accelerator.process_index, "peak_anon_mib": (peak[0] - base[0]) / MiB,
                       "peak_rss_mib": (peak[1] - base[1]) / MiB, "after_rss_mib": (after[1] - base[1]) / MiB, "held_parameter_mib": held / MiB, "whole_parameter_mib": full / MiB,
-                      "partitioned": build.zero3_load_report(SimpleNamespace(zero_stage=3), _four(models, lora))}), flush=True)
+                      "partitioned": build.zero3_load_report(SimpleNamespace(zero_stage=3), _four(models, lora))}))
 
 
 def _four(models, lora):
@@ -126,8 +127,8 @@ def main() -> None:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.processes}",
                    __file__, "--worker", tmp, mode] + (["--lora"] if args.lora else [])
             out = subprocess.run(cmd, capture_output=True, text=True)
-            rows = [line for line in out.stdout.splitlines() if line.startswith("{")]
-            print("\n".join(rows) if rows else out.stdout[-2000:] + out.stderr[-4000:])
+            rows = [path.read_text() for path in sorted(Path(tmp).glob(f"{mode}-rank*.json"))]
+            print("\n".join(rows) if rows else out.stdout[-2000:] + out.stderr[-4000:], flush=True)
 
 
 if __name__ == "__main__":
