@@ -139,8 +139,8 @@ class CellPlan:
     phases: dict[str, int]
     parts: dict[str, dict[str, int]]
     load_bytes: int = 0
-    """The device while the models are built, where it differs from the phases (ZeRO-3: models load whole
-    before they are partitioned); 0 elsewhere."""
+    """The device while the models are built, where it differs from the phases (ZeRO-3: the shards and one
+    module gathered whole, before any optimizer state exists); 0 elsewhere."""
     assumptions: dict = field(default_factory=dict)
     typical_phases: dict[str, int] = field(default_factory=dict)
     """The phases with answers of ``typical_length_fraction`` x ``response_length`` (``phases``: the worst case,
@@ -524,15 +524,28 @@ def _training(c: _Cell, states: dict, buckets: float) -> dict:
     return parts
 
 
-def _load(c: _Cell, static: float) -> float:
-    """The device while the models are built (rlhfkit/cellspec/build.py, ``zero3_init_flag`` off): every
-    model loads whole from its checkpoint; frozen models are moved whole onto the device before ZeRO-3
-    partitions them, trained ones stay in host memory until DeepSpeed partitions them parameter by
-    parameter.  On the CPU all of them are whole in the one memory at once."""
+def _load(c: _Cell) -> float:
+    """The device while the models are built (rlhfkit/cellspec/build.py).  Under ZeRO-3 every model of the set
+    is built under DeepSpeed's partitioned init (``ModelRole.partitioned_init``): each parameter is split as
+    it is created and transformers loads the checkpoint module by module into the shards, so the device holds
+    the models' shards (as in every phase), the parameters of the one module being loaded gathered whole
+    (``GatheredParameters``; the shard stays), and LoRA adapters whole until their engine partitions them;
+    optimizer states, gradients and buffers do not exist yet.  transformers reads the checkpoint on rank 0
+    only, in host memory, as memory-mapped file pages (on the CPU, measured: rank 0 peaked 35 MiB above rank 1
+    reading an 84 MiB checkpoint; not counted).  A model the set does not shard at load (a quantised base)
+    loads whole.  Measured: benchmarks/bench_zero3_load.py (docs/memory.md)."""
     if c.zero != 3:
         return 0.0  # nothing is partitioned: the models sit as they will stay (counted in every phase)
-    whole = sum(m.weight_bytes for m in c.models if (not c.gpu or not m.trainable) and m.role.device == "accelerator")
-    return static - sum(_on_device(c, m) for m in c.models if not c.gpu or not m.trainable) + whole
+    weights = gathered = 0.0
+    for m in c.models:
+        if not m.role.partitioned_init:
+            weights += m.weight_bytes if (m.role.device == "accelerator" or not c.gpu) else 0.0
+            continue
+        weights += _on_device(c, m)
+        if m.role.trainable == "lora":  # created after the load, partitioned by the engine
+            weights += m.trainable * c.ms.trained_param_bytes(m.role) * (1 - 1 / c.n)
+        gathered = max(gathered, largest_module_parameters(m.arch) * m.param_bytes)
+    return _framework(c) + weights + gathered
 
 
 def _cell_models(recipe, cell, ms, artifacts_root) -> tuple[list, dict, dict]:
@@ -578,7 +591,7 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
     c = _Cell(ms=ms, models=models, n=num_devices or recipe.run.num_processes, gpu=gpu, cfg=recipe.config_for(cell),
               algo=get_registry().get("algorithm", cell.algorithm), info=task_info(recipe, artifacts_root),
               arch_p=arch_p, arch_r=arch_r)
-    parts, states, static = _phase_parts(c)
+    parts, states, _ = _phase_parts(c)
     fraction = recipe.run.plan_typical_length_fraction if typical_length_fraction is None else typical_length_fraction
     typical = replace(c, length_fraction=fraction)
     typical_parts, _, _ = _phase_parts(typical)
@@ -586,7 +599,7 @@ def plan_cell(recipe, cell, hardware: str = "cpu", num_devices: int | None = Non
         cell=cell.id, model=cell.model, algorithm=cell.algorithm, memory=cell.memory, hardware=hardware,
         num_devices=c.n, capacity_bytes=int(capacity_bytes or _capacity(hardware)),
         phases={phase: int(sum(p.values())) for phase, p in parts.items()}, parts=parts,
-        load_bytes=int(_load(c, static)),
+        load_bytes=int(_load(c)),
         assumptions={**_assumptions(c), "typical_length": _typical_text(typical),
                      "model_states": {k: {p: int(v) for p, v in r.items()} for k, r in states["per_role"].items()}},
         typical_phases={phase: int(sum(p.values())) for phase, p in typical_parts.items()},

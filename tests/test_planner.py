@@ -216,3 +216,21 @@ def test_module_count_matches_transformers_and_peft():
     critic = get_peft_model(LlamaForSequenceClassification(LlamaConfig(**config, num_labels=1)),
                             LoraConfig(r=4, target_modules=targets, modules_to_save=["score"], task_type="SEQ_CLS"))
     assert module_count(arch, targets, modules_to_save=1) == len(list(critic.modules()))
+
+
+def test_zero3_load_holds_shards_and_one_gathered_module(recipe):
+    """ZeRO-3 models are built under DeepSpeed's partitioned init (issue 13): while loading, a device holds the
+    models' shards and the one module being loaded, gathered whole (the embedding here); no model whole."""
+    gpu = plan_cell(recipe, cell("zero3"), "A100-40GB", 2)
+    shards = 4 * (P + P + R + R) // 2
+    assert gpu.parts["generation"]["weights"] == shards
+    assert gpu.load_bytes == GiB + shards + 4 * V * H
+    assert gpu.load_bytes - GiB < 4 * (P + R) + 4 * (P + R) // 2  # before: frozen reference and reward model whole
+    assert gpu.peak_phase != "load"
+    cpu = plan_cell(recipe, cell("zero3"), "cpu", 2)
+    assert cpu.load_bytes == cpu.parts["generation"]["framework"] + shards + 4 * V * H
+    lora = plan_cell(recipe, cell("zero3+lora"), "A100-40GB", 2)
+    # policy, reward model and critic bases sharded; the adapters (and the score head's copy) are made after the
+    # load and stay whole until their engine partitions them
+    assert lora.load_bytes == GiB + 4 * (P + R + R) // 2 + 4 * (LORA + LORA + H) + 4 * V * H
+    assert plan_cell(recipe, cell("zero2"), "A100-40GB", 2).load_bytes == 0

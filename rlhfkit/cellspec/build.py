@@ -14,6 +14,7 @@ import os
 import random
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,39 @@ def _build_frozen(role: ModelRole, dirs, device, trust_remote_code: bool):
     return model
 
 
+PARTITIONED_INIT = True
+"""Build ZeRO-3 models under DeepSpeed's partitioned init (``ModelRole.partitioned_init``).  False loads them
+whole and lets the engines partition them (what ``benchmarks/bench_zero3_load.py`` measures as "before")."""
+
+
+@contextmanager
+def _model_init(role: ModelRole):
+    """transformers builds a model under ``deepspeed.zero.Init`` exactly while a stage-3 ``HfDeepSpeedConfig`` is
+    alive (``is_deepspeed_zero3_enabled``): the cell's accelerate DeepSpeed plugin keeps one alive from the
+    Accelerator on (``zero3_init_flag``).  A role the model set does not shard at load (a quantised base, a
+    strategy's host-kept frozen model, or ``PARTITIONED_INIT`` off) is built with it switched off meanwhile."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled() or (role.partitioned_init and PARTITIONED_INIT):
+        yield
+        return
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    alive = hf_deepspeed._hf_deepspeed_config_weak_ref()
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(alive)
+
+
+def _is_partitioned(model) -> bool:
+    """Whether a built model's base weights are ZeRO-3 parameters (LoRA adapters and peft's copy of the score
+    head are created after the load, whole and small: the engine partitions them)."""
+    base = [p for n, p in model.named_parameters() if "lora_" not in n and "modules_to_save" not in n]
+    return bool(base) and all(hasattr(p, "ds_id") for p in base)
+
+
 def build_models(model_set: ModelSet, recipe, model_name: str, dirs, device):
     """Exactly the model set: (policy, reference or None when it is the LoRA base, reward model, critic or None).
 
@@ -130,11 +164,28 @@ def build_models(model_set: ModelSet, recipe, model_name: str, dirs, device):
     for role in model_set.roles():
         if not role.separate:
             built[role.role] = None
-        elif role.trained:
-            built[role.role] = _build_trained(role, dirs, adapters[role.arch_of], remote)
-        else:
-            built[role.role] = _build_frozen(role, dirs, device, remote)
+            continue
+        built[role.role] = build_role(role, dirs, adapters[role.arch_of], device, remote)
     return built["policy"], built["reference"], built["reward"], built.get("critic")
+
+
+def build_role(role: ModelRole, dirs, adapter, device, trust_remote_code: bool = False):
+    """One separate model of the set: loaded (under ZeRO-3 through DeepSpeed's partitioned init), trained roles
+    with gradient checkpointing and LoRA as the role says, frozen ones in eval mode on their device."""
+    with _model_init(role):
+        if role.trained:
+            return _build_trained(role, dirs, adapter, trust_remote_code)
+        return _build_frozen(role, dirs, device, trust_remote_code)
+
+
+def zero3_load_report(model_set: ModelSet, models) -> str | None:
+    """One line for the cell's log: which models were built sharded (partitioned init), which whole."""
+    if model_set.zero_stage != 3:
+        return None
+    names = ("policy", "reference", "reward", "critic")
+    how = {name: ("partitioned init" if _is_partitioned(m) else "loaded whole, partitioned by its engine")
+           for name, m in zip(names, models) if m is not None}
+    return "ZeRO-3 load: " + ", ".join(f"{name} {text}" for name, text in how.items())
 
 
 class LinearDecay:
@@ -229,7 +280,10 @@ def _accelerator(model_set: ModelSet, config, precision: str, cuda: bool):
 
     ds_plugin = DeepSpeedPlugin(
         hf_ds_config=deepspeed_config(model_set.deepspeed, config),
-        zero3_init_flag=False,  # models load whole, then the engine partitions them (docs/memory.md: load phase)
+        # ZeRO-3: models are built under deepspeed.zero.Init and loaded shard by shard (build_models).  accelerate
+        # 1.15 keeps transformers' HfDeepSpeedConfig alive from the Accelerator on whatever this flag says, so
+        # ZeRO-3 cells have loaded this way since they exist; the flag now says so (docs/memory.md: load phase).
+        zero3_init_flag=model_set.zero_stage == 3,
     )
     handlers = []
     if not cuda:  # accelerate finds no backend of its own for DeepSpeed on a CPU: gloo
@@ -471,6 +525,9 @@ def build_cell(spec: dict, config_overrides: dict | None = None, broadcast: bool
     reward_tokenizer = load_reward_tokenizer(dirs, tokenizer, given=not recipe.models[cell.model].train_reward)
     memory.reset_baseline()  # measured memory = models, optimizer states, activations: not the task/tokenizer
     models = build_models(model_set, recipe, cell.model, dirs, accelerator.device)
+    report = zero3_load_report(model_set, models)
+    if report and accelerator.is_main_process:
+        print(report, file=sys.stderr)
     metrics = Path(spec["cell_dir"]) / "metrics.jsonl" if spec.get("cell_dir") else None
     hook = get_plugin_manager().hook if broadcast else None
     logger = MetricsLogger(metrics, cell, hook, accelerator.is_main_process, run=recipe.run_context(spec["recipe"]))
@@ -567,5 +624,5 @@ def summarise(built: BuiltCell, sft_eval: dict, final_eval: dict, train_seconds:
     )
 
 
-__all__ = ["build_cell", "train", "summarise", "build_context", "build_models", "deepspeed_config", "BuiltCell",
-           "seed_everything"]
+__all__ = ["build_cell", "train", "summarise", "build_context", "build_models", "build_role", "deepspeed_config",
+           "BuiltCell", "seed_everything", "zero3_load_report"]

@@ -151,6 +151,14 @@ class ModelRole:
         return self.adapters_off_of is None
 
     @property
+    def partitioned_init(self) -> bool:
+        """Built under DeepSpeed's partitioned init (``deepspeed.zero.Init``): every parameter is split over the
+        processes as it is created and the checkpoint is loaded module by module into the shards, so the model
+        never sits whole on a device.  ZeRO-3 models that are not quantised (transformers loads quantised
+        models whole; QLoRA + ZeRO-3 is refused anyway)."""
+        return self.zero_stage == 3 and self.quantization is None
+
+    @property
     def arch_of(self) -> str:
         """Whose architecture numbers describe it: ``policy`` (SFT artifact) or ``reward``."""
         return "policy" if self.start == "sft" else "reward"
