@@ -94,6 +94,40 @@ MIN_ROWS_DROPPED = 4
 
 
 @torch.no_grad()
+def _draw(logits, temperature: float, top_k: int, generator, batch: int, rows):
+    """One sampling step: ``(next_token, its log-prob)`` for the rows the decoder still runs (``rows``; None =
+    every row).  Log-probs are over the full vocabulary at ``temperature``, also under top-k."""
+    logits = logits.float()
+    if temperature != 1.0:  # x / 1.0 is x: skip the op
+        logits = logits / temperature
+    sampling_logits = logits
+    if top_k:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        sampling_logits = logits.masked_fill(logits < kth, float("-inf"))
+    # Gumbel-max: one uniform draw per vocabulary entry of every batch row (dropped rows too, so the
+    # generator's stream does not depend on when rows finish), from our own generator.
+    uniform = torch.rand((batch, logits.size(-1)), generator=generator, device=logits.device)
+    if rows is not None:
+        uniform = uniform[rows]
+    gumbel = uniform.clamp_(1e-20, 1.0).log_().neg_().log_().neg_()
+    next_token = torch.argmax(sampling_logits + gumbel, dim=-1)
+    # log_softmax + gather (one (batch, vocab) row block per step; on CPU this is ~3x cheaper than
+    # logit - logsumexp, whose kernel runs max/sub/exp/sum/log as separate passes).
+    token_logprob = torch.log_softmax(logits, dim=-1).gather(-1, next_token.unsqueeze(-1)).squeeze(-1)
+    return next_token, token_logprob
+
+
+def _drop_finished_rows(decoder, done, rows, next_token, is_real):
+    """Finished rows leave the decode batch once they are at least a quarter of it (and 4 rows): with EOS-varying
+    lengths most late steps would otherwise compute padding.  Dropping copies the KV buffers of the kept rows, so
+    it is done in few large steps, not row by row.  Returns the new ``(rows, next_token, is_real)``."""
+    if int(done.sum()) < max(MIN_ROWS_DROPPED, done.numel() // 4):
+        return rows, next_token, is_real
+    keep = (~done).nonzero().squeeze(1)
+    decoder.select_rows(keep)
+    return (keep if rows is None else rows[keep]), next_token[keep], is_real[keep]
+
+
 def sample(
     model,
     query_ids: torch.Tensor,
@@ -146,49 +180,21 @@ def sample(
     drop = drop_finished and decoder is not None and hasattr(decoder, "select_rows")
     steps = 0
     for step in range(max_new_tokens):
-        logits = logits.float()
-        if temperature != 1.0:  # x / 1.0 is x: skip the op
-            logits = logits / temperature
-        sampling_logits = logits
-        if top_k:
-            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-            sampling_logits = logits.masked_fill(logits < kth, float("-inf"))
-        # Gumbel-max: one uniform draw per vocabulary entry of every batch row (dropped rows too, so the
-        # generator's stream does not depend on when rows finish), from our own generator.
-        uniform = torch.rand((batch, logits.size(-1)), generator=generator, device=device)
-        if rows is not None:
-            uniform = uniform[rows]
-        gumbel = uniform.clamp_(1e-20, 1.0).log_().neg_().log_().neg_()
-        next_token = torch.argmax(sampling_logits + gumbel, dim=-1)
-        # log_softmax + gather (one (batch, vocab) row block per step; on CPU this is ~3x cheaper than
-        # logit - logsumexp, whose kernel runs max/sub/exp/sum/log as separate passes).
-        token_logprob = torch.log_softmax(logits, dim=-1).gather(-1, next_token.unsqueeze(-1)).squeeze(-1)
+        next_token, token_logprob = _draw(logits, temperature, top_k, generator, batch, rows)
         done = finished if rows is None else finished[rows]
         is_real = ~done
         next_token = next_token.masked_fill_(done, pad_token_id)
         done = done | (next_token == eos_token_id)
-        if rows is None:
-            tokens[:, step] = next_token
-            logprobs[:, step] = token_logprob
-            finished = done
-        else:
-            tokens[rows, step] = next_token
-            logprobs[rows, step] = token_logprob
-            finished[rows] = done
+        where = slice(None) if rows is None else rows  # every row, in order, or the rows still decoded
+        tokens[where, step] = next_token
+        logprobs[where, step] = token_logprob
+        finished[where] = done
         steps = step + 1
         if step + 1 == max_new_tokens or bool(finished.all()):
             break
         if decoder is not None:
             if drop:
-                # Finished rows leave the decode batch once they are at least a quarter of it (and 4 rows):
-                # with EOS-varying lengths most late steps would otherwise compute padding.  Dropping copies
-                # the KV buffers of the kept rows, so it is done in few large steps, not row by row.
-                n_done = int(done.sum())
-                if n_done >= max(MIN_ROWS_DROPPED, done.numel() // 4):
-                    keep = (~done).nonzero().squeeze(1)
-                    decoder.select_rows(keep)
-                    rows = keep if rows is None else rows[keep]
-                    next_token, is_real = next_token[keep], is_real[keep]
+                rows, next_token, is_real = _drop_finished_rows(decoder, done, rows, next_token, is_real)
             logits = decoder(next_token, is_real)
             continue
         attention_mask = torch.cat([attention_mask, is_real.long().unsqueeze(1)], dim=1)
