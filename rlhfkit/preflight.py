@@ -131,6 +131,52 @@ def check_chat_templates(recipe) -> None:
                 raise ValueError(f"models[{i}].policy {entry.policy!r}: {exc}") from None
 
 
+def check_checkpoint_tokenizers(recipe) -> None:
+    """Every checkpoint tokenizer a used row reads with (the policy's; a reward model's own) turns the task's
+    first prompts into tokens.  transformers 5 loads some families' tokenizers by model type, whatever the saved
+    tokenizer_config.json says (a word-level vocabulary saved beside a Qwen2 model loads as a byte-level BPE
+    without merges and encodes every text to no token at all): the run would train on empty prompts without a
+    word.  One tokenizer load and one data-set build per such row (~0.3 s on a tiny checkpoint)."""
+    from rlhfkit.given import checkpoint_dir, reward_has_own_tokenizer
+
+    used = set(recipe.grid.models or recipe.models)
+    task = None
+    for i, (name, entry) in enumerate(recipe.models.items()):
+        if name not in used:
+            continue
+        refs = [("policy", entry.policy)] + ([("reward", entry.reward)] if reward_has_own_tokenizer(entry) else [])
+        for key, ref in refs:
+            path = checkpoint_dir(ref, entry.trust_remote_code)
+            if path is None:
+                continue
+            from transformers import AutoTokenizer
+
+            from rlhfkit.stages.pipeline import build_task
+
+            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=entry.trust_remote_code)
+            task = task or build_task(recipe)
+            prompts = [p["prompt"] for p in task.pairs[:CHAT_SAMPLE]] + task.eval_prompts[:CHAT_SAMPLE]
+            lost = _unreadable_prompt(tokenizer, prompts)
+            if lost is not None:
+                raise ValueError(
+                    f"models[{i}].{key} {ref!r}: its tokenizer ({type(tokenizer).__name__}, as transformers loads it) "
+                    f"reads {lost!r} back as {tokenizer.decode(tokenizer(lost, add_special_tokens=False)['input_ids'])!r}; "
+                    f"save the tokenizer in the format this model type loads (e.g. a tokenizer.json of its own family)")
+
+
+def _unreadable_prompt(tokenizer, prompts: list[str]) -> str | None:
+    """The first prompt whose characters mostly vanish through encode + decode (fewer than half of its non-space
+    characters come back), when that happens to most of the sample; else None.  A tokenizer that knows the
+    text's words round-trips it (special and unknown tokens aside)."""
+    def kept(text: str) -> float:
+        back = tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+        return len(back.replace(" ", "")) / max(1, len(text.replace(" ", "")))
+
+    texts = [p for p in prompts if p.strip()]
+    lost = [p for p in texts if kept(p) < 0.5]
+    return lost[0] if texts and len(lost) * 2 > len(texts) else None
+
+
 def check_memory_strategies(recipe, registry) -> None:
     from rlhfkit.memory import split_strategy
 
@@ -168,6 +214,7 @@ def preflight(recipe) -> None:
     check_recipe_references(recipe)
     stats = check_dataset(recipe.data_name, recipe.data_options, registry)
     check_dpo_pairs(recipe, stats)
+    check_checkpoint_tokenizers(recipe)
     check_chat_templates(recipe)
     check_dpo_lengths(recipe)
     check_memory_strategies(recipe, registry)

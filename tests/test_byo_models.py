@@ -384,3 +384,22 @@ def test_planner_sizes_the_critic_from_the_policy(checkpoints, tmp_path):
     recipe = load_recipe(same)  # same vocabulary: the critic starts from the reward model, as before
     assert reward_reads_policy_tokens(recipe, "m")
     assert cell_model_set(recipe, recipe.cells()[0], False).critic.start == "reward_model"
+
+
+def test_a_checkpoint_tokenizer_that_loses_the_prompts_words_is_refused(tmp_path):
+    """transformers 5 loads a qwen2 checkpoint's tokenizer as Qwen2Tokenizer whatever tokenizer_config.json says:
+    a word-level vocabulary saved beside a Qwen2 model then reads "review : the song was " as ":" (every word
+    lost), and a run would train on prompts without their words.  Refused before anything runs, in one line."""
+    save_model(tmp_path / "qwen_word", "qwen2", "word", classifier=False)
+    save_model(tmp_path / "rm", "llama", "word", classifier=True, seed=1)
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs()))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[data]\nname = "preference_jsonl"\npath = "{tmp_path}/prefs.jsonl"\nchat_format = "plain"\n'
+                      f'[[models]]\nname = "m"\npolicy = "{tmp_path}/qwen_word"\nreward = "{tmp_path}/rm"\n'
+                      'train_sft = false\ntrain_reward = false\n')
+    for command in ("validate", "run"):
+        out = run_cli(command, recipe, *(["--output", tmp_path / "out"] if command == "run" else []))
+        lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+        assert out.returncode == 2 and len(lines) == 1 and "models[0].policy" in lines[0], out.stderr
+        assert "reads " in lines[0] and "back as" in lines[0]
+    assert not (tmp_path / "out").exists()
