@@ -89,7 +89,8 @@ def test_sft_dpo_rloo_row_runs_starts_from_dpo_and_is_cached(tmp_path):
 
     # the DPO stage ran: its metrics, its artifact
     stages = json.loads((out_dir / "stages.json").read_text())["llama-tiny"]
-    assert stages["status"] == "ok" and stages["stages"] == {"dpo": "trained"}
+    assert stages["status"] == "ok"
+    assert stages["stages"] == {"tokenizer": "trained", "sft": "trained", "dpo": "trained", "reward_model": "trained"}
     assert stages["dpo/train_reward_accuracy"] > 0.5 and stages["dpo/train_margin"] > 0, stages
     assert stages["dpo/eval_pairs"] == 100 and stages["dpo/train_pairs"] == 300 and stages["dpo/steps"] == 20
     recipe = load_recipe(out_dir / "recipe.toml")
@@ -122,7 +123,7 @@ def test_sft_dpo_rloo_row_runs_starts_from_dpo_and_is_cached(tmp_path):
     third = run_cli("run", recipe_path, "--output", out_dir)
     assert third.returncode == 0, third.stderr[-3000:]
     again = json.loads((out_dir / "stages.json").read_text())["llama-tiny"]
-    assert again["stages"] == {"dpo": "cached"}
+    assert again["stages"] == {"tokenizer": "cached", "sft": "cached", "dpo": "cached", "reward_model": "cached"}
     assert again["dpo/train_reward_accuracy"] == stages["dpo/train_reward_accuracy"]
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
 
