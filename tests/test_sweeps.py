@@ -234,7 +234,8 @@ def test_resolved_configuration_has_every_field_of_every_cell(tmp_path):
     assert entry["config"]["kl_coef"] == 0.2 and entry["config"]["num_epochs"] == 2
     assert entry["config"]["cliprange_value"] == recipe.algorithms["ppo"].cliprange_value
     assert entry["settings"] == {"kl_coef": 0.2} and entry["phase"] == "tuning" and entry["memory"] == "full"
-    assert entry["model_row"] == {"name": "m", "policy": "llama:tiny", "reward": "llama:tiny", "trust_remote_code": False}
+    assert entry["model_row"] == {"name": "m", "policy": "llama:tiny", "reward": "llama:tiny", "trust_remote_code": False,
+                                  "train_sft": True, "train_reward": True, "dpo": False, "reward_weights": {}}
     assert resolved == json.loads(json.dumps(resolved_configs(recipe, recipe.cells())))
 
 
