@@ -243,16 +243,17 @@ def test_a_zero3_lora_adapter_and_its_merge_are_gathered(tmp_path):
 
     recipe = tmp_path / "zero3lora.toml"
     text = GRID.replace('algorithms = ["rloo", "ppo"]', 'algorithms = ["rloo"]').replace('["full", "lora"]', '["zero3+lora"]')
-    # zero3_gather_for_generation = false as in tests/test_zero3_lora.py: with the default (true) a ZeRO-3 + LoRA
-    # cell fails at its first evaluation ("Setting requires_grad=True on inference tensor", peft's set_adapter in
-    # rollout.reference_mode), before any saving; an engine issue, reported, not this test's subject.
-    text = text.replace("[rl]\n", "[rl]\nzero3_gather_for_generation = false\n")
+    # The default zero3_gather_for_generation = true: a ZeRO-3 + LoRA cell failed at its first evaluation with it
+    # ("Setting requires_grad=True on inference tensor", peft's set_adapter in the reference forward) before
+    # generation ran under no_grad; this cell is that regression test too.
     recipe.write_text(text.replace("parallel_cells = 2", "parallel_cells = 1") + 'save_policies = "all"\nsave_merged = true\n')
     out = tmp_path / "run"
     proc = run_cli("run", recipe, "--output", out, "--num-processes", "2", timeout=600)
     cell_dir = out / "cells" / "llama-tiny__rloo__zero3-lora__s1"
     result = json.loads((cell_dir / "result.json").read_text())
     assert proc.returncode == 0 and result["status"] == "ok", (result.get("error"), proc.stderr[-2000:])
+    assert len(result["evaluations"]) >= 2
+    assert "ZeRO-3 load: policy partitioned init" in (cell_dir / "log.txt").read_text()  # built sharded
     policy_dir = cell_dir / "policy"
     adapter = load_file(policy_dir / "adapter_model.safetensors")
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]

@@ -14,7 +14,8 @@ from conftest import REPO
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+# LoRA: the ZeRO-3 + LoRA cell of tests/test_save_policies.py checks the same log line (one 2-process cell less).
+@pytest.mark.parametrize("lora", [False], ids=["full"])
 def test_zero3_models_are_built_sharded(lora):
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_zero3_load.py"), "--processes", "2", "--hidden", "64",
            "--layers", "1"] + (["--lora"] if lora else [])

@@ -27,19 +27,3 @@ def test_zero3_lora_without_gathering_for_generation_trains_with_two_processes(s
     assert len((cell / "metrics.jsonl").read_text().splitlines()) == 2
     assert "Traceback" not in (cell / "log.txt").read_text()
 
-
-@pytest.mark.slow
-def test_zero3_lora_gathering_for_generation_evaluates_and_trains(small_recipe, tmp_path):
-    """The default (``zero3_gather_for_generation = true``) failed at the first evaluation: ``GatheredParameters``
-    entered under ``torch.inference_mode`` wrote inference tensors into the policy's parameters, and the
-    reference forward's ``disable_adapter`` then failed in peft's ``set_adapter`` ("Setting requires_grad=True on
-    inference tensor outside InferenceMode").  One process shows it as well as two."""
-    recipe = small_recipe(algorithms=("ppo",), parallel=1)
-    recipe.write_text(recipe.read_text().replace('memory = ["full"]', 'memory = ["zero3+lora"]'))
-    out_dir = tmp_path / "run"
-    out = run_cli("run", recipe, "--output", out_dir, timeout=420)
-    cell = out_dir / "cells" / "llama-tiny__ppo__zero3-lora__s1"
-    result = json.loads((cell / "result.json").read_text())
-    assert result["status"] == "ok", result.get("error")
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert len(result["evaluations"]) >= 2  # the SFT evaluation and at least one after training
