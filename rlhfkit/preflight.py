@@ -17,6 +17,38 @@ from __future__ import annotations
 import importlib
 
 
+class PreflightInputs:
+    """What several checks read, built once per preflight and only when a check needs it: the task (the recipe's
+    data draw) and each checkpoint's tokenizer (a checkpoint row's tokenizer was loaded by three checks, and the
+    task built by four, before)."""
+
+    def __init__(self, recipe):
+        self.recipe = recipe
+        self._task = None
+        self._tokenizers: dict = {}
+
+    @property
+    def task(self):
+        if self._task is None:
+            from rlhfkit.stages.pipeline import build_task
+
+            self._task = build_task(self.recipe)
+        return self._task
+
+    def sample_prompts(self) -> list[str]:
+        """The first ``CHAT_SAMPLE`` training and evaluation prompts of the task, each once."""
+        task = self.task
+        return list(dict.fromkeys([p["prompt"] for p in task.pairs[:CHAT_SAMPLE]] + task.eval_prompts[:CHAT_SAMPLE]))
+
+    def tokenizer(self, path, trust_remote_code: bool):
+        key = (str(path), trust_remote_code)
+        if key not in self._tokenizers:
+            from transformers import AutoTokenizer
+
+            self._tokenizers[key] = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        return self._tokenizers[key]
+
+
 def check_dataset(name: str, options, registry=None) -> dict:
     """The data set's own ``check(options)`` (a function beside its registered ``build``): the counts it read,
     ``{}`` when it has none (``synthetic`` has no file; ``hub`` would need the network), or a one-line
@@ -31,16 +63,14 @@ def check_dataset(name: str, options, registry=None) -> dict:
     return check(options) if callable(check) else {}
 
 
-def check_dpo_pairs(recipe, stats: dict) -> None:
+def check_dpo_pairs(recipe, stats: dict, inputs: PreflightInputs | None = None) -> None:
     """A row with ``dpo = true`` needs preference pairs.  A data file's check has already counted usable pairs
     (``clean_pairs``); a data set without a file check (a built-in task, a plugin's) is built once to count them."""
     used = set(recipe.grid.models or recipe.models)
     rows = [i for i, (name, entry) in enumerate(recipe.models.items()) if name in used and entry.dpo]
     if not rows or stats.get("clean_pairs"):
         return
-    from rlhfkit.stages.pipeline import build_task
-
-    if not build_task(recipe).pairs:
+    if not (inputs or PreflightInputs(recipe)).task.pairs:
         raise ValueError(
             f"models[{rows[0]}].dpo: true needs preference pairs, but data set {recipe.data_name!r} has none; set "
             f"dpo = false, or use a data set with prompt/chosen/rejected pairs (synthetic, hh_rlhf, preference_jsonl)"
@@ -69,28 +99,24 @@ DPO_SAMPLE = 2048
 """Training pairs tokenized here per DPO row with a checkpoint policy (all of them up to this many)."""
 
 
-def check_dpo_lengths(recipe) -> None:
+def check_dpo_lengths(recipe, inputs: PreflightInputs | None = None) -> None:
     """A ``dpo = true`` row whose policy is a checkpoint: at least one of the task's training pairs (the first
     ``DPO_SAMPLE``, after ``max_pairs``) keeps an answer token within ``[dpo] max_length``, tokenized as the stage
     does (its chat template included), so a too small ``max_length`` is one line before anything is written,
     not a failed stage.  A preset's tokenizer is trained by the stage, so its rows are checked there."""
     from rlhfkit.given import checkpoint_dir
 
+    inputs = inputs or PreflightInputs(recipe)
     used = set(recipe.grid.models or recipe.models)
-    task = None
     for i, (name, entry) in enumerate(recipe.models.items()):
         path = checkpoint_dir(entry.policy, entry.trust_remote_code) if name in used and entry.dpo else None
         if path is None:
             continue
-        from transformers import AutoTokenizer
-
         from rlhfkit.chat import chat_task
         from rlhfkit.stages.dpo import encode_pairs
-        from rlhfkit.stages.pipeline import build_task
 
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=entry.trust_remote_code)
-        task = task or build_task(recipe)
-        pairs = list(chat_task(task, tokenizer, recipe.chat_template).pairs)[: recipe.dpo.max_pairs or None]
+        tokenizer = inputs.tokenizer(path, entry.trust_remote_code)
+        pairs = list(chat_task(inputs.task, tokenizer, recipe.chat_template).pairs)[: recipe.dpo.max_pairs or None]
         sample = pairs[:DPO_SAMPLE]
         kept, dropped = encode_pairs(tokenizer, sample, recipe.dpo.max_length)
         if sample and not kept:
@@ -101,7 +127,7 @@ def check_dpo_lengths(recipe) -> None:
             )
 
 
-def check_chat_templates(recipe) -> None:
+def check_chat_templates(recipe, inputs: PreflightInputs | None = None) -> None:
     """``[data] chat_template = "auto"`` and a checkpoint policy whose tokenizer ships a template: the template
     renders the first prompts of the task, so a template that refuses them (e.g. one that needs a system turn
     first) is a one-line error before anything is written, not a failed stage after the run began.  Costs one
@@ -110,37 +136,32 @@ def check_chat_templates(recipe) -> None:
         return
     from rlhfkit.given import checkpoint_dir
 
+    inputs = inputs or PreflightInputs(recipe)
     used = set(recipe.grid.models or recipe.models)
-    task = None
     for i, (name, entry) in enumerate(recipe.models.items()):
         path = checkpoint_dir(entry.policy, entry.trust_remote_code) if name in used else None
         if path is None or not _ships_chat_template(path):
             continue
-        from transformers import AutoTokenizer
-
         from rlhfkit.chat import format_prompt
-        from rlhfkit.stages.pipeline import build_task
 
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=entry.trust_remote_code)
-        task = task or build_task(recipe)
-        prompts = list(dict.fromkeys([p["prompt"] for p in task.pairs[:CHAT_SAMPLE]] + task.eval_prompts[:CHAT_SAMPLE]))
-        for prompt in prompts:
+        tokenizer = inputs.tokenizer(path, entry.trust_remote_code)
+        for prompt in inputs.sample_prompts():
             try:
                 format_prompt(tokenizer, prompt)
             except ValueError as exc:
                 raise ValueError(f"models[{i}].policy {entry.policy!r}: {exc}") from None
 
 
-def check_checkpoint_tokenizers(recipe) -> None:
+def check_checkpoint_tokenizers(recipe, inputs: PreflightInputs | None = None) -> None:
     """Every checkpoint tokenizer a used row reads with (the policy's; a reward model's own) turns the task's
     first prompts into tokens.  transformers 5 loads some families' tokenizers by model type, whatever the saved
     tokenizer_config.json says (a word-level vocabulary saved beside a Qwen2 model loads as a byte-level BPE
-    without merges and encodes every text to no token at all): the run would train on empty prompts without a
-    word.  One tokenizer load and one data-set build per such row (~0.3 s on a tiny checkpoint)."""
+    without merges and reads "review : the song was " back as ":"): the run would train on prompts without their
+    words.  One tokenizer load per such checkpoint (~0.3 s on a tiny one), shared with the other checks."""
     from rlhfkit.given import checkpoint_dir, reward_has_own_tokenizer
 
+    inputs = inputs or PreflightInputs(recipe)
     used = set(recipe.grid.models or recipe.models)
-    task = None
     for i, (name, entry) in enumerate(recipe.models.items()):
         if name not in used:
             continue
@@ -149,14 +170,8 @@ def check_checkpoint_tokenizers(recipe) -> None:
             path = checkpoint_dir(ref, entry.trust_remote_code)
             if path is None:
                 continue
-            from transformers import AutoTokenizer
-
-            from rlhfkit.stages.pipeline import build_task
-
-            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=entry.trust_remote_code)
-            task = task or build_task(recipe)
-            prompts = [p["prompt"] for p in task.pairs[:CHAT_SAMPLE]] + task.eval_prompts[:CHAT_SAMPLE]
-            lost = _unreadable_prompt(tokenizer, prompts)
+            tokenizer = inputs.tokenizer(path, entry.trust_remote_code)
+            lost = _unreadable_prompt(tokenizer, inputs.sample_prompts())
             if lost is not None:
                 raise ValueError(
                     f"models[{i}].{key} {ref!r}: its tokenizer ({type(tokenizer).__name__}, as transformers loads it) "
@@ -187,7 +202,7 @@ def check_memory_strategies(recipe, registry) -> None:
             check(recipe)
 
 
-def check_reward_functions(recipe, registry) -> None:
+def check_reward_functions(recipe, registry, inputs: PreflightInputs | None = None) -> None:
     """Every reward function a row optimises gets what it needs from the task (per-prompt answers, a gold
     reward): the task is built only when a row uses a function that needs one of them."""
     from rlhfkit.rewards import check_task, components
@@ -198,9 +213,7 @@ def check_reward_functions(recipe, registry) -> None:
                     for c in components(row))]
     if not needy:
         return
-    from rlhfkit.stages.pipeline import build_task
-
-    task = build_task(recipe)
+    task = (inputs or PreflightInputs(recipe)).task
     for i, row in needy:
         check_task(row, task, f"models[{i}].reward", registry)
 
@@ -211,11 +224,12 @@ def preflight(recipe) -> None:
     from rlhfkit.references import check_recipe_references
 
     registry = get_registry()
+    inputs = PreflightInputs(recipe)  # the task and tokenizers, built once, only if a check needs them
     check_recipe_references(recipe)
     stats = check_dataset(recipe.data_name, recipe.data_options, registry)
-    check_dpo_pairs(recipe, stats)
-    check_checkpoint_tokenizers(recipe)
-    check_chat_templates(recipe)
-    check_dpo_lengths(recipe)
+    check_dpo_pairs(recipe, stats, inputs)
+    check_checkpoint_tokenizers(recipe, inputs)
+    check_chat_templates(recipe, inputs)
+    check_dpo_lengths(recipe, inputs)
     check_memory_strategies(recipe, registry)
-    check_reward_functions(recipe, registry)
+    check_reward_functions(recipe, registry, inputs)
