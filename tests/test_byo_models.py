@@ -187,7 +187,8 @@ def test_docs_recipe_runs_given_models_both_orders(checkpoints):
         input_ids = torch.cat([query.input_ids, responses], 1)
         mask = torch.ones_like(input_ids)
         with torch.no_grad():
-            inside, tokens = reward_model_scores(ctx, [PROMPT], responses, torch.tensor([True]), input_ids, mask,
+            completions = policy_tok.batch_decode(responses, skip_special_tokens=True)
+            inside, tokens = reward_model_scores(ctx, [PROMPT], completions, torch.tensor([True]), input_ids, mask,
                                                  torch.tensor([input_ids.size(1) - 1]))
         own = AutoTokenizer.from_pretrained(root / reward_dir)
         direct = score_texts(reward, own, [PROMPT], [COMPLETION])

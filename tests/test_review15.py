@@ -274,7 +274,8 @@ def test_reward_model_with_its_own_tokenizer_scores_a_ragged_batch_as_each_text_
     responses = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
     ctx = SimpleNamespace(reward_model=rm, tokenizer=policy_tok, reward_tokenizer=RewardTokenizer(rm_tok))
     with torch.no_grad():
-        scores, read = reward_model_scores(ctx, prompts, responses, torch.tensor(ended),
+        decoded = policy_tok.batch_decode(responses, skip_special_tokens=True)
+        scores, read = reward_model_scores(ctx, prompts, decoded, torch.tensor(ended),
                                            torch.ones(3, 1, dtype=torch.long), torch.ones(3, 1, dtype=torch.long), None)
         direct = []
         for p, c, e in zip(prompts, completions, ended):

@@ -99,20 +99,19 @@ def load_reward_tokenizer(dirs, policy_tokenizer, given: bool) -> RewardTokenize
     return RewardTokenizer(tokenizer, chat_template=bool(given and getattr(tokenizer, "chat_template", None)))
 
 
-def reward_model_scores(ctx, prompts, responses, contains_eos, input_ids, attention_mask, index,
+def reward_model_scores(ctx, prompts, completions, contains_eos, input_ids, attention_mask, index,
                         padding_free: str = "off"):
     """The reward model's raw scores of a rollout batch and the tokens it read (for the ledger).
 
     Without a :class:`RewardTokenizer` on ``ctx`` (``ctx.reward_tokenizer``) the rollout's ids are read at
-    ``index`` (the last real token): the same forward as always.  With one, the completions are decoded and
-    re-encoded first (module docstring).  ``padding_free``: as in ``rollout.score_at`` (issue 17).
+    ``index`` (the last real token): the same forward as always.  With one, ``completions`` (the rollout's
+    decoded texts, special tokens skipped) are re-encoded first (module docstring).  ``padding_free``: as in ``rollout.score_at`` (issue 17).
     """
     from rlhfkit.engine.rollout import score_at
 
     reader = getattr(ctx, "reward_tokenizer", None)
     if reader is None:
         return score_at(ctx.reward_model, input_ids, attention_mask, index, padding_free), int(attention_mask.sum())
-    completions = ctx.tokenizer.batch_decode(responses, skip_special_tokens=True)
     ids, mask = reader.encode(list(prompts), completions, contains_eos.tolist(), input_ids.device)
     last = torch.full((ids.size(0),), ids.size(1) - 1, dtype=torch.long, device=ids.device)
     return score_at(ctx.reward_model, ids, mask, last, padding_free), int(mask.sum())

@@ -533,6 +533,7 @@ def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
     from rlhfkit.engine.reward_tokens import reward_model_scores
 
     padding_free = padding_free_mode(ctx)
+    completions = tok.batch_decode(responses, skip_special_tokens=True)  # reward functions, an RM's own tokenizer
     with ctx.memory.phase(Phase.SCORING.value), _scoring_mode(ctx):
         with reference_mode(policy, ctx.reference) as ref_model:
             ref_logprobs = response_logprobs(ref_model, input_ids, attention_mask, responses, cfg.temperature,
@@ -541,10 +542,9 @@ def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
         model_scores, reward_tokens = None, 0
         if ctx.reward_model is not None:  # None: the row's reward is a function (reward = "fn:...")
             # The reward model's own tokens when it has its own tokenizer (rlhfkit/engine/reward_tokens.py).
-            model_scores, reward_tokens = reward_model_scores(ctx, prompts, responses, contains_eos, input_ids,
+            model_scores, reward_tokens = reward_model_scores(ctx, prompts, completions, contains_eos, input_ids,
                                                               attention_mask, query.input_ids.size(1) + last_index,
                                                               padding_free=padding_free)
-    completions = tok.batch_decode(responses, skip_special_tokens=True)
     # Clone out of inference mode: these tensors are used in autograd graphs later.
     ref_logprobs = ref_logprobs.clone()
     mix, reward_parts = getattr(ctx, "reward_mix", None), None
