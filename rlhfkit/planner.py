@@ -35,7 +35,7 @@ from typing import Any
 
 from rlhfkit.architecture import lora_parameters  # noqa: F401  (re-exported: exact for every family's layers)
 from rlhfkit.cellspec.arch import cell_architecture, cell_model_set, task_info
-from rlhfkit.cellspec.modelset import DTYPE_BYTES, ZERO3_MAX_LIVE_PARAMETERS  # noqa: F401  (re-exported)
+from rlhfkit.cellspec.modelset import DTYPE_BYTES, ZERO3_MAX_LIVE_PARAMETERS, adamw_fused  # noqa: F401  (re-exported)
 
 ZERO3_SUB_GROUP_SIZE = 1_000_000_000  # DeepSpeed's default sub_group_size: ZeRO-3 steps its partition in these
 from rlhfkit.engine.steps import Phase  # torch-free
@@ -503,6 +503,13 @@ def _activations(c: _Cell, m: _Model, tokens: int) -> float:
     return arch["num_layers"] * per_layer
 
 
+def _fused_adamw(c: _Cell, m: _Model) -> bool:
+    """The cell's rule (modelset.adamw_fused) for a trained model on torch AdamW (a strategy's own optimizer: no)."""
+    if m.role.optimizer is not None and m.role.optimizer.factory is not None:
+        return False
+    return adamw_fused(getattr(c.cfg, "adamw_kernel", "foreach"), int(m.trainable), c.gpu, c.zero)
+
+
 def _training(c: _Cell, states: dict, buckets: float) -> dict:
     """One minibatch: backward (activations of the policy, plus the critic's graph under PPO, logits,
     gradients, ZeRO-2's buckets), then the optimizer step (gradients, the fp32 gradient copy, the optimizer's
@@ -510,10 +517,11 @@ def _training(c: _Cell, states: dict, buckets: float) -> dict:
     tokens_mb = c.rows_mb * c.tokens
     train_act = sum(_activations(c, m, tokens_mb) for m in c.trained if m.role.role in ("policy", "critic"))
     train_logits = c.rows_mb * (c.response_tokens + 1) * c.arch_p["vocab_size"] * TRAIN_LOGIT_BYTES
-    # torch AdamW foreach: sqrt of the second moments, a copy of the trainable (ZeRO: partitioned) fp32 state.
+    # torch AdamW foreach: sqrt of the second moments, a copy of the trainable (ZeRO: partitioned) fp32 state;
+    # fused AdamW ([rl] adamw_kernel) steps tensor by tensor in place: no temporary.
     step_temporary = 0.0
     for m in c.trained:
-        if not (m.role.offload_optimizer and c.gpu):
+        if not (m.role.offload_optimizer and c.gpu) and not _fused_adamw(c, m):
             step_temporary = max(step_temporary, m.trainable * m.role.optimizer.step_temporary_bytes / (c.n if c.zero else 1))
     backward = train_act + train_logits + buckets
     step = states["step_fp32_gradients"] + step_temporary

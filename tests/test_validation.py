@@ -31,6 +31,7 @@ CELL = "llama-tiny__rloo__full__s1"
 BAD_RECIPES = [
     ("[rl]\nlearning_rate = nan\n", "rl.learning_rate: expected a finite number, got nan"),
     ("[rl]\ntemperature = inf\n", "rl.temperature: expected a finite number, got inf"),
+    ("[rl]\nadamw_kernel = \"fast\"\n", "adamw_kernel must be one of: auto, foreach, fused"),
     ("[run]\ncell_timeout_s = nan\n", "run.cell_timeout_s: expected a finite number, got nan"),
     ("[algorithms.ppo]\ngamma = -inf\n", "algorithms.ppo.gamma: expected a finite number, got -inf"),
     ("[sft]\nlearning_rate = nan\n", "sft.learning_rate: expected a finite number"),

@@ -82,6 +82,22 @@ class MemoryPlan:
         return self.lora is not None
 
 
+FUSED_ADAMW_MIN_TRAINABLE = 1_000_000
+"""``adamw_kernel = "auto"`` fuses torch AdamW from this many trainable parameters (CPU; always on CUDA).
+Measured on Llama shapes, one thread (benchmarks/bench_adamw.py): foreach / fused 0.67 / 0.25 ms a step at 0.1M
+parameters, 12.5 / 2.4 ms at 3.0M; a tiny-preset RLOO step is ~30 ms and a hidden-256 x 4-layer one ~300 ms
+(PPO: 32 optimizer steps in ~2.3 s), so below ~1M the saving is under 2 % of a step and not worth changing
+the rounding of earlier results."""
+
+
+def adamw_fused(kernel: str, trainable: int, cuda: bool, zero_stage: int = 0) -> bool:
+    """Whether a trained model's torch AdamW is the fused kernel (``[rl] adamw_kernel``), one rule for the cell
+    and the planner.  Under ZeRO, DeepSpeed's optimizer wraps it, and ``auto`` keeps foreach."""
+    if kernel != "auto":
+        return kernel == "fused"
+    return not zero_stage and (cuda or trainable >= FUSED_ADAMW_MIN_TRAINABLE)
+
+
 @dataclass
 class OptimizerChoice:
     """How a trained model's optimizer is built, and what its state costs (the planner reads the numbers)."""
@@ -331,5 +347,5 @@ def derive_model_set(plan: MemoryPlan, algorithm, precision: str = "fp32", cuda:
     return model_set
 
 
-__all__ = ["LoraSettings", "MemoryPlan", "OptimizerChoice", "ModelRole", "DeepSpeedSettings", "ModelSet",
+__all__ = ["FUSED_ADAMW_MIN_TRAINABLE", "adamw_fused", "LoraSettings", "MemoryPlan", "OptimizerChoice", "ModelRole", "DeepSpeedSettings", "ModelSet",
            "derive_model_set", "critic_start", "deepspeed_settings", "zero_bucket_elements", "frozen_dtype", "DTYPE_BYTES"]

@@ -270,7 +270,7 @@ class TrainContext:
         self.accelerator.backward(loss)
         if self.accelerator.num_processes > 1 and not hasattr(model, "require_backward_grad_sync"):
             _all_reduce_mean_grads(model, self.accelerator.num_processes)
-        grad_norm = self.accelerator.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
+        grad_norm = _clip_grad_norm(self.accelerator, model, self.config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return float(grad_norm) if grad_norm is not None else float("nan")
@@ -347,6 +347,22 @@ def _zero3_gathered(engine):
         finally:
             if offload is not None:
                 offload._register_deepspeed_module(offload.module)
+
+
+def _clip_grad_norm(accelerator, model, max_norm: float):
+    """``accelerator.clip_grad_norm_`` without the multiply when nothing is clipped: torch scales every gradient
+    by ``min(1, max_norm / (norm + 1e-6))`` even when that is exactly 1.0 (x * 1.0 == x, so skipping it is bit
+    for bit the same); measured 1.40 vs 0.75 ms per step on hidden 256 x 4 layers, 32 steps per PPO step.  With
+    an fp16 gradient scaler accelerate unscales first: its own path then."""
+    if getattr(accelerator, "scaler", None) is not None:
+        return accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    import torch
+
+    params = [p for p in model.parameters() if p.grad is not None]
+    total = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if float(max_norm / (total + 1e-6)) < 1.0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total
 
 
 def _all_reduce_mean_grads(model, world_size: int) -> None:
