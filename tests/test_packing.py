@@ -168,3 +168,64 @@ def test_dropping_finished_rows_from_decoding_changes_no_number(monkeypatch):
     assert 0 < int((tokens == 2).any(1).sum()) < 24  # some rows finished early, some did not
     assert torch.equal(logprobs[real], logprobs2[real])
     assert kept and kept[-1] < 24  # rows were dropped
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_shared_prompt_prefill_samples_what_one_prefill_per_row_samples(monkeypatch, fast):
+    """k rows of the same prompt share one prompt forward (``[rl] share_prompt_prefill``): the lean decoder and
+    HF's own decoding both continue from the copied cache with the same tokens, the same random draws and the
+    same log-probs (to rounding), and the prompt forward ran over the distinct prompts only."""
+    from transformers import LlamaForCausalLM
+
+    from rlhfkit.engine import rollout
+
+    torch.manual_seed(0)
+    policy = LlamaForCausalLM(_config(vocab_size=12, eos_token_id=2)).eval()
+    prompts = torch.randint(3, 12, (3, 4), generator=torch.Generator().manual_seed(1))
+    prompts[1, :1] = 0
+    mask = (prompts != 0).long()
+    query, query_mask = prompts.repeat_interleave(4, dim=0), mask.repeat_interleave(4, dim=0)  # k = 4, prompt-major
+    rows_prefilled = []
+    forward = policy.forward
+
+    def counting(*a, **kw):
+        if kw.get("logits_to_keep") == 1:
+            rows_prefilled.append(kw["input_ids"].size(0))
+        return forward(*a, **kw)
+
+    monkeypatch.setattr(policy, "forward", counting)
+    runs = []
+    for share in ("off", "on"):
+        gen = torch.Generator().manual_seed(5)
+        with torch.inference_mode():
+            tokens, logprobs = rollout.sample(policy, query, query_mask, 12, 1.0, 2, 0, gen, fast=fast, share_prefill=share)
+        runs.append((tokens, logprobs, torch.rand(3, generator=gen)))
+    (tokens, logprobs, after), (tokens2, logprobs2, after2) = runs
+    assert rows_prefilled == [12, 3]
+    assert torch.equal(tokens, tokens2) and torch.equal(after, after2)
+    assert len({tuple(t) for t in tokens[:4].tolist()}) > 1  # the k samples of one prompt differ
+    assert torch.allclose(logprobs, logprobs2, atol=ATOL, rtol=0)
+
+
+def test_auto_shares_the_prefill_only_for_models_past_the_compute_bound_size():
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    from rlhfkit.engine import rollout
+
+    torch.manual_seed(0)
+    tiny = LlamaForCausalLM(_config()).eval()  # 2N ~ 0.05 MFLOP a token
+    big = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                                       num_attention_heads=8, num_key_value_heads=4, pad_token_id=0)).eval()  # ~6 MFLOP
+    assert rollout._flops_per_token(tiny) < rollout.COMPUTE_BOUND_FLOPS_PER_TOKEN <= rollout._flops_per_token(big)
+    query = torch.tensor([[5, 6, 7]] * 4)
+    mask = torch.ones_like(query)
+    prefilled = []
+    for model in (tiny, big):
+        forward = model.forward
+        model.forward = lambda *a, _f=forward, **kw: (prefilled.append(kw["input_ids"].size(0)), _f(*a, **kw))[1]
+        cache = DynamicCache()
+        with torch.inference_mode():
+            logits = rollout._prefill(model, query, mask, rollout.position_ids_from_mask(mask), cache, "auto")
+        assert logits.size(0) == 4 and cache.layers[0].keys.size(0) == 4  # every row gets its copy
+        assert torch.equal(logits[0], logits[3])
+    assert prefilled == [4, 1]
