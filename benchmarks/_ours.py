@@ -28,21 +28,6 @@ class _NoEOSTokenizer:
         return getattr(self._tok, name)
 
 
-def _fused_adamw() -> None:
-    """Make the cell's ``torch.optim.AdamW(..., foreach=True)`` a fused AdamW in this process (benchmark only):
-    one kernel per step, ~5x less CPU than foreach on hidden 256 x 4 layers (3.3 vs 15.7 ms a step), rounding
-    differently, so results at a fixed seed change; that is why cells keep foreach."""
-    import torch
-
-    base = torch.optim.AdamW
-
-    class FusedAdamW(base):
-        def __init__(self, params, *args, foreach=None, fused=None, **kw):
-            super().__init__(params, *args, fused=True, **kw)
-
-    torch.optim.AdamW = FusedAdamW
-
-
 def build_context(recipe_path: str, artifacts_root: str, algorithm: str, seed: int = 1, no_eos: bool = False,
                   **overrides):
     """The cell's own build (``rlhfkit.cellspec.build.build_cell``) of the recipe's first model row under
@@ -81,10 +66,11 @@ def run_training(ctx, algo) -> dict:
     }
 
 
-def torch_optim_adamw():
-    import torch
-
-    return torch.optim.AdamW
+def _adamw_kind(ctx) -> str:
+    """The policy optimizer's kernel as built (``[rl] adamw_kernel``): fused, foreach or another optimizer."""
+    opt = getattr(ctx, "policy_optimizer", None)
+    defaults = getattr(getattr(opt, "optimizer", opt), "defaults", {})
+    return "fused" if defaults.get("fused") else "foreach" if defaults.get("foreach") else type(opt).__name__
 
 
 def _instrument(ctx):
@@ -144,7 +130,7 @@ def timed_training(recipe, artifacts, algorithm, steps, no_eos=False, floor=Fals
     batch = ctx.config.batch_size
     mean_len = sum(lengths) / len(lengths)
     out = {
-        "impl": f"rlhfkit {algorithm}" + (" (fused AdamW)" if getattr(torch_optim_adamw(), "__name__", "") == "FusedAdamW" else ""), "steps": steps, "total_s": result["seconds"], "steady_steps": n,
+        "impl": f"rlhfkit {algorithm}", "adamw": _adamw_kind(ctx), "steps": steps, "total_s": result["seconds"], "steady_steps": n,
         "steady_s": steady, "step_s": steady / n, "cpu_step_s": (cpu[-1] - cpu[0]) / n, "episodes_per_s": batch * n / steady,
         "min_step_s": min(b - a for a, b in zip(stamps, stamps[1:])),
         "tokens_per_s": batch * n * mean_len / steady, "mean_length": mean_len,
@@ -342,9 +328,9 @@ def main(argv=None) -> None:
     p.add_argument("--batches", default="8,16,32,64")
     p.add_argument("--padding-free", default=None, help="[rl] padding_free for our side (default: the config's)")
     p.add_argument("--memory", default="full", help="the cell's memory strategy (full, lora)")
-    p.add_argument("--adamw", default="cell", choices=["cell", "fused"],
-                   help="cell: the cell's AdamW (foreach=True); fused: torch's fused AdamW, TRL's default through "
-                   "transformers' adamw_torch_fused (a labelled extra row: not what a cell runs)")
+    p.add_argument("--adamw", default="cell", choices=["cell", "foreach", "fused"],
+                   help="[rl] adamw_kernel of our side: cell = the recipe's (auto: fused from 1M trainable parameters, "
+                   "foreach below); foreach = what cells ran before issue 17 (a labelled extra row)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     import sys
@@ -356,11 +342,11 @@ def main(argv=None) -> None:
     _presets.register()
     global MEMORY
     MEMORY = a.memory
-    if a.adamw == "fused":
-        _fused_adamw()
     common = dict(learning_rate=a.lr, kl_coef=a.beta, temperature=a.temperature, lr_schedule="linear")
     if a.padding_free:
         common["padding_free"] = a.padding_free
+    if a.adamw != "cell":
+        common["adamw_kernel"] = a.adamw
     # The TRL sides' update counts, pinned here rather than taken from the recipe (whose defaults are a fair
     # protocol of their own): TRL's RLOOTrainer updates once per batch, its PPOTrainer 4 epochs x 4 minibatches.
     updates = {"rloo": dict(k=a.k, num_epochs=1, num_minibatches=1), "ppo": dict(num_epochs=4, num_minibatches=4)}

@@ -176,7 +176,8 @@ def floor_lines(name: str, r: dict) -> list[str]:
 def fmt_rate(r: dict) -> str:
     return (f"{r['episodes_per_s']:8.1f} episodes/s  {r['tokens_per_s']:8.1f} tokens/s  "
             f"({r['steady_s'] / r['steady_steps']:.3f} s/step, {r.get('cpu_med', 0.0):.3f} CPU s/step, mean completion "
-            f"{r['mean_length']:.1f} tokens; runs {r.get('runs_episodes_per_s', '')} ep/s)")
+            f"{r['mean_length']:.1f} tokens; runs {r.get('runs_episodes_per_s', '')} ep/s"
+            + (f"; AdamW {r['adamw']}" if r.get("adamw") else "") + ")")
 
 
 def main(argv=None) -> int:
@@ -191,9 +192,13 @@ def main(argv=None) -> int:
     p.add_argument("--memory", default="full", choices=["full", "lora"],
                    help="lora: both sides train LoRA adapters (r=16, alpha=32, all linear layers); TRL PPO is then "
                    "not run (its 0.29 venv has no peft)")
-    p.add_argument("--fused-row", action="store_true",
-                   help="also run our side with torch's fused AdamW (TRL's default optimizer; cells use foreach, "
-                   "whose rounding the pinned results have), as an extra labelled row")
+    p.add_argument("--foreach-row", action="store_true",
+                   help="also run our side with [rl] adamw_kernel = \"foreach\" (what cells ran before issue 17; "
+                   "\"auto\" picks fused from 1M trainable parameters), as an extra labelled row")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="learning rate of both sides.  1e-3 (default) trains, and the two sides' policies drift to "
+                   "different completion lengths; 1e-7 keeps both sampling from the SFT policy, so both do the same "
+                   "work per episode (the matched-workload speed comparison)")
     p.add_argument("--quick", action="store_true",
                    help="6 steps, one run per side, no generation/scaling parts (a smoke run: noisy figures)")
     p.add_argument("--steps", type=int, default=10, help="RL steps per side (rates use steps 2..N)")
@@ -226,12 +231,12 @@ def main(argv=None) -> int:
     if Path(a.artifacts).is_dir() and (Path(a.artifacts).parent / "recipe.toml").is_file():
         recipe = Path(a.artifacts).parent / "recipe.toml"  # a run's output: use the recipe it was built from
     log(f"# bench_engine  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}  model={a.model}  threads={a.threads}  "
-        f"memory={a.memory} batch={a.batch} k={a.k} length={a.length} steps={a.steps} repeats={a.repeats} temperature=1.0 lr=1e-3 beta=0.05"
+        f"memory={a.memory} batch={a.batch} k={a.k} length={a.length} steps={a.steps} repeats={a.repeats} temperature=1.0 lr={a.lr:g} beta=0.05"
         f"  load average {os.getloadavg()[0]:.1f}")
     root, sft, reward, prompts = ensure_artifacts(recipe, Path(a.artifacts), max(a.threads, 1))
     log(f"artifacts: {sft.name}, {reward.name}  (recipe {recipe})")
     shared = ["--steps", str(a.steps), "--batch", str(a.batch), "--length", str(a.length), "--threads", str(a.threads),
-              "--lr", "1e-3", "--beta", "0.05", "--temperature", "1.0"]
+              "--lr", str(a.lr), "--beta", "0.05", "--temperature", "1.0"]
     trl_args = ["--sft", str(sft), "--reward", str(reward), "--prompts", str(prompts)]
     ours_args = ["--recipe", str(recipe), "--artifacts", str(root), "--memory", a.memory]
     lora = ["--lora"] if a.memory == "lora" else []
@@ -242,15 +247,15 @@ def main(argv=None) -> int:
         log("\n## RLOO: rlhfkit vs TRL RLOOTrainer (same models, prompts, batch, k, length, lr, beta, reward model)")
         ours_cmd = [py, str(BENCH / "_ours.py"), "train", "--floor", "--algorithm", "rloo", "--k", str(a.k), *ours_args, *shared]
         trl_cmd = [py, str(BENCH / "_trl_rloo.py"), "--k", str(a.k), *trl_args, *shared, *lora]
-        cmds = [ours_cmd, trl_cmd] + ([ours_cmd + ["--adamw", "fused"]] if a.fused_row else [])
-        ours, trl, *fused = alternate(cmds, a.repeats, env, ["BENCH_JSON ", None, "BENCH_JSON "])
+        cmds = [ours_cmd, trl_cmd] + ([ours_cmd + ["--adamw", "foreach"]] if a.foreach_row else [])
+        ours, trl, *extra = alternate(cmds, a.repeats, env, ["BENCH_JSON ", None, "BENCH_JSON "])
         log(f"  rlhfkit RLOO            {fmt_rate(ours)}")
         log(f"  {trl['impl']:<23} {fmt_rate(trl)}")
         log(f"  ratio (ours / TRL): {ratio_line(ours, trl, 1.5)}")
-        if fused:
-            log(f"  {'rlhfkit, fused AdamW':<23} {fmt_rate(fused[0])}")
-            log(f"  ratio (ours with fused AdamW / TRL): {ratio_line(fused[0], trl, 1.5)}")
-            results["rloo_fused"] = fused[0]
+        if extra:
+            log(f"  {'rlhfkit, foreach AdamW':<23} {fmt_rate(extra[0])}")
+            log(f"  ratio (ours with foreach AdamW / TRL): {ratio_line(extra[0], trl, 1.5)}")
+            results["rloo_foreach"] = extra[0]
         results["rloo"] = {"ours": ours, "trl": trl, "episodes_ratio": ours["median_episodes_per_s"] / trl["median_episodes_per_s"]}
         floors["rlhfkit RLOO"] = (ours, [trl])
 
@@ -266,18 +271,18 @@ def main(argv=None) -> int:
             results["ppo"] = {"ours": ours, "trl_error": note}
         else:
             trl_cmd = [str(trl_python), str(BENCH / "_trl_ppo.py"), *trl_args, *shared]
-            cmds = [ours_cmd, trl_cmd, trl_cmd + ["--no-gc"]] + ([ours_cmd + ["--adamw", "fused"]] if a.fused_row else [])
-            ours, trl, trl_nogc, *fused = alternate(cmds, a.repeats, env, ["BENCH_JSON ", None, None, "BENCH_JSON "])
+            cmds = [ours_cmd, trl_cmd, trl_cmd + ["--no-gc"]] + ([ours_cmd + ["--adamw", "foreach"]] if a.foreach_row else [])
+            ours, trl, trl_nogc, *extra = alternate(cmds, a.repeats, env, ["BENCH_JSON ", None, None, "BENCH_JSON "])
             log(f"  rlhfkit PPO             {fmt_rate(ours)}")
             version = note.split()[0]
             log(f"  {'trl ' + version + ' PPOTrainer':<23} {fmt_rate(trl)}")
             log(f"  {'  same, no gc.collect':<23} {fmt_rate(trl_nogc)}  [{trl_nogc.get('gc_calls_skipped', '?')} calls skipped]")
             log(f"  ratio (ours / TRL):            {ratio_line(ours, trl, 1.5)}")
             log(f"  ratio (ours / TRL without gc): {ratio_line(ours, trl_nogc, 1.3)}")
-            if fused:
-                log(f"  {'rlhfkit, fused AdamW':<23} {fmt_rate(fused[0])}")
-                log(f"  ratio (ours with fused AdamW / TRL without gc): {ratio_line(fused[0], trl_nogc, 1.3)}")
-                results["ppo_fused"] = fused[0]
+            if extra:
+                log(f"  {'rlhfkit, foreach AdamW':<23} {fmt_rate(extra[0])}")
+                log(f"  ratio (ours with foreach AdamW / TRL without gc): {ratio_line(extra[0], trl_nogc, 1.3)}")
+                results["ppo_foreach"] = extra[0]
             results["ppo"] = {"ours": ours, "trl": trl, "trl_no_gc": trl_nogc,
                               "episodes_ratio": ours["median_episodes_per_s"] / trl["median_episodes_per_s"],
                               "episodes_ratio_no_gc": ours["median_episodes_per_s"] / trl_nogc["median_episodes_per_s"]}
