@@ -31,8 +31,8 @@ def _kind(optimizer) -> str:
 
 def test_the_cell_builds_the_kernel_the_rule_picks():
     small = torch.nn.Linear(10, 10)
-    big = torch.nn.Linear(1000, 1000)  # 1,001,000 trainable parameters
-    frozen_big = torch.nn.Sequential(torch.nn.Linear(1000, 1000), torch.nn.Linear(10, 10))
+    big = torch.nn.Linear(1500, 1500)  # 2,251,500 trainable parameters
+    frozen_big = torch.nn.Sequential(torch.nn.Linear(1500, 1500), torch.nn.Linear(10, 10))
     frozen_big[0].requires_grad_(False)  # trainable parameters count, not stored ones
     auto, fused, foreach = (RLConfig(adamw_kernel=k) for k in ("auto", "fused", "foreach"))
     assert _kind(_optimizer(small, auto, 1e-3, 10)[0]) == "foreach"
@@ -50,7 +50,7 @@ def test_a_strategy_optimizer_is_not_touched_by_the_kernel():
         made.update(kw)
         return torch.optim.SGD(params, lr=kw["lr"])
 
-    opt, _ = _optimizer(torch.nn.Linear(1000, 1000), RLConfig(adamw_kernel="fused"), 1e-3, 10,
+    opt, _ = _optimizer(torch.nn.Linear(1500, 1500), RLConfig(adamw_kernel="fused"), 1e-3, 10,
                         OptimizerChoice(name="sgd", factory=factory))
     assert isinstance(opt, torch.optim.SGD) and "fused" not in made
 
@@ -78,6 +78,19 @@ def _grads(scale: float):
     return model
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_norm_clips_as_torch_does(bad):
+    ours, theirs = _grads(1.0), _grads(1.0)
+    for model in (ours, theirs):
+        model[1].bias.grad[0] = bad
+    norm = _clip_grad_norm(SimpleNamespace(scaler=None), ours, 1.0)
+    want = torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
+    assert torch.equal(norm, want) or (norm.isnan() and want.isnan())
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(p.grad.isfinite(), q.grad.isfinite())  # NaN: every gradient NaN, as torch leaves them
+        assert torch.equal(p.grad[p.grad.isfinite()], q.grad[q.grad.isfinite()])
+
+
 @pytest.mark.parametrize("scale", [1e-3, 10.0])
 def test_the_clip_equals_torchs_bit_for_bit(scale):
     ours, theirs = _grads(scale), _grads(scale)
@@ -90,3 +103,29 @@ def test_the_clip_equals_torchs_bit_for_bit(scale):
         assert torch.equal(p.grad, q.grad)
     clipped = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in ours.parameters())).item()
     assert clipped == pytest.approx(min(hand, 1.0), rel=1e-5)
+
+
+def test_every_shipped_recipe_keeps_its_cpu_numbers():
+    """Both "auto" rules that change rounding (fused AdamW, a shared prompt prefill) stay off on the CPU for every
+    recipe in recipes/ built from presets: their pinned and published numbers are those of earlier versions.
+    (seed_table.toml's real 6.7B checkpoint is a GPU recipe: fused there, as TRL is.)"""
+    from pathlib import Path
+
+    from rlhfkit.cellspec.arch import cell_architecture
+    from rlhfkit.engine.rollout import COMPUTE_BOUND_FLOPS_PER_TOKEN
+    from rlhfkit.models import parse_model_spec
+    from rlhfkit.recipe import load_recipe
+
+    checked = 0
+    for path in sorted(Path(__file__).resolve().parents[1].glob("recipes/*.toml")):
+        recipe = load_recipe(path)
+        for name, entry in recipe.models.items():
+            for which in ("policy", "reward"):
+                ref = getattr(entry, which)
+                if not ref or ref.startswith("fn:") or not parse_model_spec(ref).is_preset:
+                    continue  # a reward function, a checkpoint or a known checkpoint's numbers
+                n = cell_architecture(recipe, name, which)["num_parameters"]  # >= trainable, >= non-embedding
+                assert not adamw_fused("auto", n, cuda=False), (path.name, name, which, n)
+                assert 2 * n < COMPUTE_BOUND_FLOPS_PER_TOKEN, (path.name, name, which, n)
+                checked += 1
+    assert checked >= 10

@@ -229,3 +229,44 @@ def test_auto_shares_the_prefill_only_for_models_past_the_compute_bound_size():
         assert logits.size(0) == 4 and cache.layers[0].keys.size(0) == 4  # every row gets its copy
         assert torch.equal(logits[0], logits[3])
     assert prefilled == [4, 1]
+
+
+def test_the_ledger_counts_the_prompt_tokens_a_shared_prefill_forwarded():
+    """RLOO (k=2) with the prefill shared: the policy's forward tokens are each completion's tokens plus each
+    *distinct* prompt's tokens once; without sharing, every row's prompt."""
+    from engine_harness import tiny_context
+
+    from rlhfkit.engine.rollout import make_rollout
+
+    counted = {}
+    for share in ("off", "on"):
+        ctx, _ = tiny_context("rloo", k=2, share_prompt_prefill=share, response_length=6)
+        prompts = ctx.prompt_sampler.next(4, repeats=2)
+        before = ctx.ledger.forward_tokens["policy"]
+        rollout = make_rollout(ctx, prompts)
+        prompt_mask = rollout.attention_mask[:, : rollout.query_ids.size(1)]
+        completion = int(rollout.mask.sum())
+        counted[share] = (ctx.ledger.forward_tokens["policy"] - before, completion, prompt_mask)
+        ctx.memory.close()
+    off, on = counted["off"], counted["on"]
+    assert off[0] == off[1] + int(off[2].sum())
+    assert on[0] == on[1] + int(on[2][::2].sum())  # prompt-major: rows 0, 2, 4, 6 are the distinct prompts
+    assert on[0] < off[0]
+
+
+def test_the_zero3_generation_wrapper_is_sized_by_the_model_it_wraps():
+    """Under ZeRO-3 without gathering the sampler calls a forward-counting wrapper with no ``modules()``
+    (context._SyncedGeneration); ``auto`` sizes the wrapped model instead of failing."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlhfkit.engine import rollout
+
+    big = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                                       num_attention_heads=8, num_key_value_heads=4, pad_token_id=0)).eval()
+    wrapper = SimpleNamespace(model=big)
+    assert rollout._generation_flops_per_token(wrapper) == rollout._flops_per_token(big)
+    query = torch.tensor([[5, 6, 7]] * 4)
+    shared = rollout.shared_prompts(wrapper, query, torch.ones_like(query), "auto")
+    assert shared is not None and shared[0].tolist() == [[5, 6, 7]] and shared[2].tolist() == [0, 0, 0, 0]

@@ -62,19 +62,20 @@ class RLConfig:
     fixed seed stay those of earlier versions."""
     share_prompt_prefill: Literal["auto", "on", "off"] = "auto"
     """Rows sampled from the same prompt (RLOO/GRPO's k samples) share one prompt forward at generation: 1/k of
-    the prefill's work (hidden 256 x 4 layers, 8 prompts x k=4: 19 -> 6-8 ms CPU a rollout).  Their numbers then
-    come from a smaller batch, which CPU matrix kernels may round differently; ``"auto"`` shares for models of
-    2N >= 1 MFLOP a token (0.5M non-embedding parameters), not for the tiny presets, whose numbers stay those of
-    earlier versions; ``"on"`` always; ``"off"`` never."""
+    the prefill's work (hidden 256 x 4 layers, 8 prompts x k=4: 79 -> 66 ms CPU a rollout), and the ledger
+    counts the prompt tokens forwarded.  Their numbers then come from a smaller batch, which CPU matrix kernels
+    may round differently: ``"auto"`` shares for models of 2N >= 4 MFLOP a token (2M non-embedding
+    parameters), which no shipped recipe's model reaches (their numbers stay those of earlier versions);
+    ``"on"`` always; ``"off"`` never."""
     adamw_kernel: Literal["auto", "foreach", "fused"] = "auto"
     """torch AdamW's kernel (the default optimizer; a memory strategy's own optimizer is not affected): the
     same update, rounded differently.  ``"foreach"``: multi-tensor ops, ~10 passes over the parameters per
-    step.  ``"fused"``: one pass, 2.7x faster on 0.1M parameters and 5.3x on 3M (CPU, one thread;
+    step.  ``"fused"``: one pass, 2.5x faster on 0.1M parameters and 5.9x on 3M (CPU, one thread;
     benchmarks/bench_adamw.py), TRL's default through transformers' ``adamw_torch_fused``.  ``"auto"``: fused
-    on CUDA and for models of at least 1M trainable parameters, where the optimizer is 3 % (RLOO) to 17 % (PPO:
-    32 optimizer steps a step) of a step with foreach; foreach below, where it is under 2 % of a step, so the
-    tiny presets keep the numbers of earlier versions.  Under ZeRO the engine's optimizer wraps it and
-    ``"auto"`` keeps foreach."""
+    on CUDA (so GPU results round differently from versions before it) and on the CPU from 2M trainable
+    parameters, where foreach is 5 % (RLOO) to 20 % (PPO: 32 optimizer steps a step) of a step; foreach below,
+    which keeps every shipped recipe's CPU numbers.  Under ZeRO the engine's optimizer wraps it and ``"auto"``
+    keeps foreach."""
     kl_coef: float = 0.05
     """beta: weight of the KL penalty to the reference (SFT) policy."""
     kl_estimator: str = "k1"

@@ -204,33 +204,47 @@ def sample(
     return tokens[:, :steps], logprobs[:, :steps]
 
 
-COMPUTE_BOUND_FLOPS_PER_TOKEN = 1e6
-"""``share_prompt_prefill = "auto"`` shares from 2N = 1 MFLOP a token (N >= 0.5M non-embedding parameters):
-hidden 256 x 4 layers is 6 MFLOP, the tiny presets 0.2, where per-call overhead dominates a prefill and the
-sharing would only change their rounding."""
+COMPUTE_BOUND_FLOPS_PER_TOKEN = 4e6
+"""``share_prompt_prefill = "auto"`` shares from 2N = 4 MFLOP a token (N >= 2M non-embedding parameters):
+hidden 256 x 4 layers is 6 MFLOP; the shipped presets are below it (tiny 0.15, small 1.5), where per-call
+overhead dominates a prefill and sharing would only change their rounding."""
+
+
+def shared_prompts(model, query_ids, attention_mask, mode: str = "off"):
+    """``(distinct ids, distinct mask, inverse)`` when the rows' prompt forward is shared (``mode`` ``"on"``, or
+    ``"auto"`` for models of :data:`COMPUTE_BOUND_FLOPS_PER_TOKEN` and more) and some rows repeat a prompt;
+    else ``None``.  ``inverse`` maps each row to its distinct prompt."""
+    if mode == "off" or (mode == "auto" and _generation_flops_per_token(model) < COMPUTE_BOUND_FLOPS_PER_TOKEN):
+        return None
+    distinct, inverse = torch.unique(torch.cat([query_ids, attention_mask], dim=1), dim=0, return_inverse=True)
+    if distinct.size(0) == query_ids.size(0):
+        return None  # every prompt distinct: nothing to share
+    width = query_ids.size(1)
+    return distinct[:, :width], distinct[:, width:], inverse
+
+
+def _generation_flops_per_token(model) -> float:
+    """2N of the model the sampler calls: under ZeRO-3 without gathering that is a wrapper counting forwards
+    across ranks (``context._SyncedGeneration``, no ``modules()`` of its own), sized by the model it wraps."""
+    inner = model if hasattr(model, "modules") else getattr(model, "model", None)
+    return _flops_per_token(inner) if inner is not None else 0.0
 
 
 def _prefill(model, query_ids, attention_mask, positions, cache, share: str = "off") -> torch.Tensor:
     """The prompt forward that fills ``cache``; returns the last position's logits ``(batch, vocab)``.
 
-    With ``share`` (``"on"``, or ``"auto"`` for models of :data:`COMPUTE_BOUND_FLOPS_PER_TOKEN` and more) and
-    rows that repeat a prompt (k samples per prompt), the forward runs once per distinct prompt and the cache
-    and logits are copied to every row: 1/k of the prefill FLOPs.  Measured on hidden 256 x 4 layers, 8
-    prompts x k=4 of 8 tokens: 19 -> 6-8 ms CPU a rollout.  A row's numbers then come from a smaller batch,
-    which CPU matrix kernels may round differently (why ``auto`` leaves the tiny presets alone)."""
-    inverse = None
-    if share == "on" or (share == "auto" and _flops_per_token(model) >= COMPUTE_BOUND_FLOPS_PER_TOKEN):
-        distinct, inverse = torch.unique(torch.cat([query_ids, attention_mask], dim=1), dim=0, return_inverse=True)
-        if distinct.size(0) == query_ids.size(0):
-            inverse = None  # every prompt distinct: nothing to share
-        else:
-            width = query_ids.size(1)
-            query_ids, attention_mask = distinct[:, :width], distinct[:, width:]
-            positions = position_ids_from_mask(attention_mask)
+    Rows that repeat a prompt (k samples per prompt) share one forward when :func:`shared_prompts` says so; the
+    cache and logits are then copied to every row: 1/k of the prefill FLOPs.  Measured on hidden 256 x 4
+    layers, 8 prompts x k=4 of 8 tokens: a whole rollout 79 -> 66 ms CPU.  A row's numbers then come from a
+    smaller batch, which CPU matrix kernels may round differently (why ``auto`` leaves small models alone)."""
+    shared = shared_prompts(model, query_ids, attention_mask, share)
+    if shared is not None:
+        query_ids, attention_mask, inverse = shared
+        positions = position_ids_from_mask(attention_mask)
     out = model(input_ids=query_ids, attention_mask=attention_mask, position_ids=positions, past_key_values=cache,
                 use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1]
-    if inverse is not None:
+    if shared is not None:
         cache.batch_select_indices(inverse)
         logits = logits[inverse]
     return logits
@@ -537,6 +551,11 @@ def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
     query = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(ctx.device)
     policy = ctx.policy
     policy.eval()
+    # Decided once here (the trained policy's size: under ZeRO-3 its engine counts partitioned parameters whole),
+    # so the sampler and the ledger agree on which prompt tokens were forwarded.
+    shared = shared_prompts(policy, query.input_ids, query.attention_mask, getattr(cfg, "share_prompt_prefill", "off"))
+    share_prefill = "off" if shared is None else "on"
+    prompt_tokens = int((query.attention_mask if shared is None else shared[1]).sum())
     with ctx.memory.phase(Phase.GENERATION.value), torch.inference_mode(), ctx.generation_context():
         responses, logprobs = sample(
             _generation_model(ctx),
@@ -549,7 +568,7 @@ def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
             torch.Generator(device=ctx.device).manual_seed(0) if greedy else ctx.generator,
             top_k=1 if greedy else cfg.top_k,
             drop_finished=getattr(cfg, "drop_finished_rows", False),
-            share_prefill=getattr(cfg, "share_prompt_prefill", "off"),
+            share_prefill=share_prefill,
         )
     # Out of inference mode (cheap copies): these feed autograd graphs in the update.
     responses, logprobs = responses.clone(), logprobs.clone()
@@ -583,7 +602,7 @@ def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
     ledger = getattr(ctx, "ledger", None)
     if ledger is not None:
         real_tokens = int(attention_mask.sum())
-        ledger.generated(len(prompts), len(set(prompts)), int(mask.sum()), int(query.attention_mask.sum()), not greedy)
+        ledger.generated(len(prompts), len(set(prompts)), int(mask.sum()), prompt_tokens, not greedy)
         ledger.forward("reference", real_tokens)
         if model_scores is not None:
             ledger.forward("reward", reward_tokens)
