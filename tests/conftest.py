@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -64,3 +65,13 @@ def run_cli(*args, env=None, timeout=600):
         [sys.executable, "-m", "rlhfkit", *map(str, args)],
         capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO,
     )
+
+
+def seed_stages(previous: Path, out_dir: Path) -> None:
+    """Start ``out_dir`` with the stages (SFT, reward model, tokenizer) of an earlier run of the same data and
+    models, when that run got as far as writing them: its cells then skip ~8 s of stage training. For tests
+    whose point is the cells, not the stages; each test still passes alone (it then trains them)."""
+    out_dir.mkdir(parents=True)
+    if (previous / "stages.json").is_file():
+        shutil.copytree(previous / "artifacts", out_dir / "artifacts")
+        shutil.copy(previous / "stages.json", out_dir / "stages.json")
