@@ -1,3 +1,4 @@
+import hashlib
 import os
 import shutil
 import subprocess
@@ -13,6 +14,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # output at 80 columns instead of widening it for logs, which tests of that output read.
     for name in ("COLUMNS", "LINES"):
         os.environ.pop(name, None)
+
+# DeepSpeed JIT-builds its CPU shared-memory op (deepspeed_shm_comm) into ~/.cache/torch_extensions, and ninja
+# rebuilds it whenever the include paths in build.ninja change: another virtual environment's run (another
+# worktree) therefore makes the next ZeRO cell here rebuild it, ~25-60 s of two compilers. 29 builds were in that
+# cache on this machine after one day. One build directory per environment (the user's choice wins).
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(
+    Path.home() / ".cache" / "torch_extensions" / f"env-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:10]}"))
 
 REPO = Path(__file__).resolve().parents[1]
 
