@@ -7,7 +7,7 @@ import textwrap
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, seed_stages
 
 PLUGIN = '''
 from rlhfkit.engine.config import RLConfig
@@ -45,13 +45,18 @@ def install_fake_distribution(root):
     return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
 
 
+@pytest.fixture(scope="module")
+def shared_tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("failing-cells")
+
+
 @pytest.mark.slow
-def test_failing_cells_get_their_status_and_the_grid_goes_on(small_recipe, tmp_path):
+def test_failing_cells_get_their_status_and_the_grid_goes_on(small_recipe, tmp_path, shared_tmp):
     plugin_root = tmp_path / "site"
     plugin_root.mkdir()
     env = install_fake_distribution(plugin_root)
     recipe = small_recipe(algorithms=("nan-algo", "crash-algo", "rloo"), parallel=2)
-    out_dir = tmp_path / "run"
+    out_dir = shared_tmp / "failing"
     out = run_cli("run", recipe, "--output", out_dir, env=env)
     assert out.returncode == 1  # some cells did not finish ok
     table = pd.read_csv(out_dir / "results.csv").set_index("algorithm")
@@ -72,15 +77,17 @@ def test_failing_cells_get_their_status_and_the_grid_goes_on(small_recipe, tmp_p
 
 
 @pytest.mark.slow
-def test_a_cell_past_its_timeout_is_stopped(small_recipe, tmp_path):
+def test_a_cell_past_its_timeout_is_stopped(small_recipe, tmp_path, shared_tmp):
     plugin_root = tmp_path / "site"
     plugin_root.mkdir()
     env = install_fake_distribution(plugin_root)
     recipe = small_recipe(algorithms=("sleep-algo",))
-    recipe.write_text(recipe.read_text().replace("[run]\n", "[run]\ncell_timeout_s = 20\n"))
+    # 8 s, not 20: the sleeping cell (imports ~3.5 s idle) is stopped either way; 12 s less of a 37 s test.
+    recipe.write_text(recipe.read_text().replace("[run]\n", "[run]\ncell_timeout_s = 8\n"))
     out_dir = tmp_path / "run"
+    seed_stages(shared_tmp / "failing", out_dir)  # the test above's stages (same data and model)
     out = run_cli("run", recipe, "--output", out_dir, env=env)
     assert out.returncode == 1
     result = json.loads((out_dir / "cells" / "llama-tiny__sleep-algo__full__s1" / "result.json").read_text())
     assert result["status"] == "timeout"
-    assert "after 20 s" in result["error"]
+    assert "after 8 s" in result["error"]

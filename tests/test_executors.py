@@ -122,13 +122,14 @@ def _stop_cluster(nodes: list[subprocess.Popen], temp: str) -> None:
                 continue
         return [p for p in found if p.pid != os.getpid()]
 
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    # The teardown took 12 s with a 10 s wait after SIGTERM (a Ray process outlived it); 3 s, then SIGKILL.
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
         for proc in ours():
             try:
                 proc.send_signal(sig)
             except psutil.Error:
                 pass
-        psutil.wait_procs(ours(), timeout=10)
+        psutil.wait_procs(ours(), timeout=wait)
     for node in nodes:
         node.wait(timeout=10)
 

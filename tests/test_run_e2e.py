@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, seed_stages
 
 REQUIRED_COLUMNS = [
     "model", "algorithm", "memory", "seed", "status", "gold_sft", "gold_final", "score_final", "kl_final",
@@ -19,10 +19,15 @@ REQUIRED_COLUMNS = [
 NUMBERS = ["gold_sft", "gold_final", "score_final", "kl_final"]
 
 
+@pytest.fixture(scope="module")
+def shared_tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("e2e")
+
+
 @pytest.mark.slow
-def test_run_writes_results_and_is_reproducible(small_recipe, tmp_path):
+def test_run_writes_results_and_is_reproducible(small_recipe, tmp_path, shared_tmp):
     recipe = small_recipe()
-    first, second = tmp_path / "a", tmp_path / "b"
+    first, second = shared_tmp / "a", tmp_path / "b"
     out = run_cli("run", recipe, "--output", first)
     assert out.returncode == 0, out.stdout + out.stderr
     table = pd.read_csv(first / "results.csv")
@@ -46,9 +51,10 @@ def test_run_writes_results_and_is_reproducible(small_recipe, tmp_path):
 
 
 @pytest.mark.slow
-def test_rerun_keeps_finished_cells(small_recipe, tmp_path):
+def test_rerun_keeps_finished_cells(small_recipe, tmp_path, shared_tmp):
     recipe = small_recipe(algorithms=("rloo",))
     out_dir = tmp_path / "run"
+    seed_stages(shared_tmp / "a", out_dir)  # the stages are not what this test is about
     assert run_cli("run", recipe, "--output", out_dir).returncode == 0
     result = out_dir / "cells" / "llama-tiny__rloo__full__s1" / "result.json"
     before = (result.stat().st_mtime_ns, result.read_text())
@@ -59,9 +65,10 @@ def test_rerun_keeps_finished_cells(small_recipe, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_cell_then_rerun_completes_without_redoing_finished_cells(small_recipe, tmp_path):
+def test_sigkill_mid_cell_then_rerun_completes_without_redoing_finished_cells(small_recipe, tmp_path, shared_tmp):
     recipe = small_recipe(algorithms=("rloo",), seeds=(1, 2), steps=12, parallel=1)
     out_dir = tmp_path / "run"
+    seed_stages(shared_tmp / "a", out_dir)  # the stages are not what this test is about
     proc = subprocess.Popen(
         [sys.executable, "-m", "rlhfkit", "run", str(recipe), "--output", str(out_dir)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

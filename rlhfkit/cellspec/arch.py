@@ -46,14 +46,18 @@ def cell_architecture(recipe, model_name: str, which: str = "policy", artifacts_
     return adapter.architecture(spec)
 
 
+# (id(recipe), artifacts root) -> (recipe, info). The entry holds the recipe itself: an id is reused once its
+# object is freed, and a cache keyed on the id alone gave a later recipe an earlier one's vocabulary (seen in
+# the test suite: a planned AdamW step 32768 bytes off after another file's recipes in the same process).
 _TASK_CACHE: dict = {}
 
 
 def task_info(recipe, artifacts_root=None) -> dict:
     """Vocabulary size (tiny presets) and the longest prompt in tokens."""
     key = (id(recipe), str(artifacts_root))
-    if key in _TASK_CACHE:
-        return _TASK_CACHE[key]
+    cached = _TASK_CACHE.get(key)
+    if cached is not None and cached[0] is recipe:
+        return cached[1]
     from rlhfkit.stages.pipeline import build_task
 
     task = build_task(recipe)
@@ -80,7 +84,7 @@ def task_info(recipe, artifacts_root=None) -> dict:
         info["prompt_tokens"] = max(len(p.split()) for p in prompts)
     else:
         info["prompt_tokens"] = max(int(len(p) / 3.5) + 1 for p in prompts)
-    _TASK_CACHE[key] = info
+    _TASK_CACHE[key] = (recipe, info)
     return info
 
 
