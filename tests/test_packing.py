@@ -254,19 +254,25 @@ def test_the_ledger_counts_the_prompt_tokens_a_shared_prefill_forwarded():
     assert on[0] < off[0]
 
 
-def test_the_zero3_generation_wrapper_is_sized_by_the_model_it_wraps():
+def test_a_generation_wrapper_without_modules_samples_with_auto_sharing():
     """Under ZeRO-3 without gathering the sampler calls a forward-counting wrapper with no ``modules()``
-    (context._SyncedGeneration); ``auto`` sizes the wrapped model instead of failing."""
-    from types import SimpleNamespace
-
-    from transformers import LlamaConfig, LlamaForCausalLM
+    (context._SyncedGeneration); the rollout decides the sharing on the trained policy, not on that wrapper
+    (deciding on the wrapper crashed the 2-process ZeRO-3 cells)."""
+    from engine_harness import tiny_context
 
     from rlhfkit.engine import rollout
 
-    big = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
-                                       num_attention_heads=8, num_key_value_heads=4, pad_token_id=0)).eval()
-    wrapper = SimpleNamespace(model=big)
-    assert rollout._generation_flops_per_token(wrapper) == rollout._flops_per_token(big)
-    query = torch.tensor([[5, 6, 7]] * 4)
-    shared = rollout.shared_prompts(wrapper, query, torch.ones_like(query), "auto")
-    assert shared is not None and shared[0].tolist() == [[5, 6, 7]] and shared[2].tolist() == [0, 0, 0, 0]
+    class Wrapper:  # what _SyncedGeneration exposes: a call, nothing else
+        def __init__(self, model):
+            self._model = model
+
+        def __call__(self, *a, **kw):
+            return self._model(*a, **kw)
+
+    ctx, _ = tiny_context("rloo", k=2, share_prompt_prefill="auto")
+    ctx.generation_model = lambda: Wrapper(ctx.policy)
+    try:
+        made = rollout.make_rollout(ctx, ctx.prompt_sampler.next(4, repeats=2))
+    finally:
+        ctx.memory.close()
+    assert made.responses.size(0) == 8

@@ -411,14 +411,14 @@ def build_context(config, accelerator, plan, models, tokenizer, task, memory, lo
 
     policy, reference, reward_model, value_model = models
     horizon = config.planned_steps()  # this arm's own budget, never a step count shared across arms
-    kernel = dict(cuda=accelerator.device.type == "cuda", zero_stage=plan.zero_stage)
+    placement = dict(cuda=accelerator.device.type == "cuda", zero_stage=plan.zero_stage)  # AdamW's kernel rule
     policy_optimizer, policy_scheduler = _optimizer(policy, config, config.learning_rate, horizon,
-                                                    _role_optimizer(plan, "policy"), **kernel)
+                                                    _role_optimizer(plan, "policy"), **placement)
     value_optimizer = value_scheduler = None
     if value_model is not None:
         value_lr = getattr(config, "value_learning_rate", None) or config.learning_rate
         value_optimizer, value_scheduler = _optimizer(value_model, config, value_lr, horizon,
-                                                      _role_optimizer(plan, "critic"), **kernel)
+                                                      _role_optimizer(plan, "critic"), **placement)
     policy, policy_optimizer = _prepare_trained(accelerator, plan, policy, policy_optimizer)
     if value_model is not None:
         value_model, value_optimizer = _prepare_trained(accelerator, plan, value_model, value_optimizer)

@@ -348,5 +348,5 @@ def derive_model_set(plan: MemoryPlan, algorithm, precision: str = "fp32", cuda:
     return model_set
 
 
-__all__ = ["FUSED_ADAMW_MIN_TRAINABLE", "adamw_fused", "LoraSettings", "MemoryPlan", "OptimizerChoice", "ModelRole", "DeepSpeedSettings", "ModelSet",
-           "derive_model_set", "critic_start", "deepspeed_settings", "zero_bucket_elements", "frozen_dtype", "DTYPE_BYTES"]
+__all__ = ["FUSED_ADAMW_MIN_TRAINABLE", "adamw_fused", "LoraSettings", "MemoryPlan", "OptimizerChoice", "ModelRole",
+           "DeepSpeedSettings", "ModelSet", "derive_model_set", "critic_start", "deepspeed_settings", "zero_bucket_elements", "frozen_dtype", "DTYPE_BYTES"]

@@ -356,7 +356,7 @@ def _clip_grad_norm(accelerator, model, max_norm: float):
     layers, 32 steps per PPO step.  With an fp16 gradient scaler accelerate unscales first, and on CUDA reading
     the norm would add a device sync before every step: accelerate's own path in both cases."""
     params = [p for p in model.parameters() if p.grad is not None]
-    if getattr(accelerator, "scaler", None) is not None or any(p.grad.is_cuda for p in params[:1]):
+    if getattr(accelerator, "scaler", None) is not None or (params and params[0].grad.is_cuda):
         return accelerator.clip_grad_norm_(model.parameters(), max_norm)
     import torch
 

@@ -214,20 +214,13 @@ def shared_prompts(model, query_ids, attention_mask, mode: str = "off"):
     """``(distinct ids, distinct mask, inverse)`` when the rows' prompt forward is shared (``mode`` ``"on"``, or
     ``"auto"`` for models of :data:`COMPUTE_BOUND_FLOPS_PER_TOKEN` and more) and some rows repeat a prompt;
     else ``None``.  ``inverse`` maps each row to its distinct prompt."""
-    if mode == "off" or (mode == "auto" and _generation_flops_per_token(model) < COMPUTE_BOUND_FLOPS_PER_TOKEN):
+    if mode == "off" or (mode == "auto" and _flops_per_token(model) < COMPUTE_BOUND_FLOPS_PER_TOKEN):
         return None
     distinct, inverse = torch.unique(torch.cat([query_ids, attention_mask], dim=1), dim=0, return_inverse=True)
     if distinct.size(0) == query_ids.size(0):
         return None  # every prompt distinct: nothing to share
     width = query_ids.size(1)
     return distinct[:, :width], distinct[:, width:], inverse
-
-
-def _generation_flops_per_token(model) -> float:
-    """2N of the model the sampler calls: under ZeRO-3 without gathering that is a wrapper counting forwards
-    across ranks (``context._SyncedGeneration``, no ``modules()`` of its own), sized by the model it wraps."""
-    inner = model if hasattr(model, "modules") else getattr(model, "model", None)
-    return _flops_per_token(inner) if inner is not None else 0.0
 
 
 def _prefill(model, query_ids, attention_mask, positions, cache, share: str = "off") -> torch.Tensor:
@@ -551,8 +544,9 @@ def make_rollout(ctx, prompts: list[str], greedy: bool = False) -> Rollout:
     query = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(ctx.device)
     policy = ctx.policy
     policy.eval()
-    # Decided once here (the trained policy's size: under ZeRO-3 its engine counts partitioned parameters whole),
-    # so the sampler and the ledger agree on which prompt tokens were forwarded.
+    # Decided once here, on the trained policy (under ZeRO-3 its engine counts partitioned parameters whole; the
+    # model the sampler calls may be a forward-counting wrapper with no modules()), so the sampler and the ledger
+    # agree on which prompt tokens were forwarded.
     shared = shared_prompts(policy, query.input_ids, query.attention_mask, getattr(cfg, "share_prompt_prefill", "off"))
     share_prefill = "off" if shared is None else "on"
     prompt_tokens = int((query.attention_mask if shared is None else shared[1]).sum())
